@@ -1,0 +1,60 @@
+"""Lambda entry point: legacy tables' streams -> sc-main (the forward mirror).
+
+Thin on purpose: build the engine once per container, hand it the event,
+publish what it counted. All logic lives in `shared.mirror` and `shared.apply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from shared.mirror import MirrorEngine
+from shared.settings import get_settings
+
+logger = Logger(service="dynashift-mirror")
+metrics = Metrics(namespace="dynashift", service="mirror")
+tracer = Tracer(service="dynashift-mirror")
+
+_engine: MirrorEngine | None = None
+
+
+def engine() -> MirrorEngine:
+    global _engine
+    if _engine is None:
+        _engine = MirrorEngine(get_settings())
+    return _engine
+
+
+def use_engine(mirror: MirrorEngine) -> None:
+    """Let the local runner hand in an engine built from its own settings."""
+    global _engine
+    _engine = mirror
+
+
+@logger.inject_lambda_context(correlation_id_path="Records[0].eventID", clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    mirror = engine()
+    response = mirror.handle(event, context)
+    stats = mirror.last_stats
+    metrics.add_metric(name="RecordsApplied", unit=MetricUnit.Count, value=stats.records - stats.failed_records)
+    metrics.add_metric(name="RecordsQuarantined", unit=MetricUnit.Count, value=stats.quarantined)
+    metrics.add_metric(name="RecordsRetried", unit=MetricUnit.Count, value=stats.failed_records)
+    if stats.lag_ms:
+        metrics.add_metric(name="LagMs", unit=MetricUnit.Milliseconds, value=max(stats.lag_ms))
+    logger.info(
+        "batch applied",
+        extra={
+            "records": stats.records,
+            "chains": stats.chains,
+            "written": stats.written,
+            "removed": stats.removed,
+            "quarantined": stats.quarantine_reasons,
+            "failed_records": stats.failed_records,
+        },
+    )
+    return response

@@ -1,0 +1,1 @@
+"""dynashift library: models, transform, DynamoDB access, config."""

@@ -1,0 +1,561 @@
+"""The race-safe write protocol: how every writer changes the target table.
+
+There are two kinds of writers, and the whole design rests on telling them
+apart:
+
+* **Fresh** writers apply a change *in stream order*: the forward mirror.
+  DynamoDB Streams deliver each item's changes exactly once and in order, so
+  the newest record the mirror has applied for a source item is the truth for
+  that item. A fresh write may replace a target item that is absent, a
+  tombstone, or owned by the same source item (`definition.owner_condition`).
+* **Stale** writers apply an image they *read* at some time ``read_at``:
+  the backfill (scans), and the collision waker, repair and quarantine retry
+  (strongly consistent reads). The image may already be outdated when the
+  write lands. A stale write therefore only ever *creates*: its condition is
+  "the key is absent, or holds a tombstone older than ``read_at - margin``".
+  It never replaces a live item, so it can never land over a newer state
+  (race 1), and a recent tombstone stops it from resurrecting a deleted item
+  or a moved key (races 2, 3, 4).
+
+**Tombstones.** Whenever a fresh writer removes a target item (a REMOVE, an
+account turning `deleted`, a rename or transfer, a removed team id), it
+writes a tombstone at that key instead of deleting: ``entity =
+_dynashift_tombstone``, the time of removal and a random id. The `margin`
+(setting `consistency_margin_s`) covers eventually consistent scan
+staleness and clock skew between hosts. A stale writer must issue its write
+within `stale_write_horizon_s` of its read (it re-reads otherwise), so a
+tombstone older than horizon + margin can no longer stop anything: the
+sweeper (`sweep_tombstones`) deletes it. That bounds the tombstones' life;
+`mirror run` sweeps when it is idle and when it drains, `finalize` sweeps
+everything, so none is left once the migration is finalised. Tombstones
+carry a TTL as a last safety net and live in GSI1 under
+``_DYNASHIFT#TOMBSTONE#<bucket>`` so the sweeper queries instead of scanning.
+
+**A stale write blocked by a tombstone** is re-read after the tombstone is
+older than the margin and retried: the fresh read reflects the removal, so
+nothing is resurrected, and an item whose key another source just released
+is not lost either.
+
+**Ownership and collisions (race 5).** A fresh or stale put that finds the
+key owned by *another* source item quarantines the newcomer with reason
+`key_collision`, never overwriting the holder. The newcomer registers as a
+*waiter* on the key in the control table and then re-tries the put; every
+remover of a key queries that key's waiters *after* writing its tombstone
+and wakes them. Both sides write first and read second, with strongly
+consistent reads, so at least one of them sees the other: no lost wake-up.
+A woken waiter is re-applied as a stale writer, in one transaction together
+with the removal of the keys its last clean version left behind, so it is
+all-or-nothing against a concurrent fresh write.
+
+**Bad data (race 7)** never raises out of here: a `QuarantineError` becomes
+a quarantine entry and the call succeeds. Only transient faults propagate
+(as exceptions) so that the caller retries.
+
+**Retries (race 6)** are idempotent: re-applying a record writes the same
+items under the same conditions. A later record applied before an earlier,
+failed one is retried is re-applied after it, because a retried stream batch
+is redelivered from the failed record on, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from boto3.dynamodb.conditions import Attr
+
+from shared.aws import error_code, translate
+from shared.codec import to_native, to_wire
+from shared.conditions import render
+from shared.control import ControlStore, QuarantineEntry
+from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey
+from shared.dryrun import check_target_items
+from shared.errors import KeyCollision, QuarantineError, TransformFailed, WriteRejected
+from shared.settings import Settings
+
+TOMBSTONE = "_dynashift_tombstone"
+TOMB_BUCKETS = 16
+TOMB_TTL_S = 24 * 3600
+STALE_RETRIES = 5
+
+Clock = Callable[[], float]
+
+
+def is_tombstone(item: Item | None) -> bool:
+    return bool(item) and item.get("entity") == TOMBSTONE  # type: ignore[union-attr]
+
+
+def tombstone_item(definition: MigrationDefinition, key: TargetKey, now: float) -> Item:
+    """The item left at a removed key while stale writers may still be about."""
+    ms = int(now * 1000)
+    bucket = zlib.crc32("\x1f".join(key).encode()) % TOMB_BUCKETS
+    item: Item = dict(zip(definition.target_key_attrs, key, strict=True))
+    item.update(
+        {
+            "entity": TOMBSTONE,
+            "_ds_deleted_at": ms,
+            "_ds_tomb_id": uuid.uuid4().hex,
+            "expires_at": int(now) + TOMB_TTL_S,
+            "GSI1PK": f"_DYNASHIFT#TOMBSTONE#{bucket}",
+            "GSI1SK": f"{ms:015d}#" + "#".join(key),
+        }
+    )
+    return item
+
+
+@dataclass
+class ApplyResult:
+    """What one apply did; counters are summed into metrics and reports."""
+
+    written: int = 0
+    removed: int = 0
+    skipped: int = 0  # stale write refused: a newer state is already there
+    quarantined: QuarantineError | None = None
+    cleared_quarantine: bool = False
+    woken: int = 0
+    retried_stale: int = 0
+
+
+@dataclass
+class _PutOutcome:
+    ok: bool
+    existing: Item | None = None  # the item that made the condition fail
+
+
+@dataclass
+class Applier:
+    """Applies source changes to the target with the protocol above."""
+
+    settings: Settings
+    definition: MigrationDefinition
+    client: Any  # aiobotocore DynamoDB client
+    control: ControlStore
+    clock: Clock = time.time
+    sleep: Callable[[float], Any] = asyncio.sleep
+    last_tombstone_at: float = 0.0
+    _source_physical: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return self.settings.target_table
+
+    @property
+    def margin_ms(self) -> int:
+        return int(self.settings.consistency_margin_s * 1000)
+
+    # ================================================================ fresh path
+    async def apply_change(
+        self, ref: SourceRef, images: list[Item | None], entry: QuarantineEntry | None
+    ) -> ApplyResult:
+        """Apply a chain of images of one source item, in stream order.
+
+        ``images[0]`` is the first record's OldImage, ``images[1:]`` the
+        NewImages of the records in order (None where the item is absent).
+        Only the last clean image matters; earlier ones only tell which target
+        keys may have to go.
+        """
+        result = ApplyResult()
+        clean_index, targets, final_error = self._last_clean(ref, images)
+        if clean_index is None:
+            # Nothing clean in this chain: the target stays as the last clean
+            # version left it; remember what that is for the next clean write.
+            held = entry.held_keys if entry else self._keys_of_clean(ref, images[0])
+            assert final_error is not None
+            await self._quarantine(ref, final_error, images[-1], held)
+            result.quarantined = final_error
+            return result
+        new_keys = {self.definition.target_key(t) for t in targets}
+        candidates: set[TargetKey] = set(entry.held_keys) if entry else set()
+        for image in images[:clean_index]:
+            if image is not None:
+                candidates |= self.definition.candidate_keys(ref.table, image)
+
+        outcomes = await asyncio.gather(*(self._put_fresh(ref, t) for t in targets))
+        collided = [(t, o) for t, o in zip(targets, outcomes, strict=True) if not o.ok]
+        result.written = len(targets) - len(collided)
+        if collided:
+            still = await self._handle_collisions(ref, images[clean_index], collided, fresh=True, held=candidates)
+            if still:
+                result.quarantined = still
+                result.written = len(targets) - len(collided)
+                return result
+            result.written = len(targets)
+
+        removals = candidates - new_keys
+        removed = await asyncio.gather(*(self._remove(ref, key) for key in sorted(removals)))
+        result.removed = sum(1 for r in removed if r is not None)
+        for tomb in removed:
+            if tomb is not None:
+                result.woken += await self._wake(tomb)
+
+        if final_error is not None:
+            await self._quarantine(ref, final_error, images[-1], new_keys)
+            result.quarantined = final_error
+        elif entry is not None:
+            await self.control.quarantine_clear(ref)
+            result.cleared_quarantine = True
+        return result
+
+    def _last_clean(
+        self, ref: SourceRef, images: list[Item | None]
+    ) -> tuple[int | None, list[Item], QuarantineError | None]:
+        final_error: QuarantineError | None = None
+        for index in range(len(images) - 1, 0, -1):
+            image = images[index]
+            try:
+                targets = self._transform(ref, image)
+            except QuarantineError as exc:
+                if index == len(images) - 1:
+                    final_error = exc
+                continue
+            return index, targets, final_error
+        return None, [], final_error
+
+    def _transform(self, ref: SourceRef, image: Item | None) -> list[Item]:
+        if image is None:
+            return []
+        try:
+            targets = self.definition.transform(ref.table, image)
+        except QuarantineError:
+            raise
+        except Exception as exc:  # never let one item block a shard
+            raise TransformFailed(f"transform raised {type(exc).__name__}: {exc}") from exc
+        check_target_items(targets)
+        return targets
+
+    def _keys_of_clean(self, ref: SourceRef, image: Item | None) -> set[TargetKey]:
+        if image is None:
+            return set()
+        try:
+            return {self.definition.target_key(t) for t in self._transform(ref, image)}
+        except QuarantineError:
+            return self.definition.candidate_keys(ref.table, image)
+
+    async def _put_fresh(self, ref: SourceRef, item: Item) -> _PutOutcome:
+        condition = Attr(self.definition.target_key_attrs[0]).not_exists() | Attr("entity").eq(TOMBSTONE)
+        condition = condition | self.definition.owner_condition(ref)
+        return await self._conditional_put(item, condition)
+
+    async def _conditional_put(self, item: Item, condition: Any) -> _PutOutcome:
+        try:
+            await self.client.put_item(
+                TableName=self.target,
+                Item=to_wire(item),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **render(condition),
+            )
+            return _PutOutcome(True)
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                old = exc.response.get("Item")  # type: ignore[attr-defined]
+                return _PutOutcome(False, to_native(old) if old else None)
+            if error_code(exc) == "ValidationException":
+                raise WriteRejected(f"DynamoDB rejected {item.get('PK')}/{item.get('SK')}: {exc}") from exc
+            raise translate(exc, f"write {self.target}") from exc
+
+    async def _remove(self, ref: SourceRef, key: TargetKey) -> Item | None:
+        """Replace an item this source owns (or nothing) with a tombstone."""
+        now = self.clock()
+        tomb = tombstone_item(self.definition, key, now)
+        condition = (
+            Attr(self.definition.target_key_attrs[0]).not_exists()
+            | Attr("entity").eq(TOMBSTONE)
+            | self.definition.owner_condition(ref)
+        )
+        outcome = await self._conditional_put(tomb, condition)
+        if not outcome.ok:
+            return None  # another source item holds this key: not ours to remove
+        self.last_tombstone_at = max(self.last_tombstone_at, now)
+        return tomb
+
+    # =============================================================== collisions
+    async def _handle_collisions(
+        self,
+        ref: SourceRef,
+        image: Item | None,
+        collided: list[tuple[Item, _PutOutcome]],
+        *,
+        fresh: bool,
+        held: set[TargetKey],
+    ) -> KeyCollision | None:
+        """Quarantine, register as waiter, re-check (write first, read second)."""
+        first_item, first = collided[0]
+        key = self.definition.target_key(first_item)
+        holder = self.definition.owner(first.existing or {})
+        error = KeyCollision(
+            f"target key {'/'.join(key)} is already owned by "
+            f"{holder.table + ' ' + '|'.join(holder.key) if holder else 'another item'}; "
+            "it will take the key by itself once the holder moves or is deleted"
+        )
+        await self._quarantine(ref, error, image, held, collision_key=key)
+        tokens = {}
+        for item, _ in collided:
+            tokens[self.definition.target_key(item)] = await self.control.waiter_add(
+                self.definition.target_key(item), ref
+            )
+        # Re-check after registering: a release that happened before our
+        # registration is seen here; one after it will wake us.
+        if fresh:
+            retried = await asyncio.gather(*(self._put_fresh(ref, item) for item, _ in collided))
+        else:
+            return error  # stale writers re-check through their re-read loop
+        if all(o.ok for o in retried):
+            for key_, token in tokens.items():
+                await self.control.waiter_remove(key_, ref, token)
+            await self.control.quarantine_clear(ref)
+            return None
+        return error
+
+    async def _wake(self, tomb: Item) -> int:
+        """After removing a key, re-apply every source item waiting for it."""
+        key = self.definition.target_key(tomb)
+        woken = 0
+        for waiter, token in await self.control.waiters(key):
+            entry = (await self.control.quarantine_get_many([waiter])).get(waiter)
+            held = entry.held_keys if entry else set()
+            outcome = await self.apply_stale_from_source(waiter, held=held, allow_tomb_id=tomb["_ds_tomb_id"])
+            if outcome.quarantined is None or not isinstance(outcome.quarantined, KeyCollision):
+                await self.control.waiter_remove(key, waiter, token)
+            woken += 1
+        return woken
+
+    # ================================================================ stale path
+    async def read_source(self, ref: SourceRef) -> tuple[Item | None, float]:
+        """Strongly consistent read of a source item, with the time it was taken."""
+        source = self.definition.source(ref.table)
+        read_at = self.clock()
+        try:
+            response = await self.client.get_item(
+                TableName=self.settings.physical_name(ref.table),
+                Key=to_wire(source.key_of(ref)),
+                ConsistentRead=True,
+            )
+        except Exception as exc:
+            raise translate(exc, f"read {self.settings.physical_name(ref.table)}") from exc
+        item = response.get("Item")
+        return (to_native(item) if item else None), read_at
+
+    def stale_condition(self, read_at: float, allow_tomb_id: str | None = None) -> Any:
+        cutoff = int(read_at * 1000) - self.margin_ms
+        tomb_ok = Attr("_ds_deleted_at").lt(cutoff)
+        if allow_tomb_id:
+            tomb_ok = tomb_ok | Attr("_ds_tomb_id").eq(allow_tomb_id)
+        return Attr(self.definition.target_key_attrs[0]).not_exists() | (Attr("entity").eq(TOMBSTONE) & tomb_ok)
+
+    async def apply_stale_from_source(
+        self, ref: SourceRef, *, held: set[TargetKey] = frozenset(), allow_tomb_id: str | None = None  # type: ignore[assignment]
+    ) -> ApplyResult:
+        """Re-read a source item and apply it as a stale writer (waker, repair, retry).
+
+        Blocked by a recent tombstone, it waits until that tombstone is older
+        than the margin and re-reads, a bounded number of times.
+        """
+        result = ApplyResult()
+        for _attempt in range(STALE_RETRIES):
+            image, read_at = await self.read_source(ref)
+            if image is None:
+                # Deleted at the source: its REMOVE record is the mirror's to apply.
+                return result
+            try:
+                targets = self._transform(ref, image)
+            except QuarantineError as exc:
+                await self._quarantine_stale(ref, exc, image, held)
+                result.quarantined = exc
+                return result
+            status, detail = await self._transact_stale(ref, targets, held, read_at, allow_tomb_id)
+            if status == "ok":
+                result.written += len(targets)
+                removed_keys = held - {self.definition.target_key(t) for t in targets}
+                result.removed += len(removed_keys)
+                await self.control.quarantine_clear(ref)
+                result.cleared_quarantine = True
+                for tomb in detail:
+                    result.woken += await self._wake(tomb)
+                return result
+            if status == "mine":
+                result.skipped += len(targets)  # the mirror already has this or newer
+                return result
+            if status == "collision":
+                item, existing = detail
+                error = await self._handle_collisions(
+                    ref, image, [(item, _PutOutcome(False, existing))], fresh=False, held=held
+                )
+                # Re-check after registering (stale writers re-read to do it).
+                recheck, _ = await self._get_target(self.definition.target_key(item))
+                if recheck is not None and not is_tombstone(recheck):
+                    await self._drop_quarantine_if_changed(ref, image)
+                    result.quarantined = error
+                    return result
+                continue
+            # status == "tombstone": blocked by a recent removal; wait it out, re-read.
+            result.retried_stale += 1
+            wait_s = max(0.0, detail / 1000 + self.settings.consistency_margin_s - self.clock()) + 0.05
+            await self.sleep(wait_s)
+            allow_tomb_id = None
+        return result
+
+    async def _transact_stale(
+        self,
+        ref: SourceRef,
+        targets: list[Item],
+        held: set[TargetKey],
+        read_at: float,
+        allow_tomb_id: str | None,
+    ) -> tuple[str, Any]:
+        """All puts (create-only) and removals of left-behind keys, atomically."""
+        new_keys = {self.definition.target_key(t) for t in targets}
+        removals = sorted(held - new_keys)
+        now = self.clock()
+        tombs = [tombstone_item(self.definition, key, now) for key in removals]
+        actions = []
+        put_condition = render(self.stale_condition(read_at, allow_tomb_id))
+        for item in targets:
+            actions.append(
+                {"Put": {"TableName": self.target, "Item": to_wire(item),
+                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **put_condition}}
+            )
+        remove_condition = render(
+            Attr(self.definition.target_key_attrs[0]).not_exists()
+            | Attr("entity").eq(TOMBSTONE)
+            | self.definition.owner_condition(ref)
+        )
+        for tomb in tombs:
+            actions.append({"Put": {"TableName": self.target, "Item": to_wire(tomb), **remove_condition}})
+        if not actions:
+            return "ok", []
+        if self.clock() - read_at > self.settings.stale_write_horizon_s:
+            return "tombstone", int(read_at * 1000)  # too old to write: re-read now
+        try:
+            await self.client.transact_write_items(TransactItems=actions)
+        except Exception as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise translate(exc, f"write {self.target}") from exc
+            reasons = exc.response.get("CancellationReasons", [])  # type: ignore[attr-defined]
+            return self._classify_cancel(ref, targets, reasons)
+        if tombs:
+            self.last_tombstone_at = max(self.last_tombstone_at, now)
+        return "ok", tombs
+
+    def _classify_cancel(self, ref: SourceRef, targets: list[Item], reasons: list[dict[str, Any]]) -> tuple[str, Any]:
+        for index, reason in enumerate(reasons):
+            if reason.get("Code") != "ConditionalCheckFailed" or index >= len(targets):
+                continue
+            existing = to_native(reason["Item"]) if reason.get("Item") else None
+            if is_tombstone(existing):
+                return "tombstone", int(existing["_ds_deleted_at"])  # type: ignore[index]
+            holder = self.definition.owner(existing or {})
+            if holder == ref:
+                return "mine", None
+            return "collision", (targets[index], existing)
+        if any(r.get("Code") in ("ThrottlingError", "TransactionConflict") for r in reasons):
+            from shared.errors import TransientError
+
+            raise TransientError(f"transaction on {self.target} cancelled: {reasons}")
+        # A removal's ownership check failed: a key we held was taken meanwhile;
+        # re-read and try again.
+        return "tombstone", int(self.clock() * 1000)
+
+    async def _get_target(self, key: TargetKey) -> tuple[Item | None, float]:
+        read_at = self.clock()
+        try:
+            response = await self.client.get_item(
+                TableName=self.target,
+                Key=to_wire(dict(zip(self.definition.target_key_attrs, key, strict=True))),
+                ConsistentRead=True,
+            )
+        except Exception as exc:
+            raise translate(exc, f"read {self.target}") from exc
+        item = response.get("Item")
+        return (to_native(item) if item else None), read_at
+
+    # =============================================================== quarantine
+    async def _quarantine(
+        self,
+        ref: SourceRef,
+        error: QuarantineError,
+        image: Item | None,
+        held: set[TargetKey],
+        collision_key: TargetKey | None = None,
+    ) -> None:
+        await self.control.quarantine_put(
+            QuarantineEntry(
+                ref=ref,
+                reason=error.reason,
+                message=error.message,
+                image=image,
+                held_keys=set(held),
+                detected_at=self.clock(),
+                collision_key=collision_key,
+            )
+        )
+
+    async def _quarantine_stale(
+        self, ref: SourceRef, error: QuarantineError, image: Item, held: set[TargetKey]
+    ) -> None:
+        """Quarantine from a possibly outdated read, then re-check the source.
+
+        If the source changed meanwhile, the mirror may already have applied
+        the newer version and cleared quarantine before our entry landed;
+        re-reading after writing (and the mirror reading after the source
+        write) means one of us sees the other, so we drop our entry.
+        """
+        await self._quarantine(ref, error, image, held)
+        await self._drop_quarantine_if_changed(ref, image)
+
+    async def _drop_quarantine_if_changed(self, ref: SourceRef, image: Item | None) -> None:
+        current, _ = await self.read_source(ref)
+        if current != image:
+            await self.control.quarantine_clear(ref)
+
+    # ============================================================ backfill path
+    async def quarantine_from_stale_read(
+        self, ref: SourceRef, error: QuarantineError, image: Item
+    ) -> None:
+        """Bad data met by the backfill: quarantine it, race-safely."""
+        await self._quarantine_stale(ref, error, image, set())
+
+
+async def sweep_tombstones(
+    settings: Settings, definition: MigrationDefinition, client: Any, *, older_than_s: float, clock: Clock = time.time
+) -> int:
+    """Delete tombstones older than `older_than_s` (0 = all, for finalize)."""
+    cutoff_ms = int((clock() - older_than_s) * 1000)
+    removed = 0
+    for bucket in range(TOMB_BUCKETS):
+        kwargs: dict[str, Any] = {
+            "TableName": settings.target_table,
+            "IndexName": "GSI1",
+            "KeyConditionExpression": "GSI1PK = :pk AND GSI1SK < :cut",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": f"_DYNASHIFT#TOMBSTONE#{bucket}"},
+                ":cut": {"S": f"{cutoff_ms:015d}$"},
+            },
+        }
+        while True:
+            try:
+                page = await client.query(**kwargs)
+            except Exception as exc:
+                raise translate(exc, f"query tombstones in {settings.target_table}") from exc
+            for raw in page.get("Items", []):
+                key = {a: raw[a] for a in definition.target_key_attrs}
+                try:
+                    await client.delete_item(
+                        TableName=settings.target_table,
+                        Key=key,
+                        ConditionExpression="entity = :t AND #d = :d",
+                        ExpressionAttributeNames={"#d": "_ds_deleted_at"},
+                        ExpressionAttributeValues={":t": {"S": TOMBSTONE}, ":d": raw["_ds_deleted_at"]},
+                    )
+                    removed += 1
+                except Exception as exc:
+                    if error_code(exc) != "ConditionalCheckFailedException":
+                        raise translate(exc, f"sweep tombstone in {settings.target_table}") from exc
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return removed

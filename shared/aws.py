@@ -1,0 +1,124 @@
+"""AWS clients and the one place where botocore errors are translated.
+
+Clients are created lazily (never at import time) from the settings: region
+and endpoint as `shared.settings` resolves them, credentials from the usual
+botocore chain. Against a local endpoint with no credentials configured, a
+dummy pair is used, because DynamoDB Local accepts any.
+
+`translate()` maps a botocore exception to the dynashift hierarchy, keeping
+the cause: throttling, 5xx and network faults become `TransientError` (the
+only reason to retry), everything else `StoreError` with a readable message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from shared.errors import StoreError, TransientError
+from shared.settings import Settings
+
+TRANSIENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "TransactionInProgressException",
+        "TransactionConflictException",
+        "ExpiredIteratorException",
+    }
+)
+
+_DUMMY_CREDENTIALS = {"aws_access_key_id": "dynashiftlocal", "aws_secret_access_key": "dynashiftlocal"}
+
+
+def client_kwargs(settings: Settings, *, max_attempts: int = 3, pool: int = 50) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "region_name": settings.effective_region,
+        "config": Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            max_pool_connections=pool,
+            connect_timeout=5,
+            read_timeout=20,
+        ),
+    }
+    endpoint = settings.effective_endpoint
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+        if settings.is_local and botocore.session.get_session().get_credentials() is None:
+            kwargs.update(_DUMMY_CREDENTIALS)
+    return kwargs
+
+
+def dynamodb(settings: Settings, **kw: Any) -> Any:
+    return boto3.session.Session().client("dynamodb", **client_kwargs(settings, **kw))
+
+
+def streams(settings: Settings, **kw: Any) -> Any:
+    kwargs = client_kwargs(settings, **kw)
+    return boto3.session.Session().client("dynamodbstreams", **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
+        yield client
+
+
+def error_code(exc: BaseException) -> str | None:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code")
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in TRANSIENT_CODES or status >= 500
+    return isinstance(
+        exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError, OSError)
+    ) or type(exc).__name__ in {"ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "TimeoutError"}
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """A dynashift error for a botocore/aiohttp failure while doing `what`."""
+    if isinstance(exc, (TransientError, StoreError)):
+        return exc
+    if isinstance(exc, EndpointConnectionError):
+        err: Exception = TransientError(f"{what}: cannot reach endpoint {exc.kwargs.get('endpoint_url', '')}")
+    elif is_transient(exc):
+        err = TransientError(f"{what}: {error_code(exc) or type(exc).__name__}: {exc}")
+    elif isinstance(exc, NoCredentialsError):
+        err = StoreError(f"{what}: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
+    elif error_code(exc) == "ResourceNotFoundException":
+        err = StoreError(f"{what}: table not found ({exc.response['Error'].get('Message', '')})")
+    elif isinstance(exc, ClientError):
+        err = StoreError(f"{what}: {error_code(exc)}: {exc.response['Error'].get('Message', '')}")
+    elif isinstance(exc, BotoCoreError):
+        err = StoreError(f"{what}: {exc}")
+    else:
+        return exc  # type: ignore[return-value]
+    err.__cause__ = exc
+    return err

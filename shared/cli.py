@@ -1,0 +1,257 @@
+"""The `dynashift` command line.
+
+Thin by design: each command parses its options, builds the one settings
+object, calls the library and renders the result with rich. Every deliberate
+error (`DynashiftError`), every usage error and every unreachable endpoint
+ends as exactly one readable line on stderr and a non-zero exit code
+(2 for bad input or configuration), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from shared.errors import DynashiftError, UsageError
+from shared.settings import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Context:
+    """What every command needs: the settings built from the global options."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.overrides = overrides
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(**self.overrides)
+        return self._settings
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--endpoint-url", help="DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL).")
+@click.option("--region", help="AWS region (default: AWS_REGION, else us-east-1).")
+@click.version_option(package_name="dynashift")
+@click.pass_context
+def cli(ctx: click.Context, endpoint_url: str | None, region: str | None) -> None:
+    """dynashift: live DynamoDB migration with seconds of write freeze.
+
+    Settings come from options, DYNASHIFT_* environment variables and an
+    optional dynashift.toml, in that order.
+    """
+    ctx.obj = Context({"endpoint_url": endpoint_url, "region": region})
+
+
+# --------------------------------------------------------------------------- local
+@cli.group()
+def local() -> None:
+    """Run DynamoDB Local, AWS's own engine, in the background."""
+
+
+@local.command("start")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on (default: setting local_port, 8000).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the data in this folder (default: in memory, gone at stop).",
+)
+@pass_ctx
+def local_start(ctx: Context, port: int | None, data_dir: Path | None) -> None:
+    """Fetch (once) and start DynamoDB Local; return when it answers."""
+    from shared import local_engine
+
+    settings = ctx.settings
+    port = port or settings.local_port
+    with console.status(f"starting the local engine on port {port}"):
+        info = local_engine.start(settings.cache_dir, port, data_dir)
+    where = f"data in {info.data_dir}" if info.data_dir else "in memory"
+    console.print(f"{info.kind} is running on {info.endpoint} (pid {info.pid}, {where})")
+    console.print(f"use it with: export AWS_ENDPOINT_URL={info.endpoint}")
+
+
+@local.command("stop")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port of the engine to stop (default: local_port).")
+@pass_ctx
+def local_stop(ctx: Context, port: int | None) -> None:
+    """Stop the local engine started by `local start`."""
+    from shared import local_engine
+
+    port = port or ctx.settings.local_port
+    if local_engine.stop(ctx.settings.cache_dir, port):
+        console.print(f"stopped the local engine on port {port}")
+    else:
+        console.print(f"no local engine of ours is running on port {port}")
+
+
+@local.command("status")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to check (default: local_port).")
+@pass_ctx
+def local_status(ctx: Context, port: int | None) -> None:
+    """Say whether the local engine is running."""
+    from shared import local_engine
+
+    port = port or ctx.settings.local_port
+    info = local_engine.status(ctx.settings.cache_dir, port)
+    if info:
+        console.print(f"{info.kind} is running on {info.endpoint} (pid {info.pid})")
+    else:
+        console.print(f"no local engine of ours is running on port {port}")
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------- tables
+@cli.group()
+def tables() -> None:
+    """Create the tables defined in template.yaml."""
+
+
+@tables.command("create")
+@click.option("--with-sources", is_flag=True, help="Also create the legacy tables (with streams), for local use.")
+@pass_ctx
+def tables_create(ctx: Context, with_sources: bool) -> None:
+    """Create sc-main and the control table exactly as template.yaml defines them.
+
+    Creating a table that already exists is not an error.
+    """
+    from shared.commands import create_tables
+
+    for name, outcome, notes in create_tables(ctx.settings, with_sources=with_sources):
+        console.print(f"{name}: {outcome}" + "".join(f" ({n})" for n in notes))
+
+
+# ---------------------------------------------------------------------------- seed
+@cli.command()
+@click.option("--accounts", type=click.IntRange(min=0), required=True, help="Number of account items.")
+@click.option("--repos", type=click.IntRange(min=0), required=True, help="Number of repository items.")
+@click.option(
+    "--bad-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of items with bad data (each quarantine reason represented).",
+)
+@click.option("--seed", "seed_value", type=int, default=1, show_default=True, help="Random seed (reproducible).")
+@pass_ctx
+def seed(ctx: Context, accounts: int, repos: int, bad_fraction: float, seed_value: int) -> None:
+    """Write realistic legacy items, every legacy variant included."""
+    from shared.commands import run_seed
+
+    report = asyncio.run(run_seed(ctx.settings, accounts, repos, bad_fraction, seed_value, console))
+    console.print(report)
+
+
+# -------------------------------------------------------------------------- mirror
+@cli.group()
+def mirror() -> None:
+    """Replicate legacy writes to the target (the local stream runner)."""
+
+
+@mirror.command("run")
+@click.option("--follow", is_flag=True, help="Keep polling for new records until SIGINT/SIGTERM.")
+@click.option(
+    "--from",
+    "start_from",
+    type=click.Choice(["trim-horizon", "latest"]),
+    default="trim-horizon",
+    show_default=True,
+    help="Where to start a shard that has no checkpoint yet.",
+)
+@click.option("--max-seconds", type=click.FloatRange(min=0), help="Stop after this long (for scripts).")
+@pass_ctx
+def mirror_run(ctx: Context, follow: bool, start_from: str, max_seconds: float | None) -> None:
+    """Poll the legacy tables' streams and apply every record through the mirror handler.
+
+    It calls the same handler function Lambda calls, with Lambda-shaped events,
+    keeps a checkpoint per shard in the control table and resumes from it.
+    Without --follow it stops once every shard is drained.
+    """
+    from shared.stream_runner import run_forward_mirror
+
+    settings = ctx.settings
+    with console.status("mirroring") as status:
+
+        def show(report: Any) -> None:
+            status.update(f"mirroring: {report.records} records in {report.batches} batches")
+
+        report = run_forward_mirror(
+            settings, follow=follow, start_from=start_from, max_seconds=max_seconds, install_signals=True,
+            on_batch=show,
+        )
+    console.print(
+        f"applied {report.records} records in {report.batches} batches "
+        f"({report.redelivered} redelivered after transient faults, {report.expired_iterators} iterators renewed, "
+        f"{report.tombstones_swept} tombstones swept)"
+    )
+
+
+# ---------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Port for the embedded engine (default: a free one).")
+@click.option("--scale", type=click.IntRange(min=1), default=1, show_default=True, help="Multiply the data size.")
+@click.option("--keep", is_flag=True, help="Leave the local engine running afterwards, for exploring.")
+@pass_ctx
+def demo(ctx: Context, port: int | None, scale: int, keep: bool) -> None:
+    """The whole migration, told as a story on the embedded DynamoDB Local."""
+    from shared.demo import run_demo
+
+    run_demo(ctx.overrides, port=port, scale=scale, keep=keep, console=console)
+
+
+# ----------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every failure is one line on stderr."""
+    try:
+        cli.main(args=argv, prog_name="dynashift", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("dynashift: aborted")
+        return 130
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "dynashift"
+        _fail(f"{command}: {exc.format_message()}")
+        return 2
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+        return exc.exit_code
+    except DynashiftError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("dynashift: interrupted")
+        return 130
+    except Exception as exc:  # the last line of defence: still one line
+        from shared.aws import translate
+
+        translated = translate(exc, type(exc).__name__)
+        if translated is exc:
+            _fail(f"unexpected error: {type(exc).__name__}: {exc}")
+            return 1
+        _fail(str(translated))
+        return 2
+    return 0
+
+
+def _fail(message: str) -> None:
+    line = " ".join(str(message).split())
+    err_console.print(f"dynashift: error: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+__all__ = ["cli", "main", "run", "UsageError"]

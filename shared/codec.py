@@ -1,0 +1,98 @@
+"""Matched serialize/deserialize between DynamoDB AttributeValues and native items.
+
+boto3's `TypeSerializer`/`TypeDeserializer` do the work; this module adds the
+one thing they don't: DynamoDB Local 3.3.1 renders an empty map inside
+*stream records* as ``{}`` instead of ``{"M": {}}`` (GetItem and Scan are
+correct). `from_stream_image` repairs that before deserialising, so a stream
+image and a scanned item of the same data are equal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def to_native(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deserializer.deserialize(v) for k, v in item.items()}
+
+
+def to_wire(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(v) for k, v in item.items()}
+
+
+def value_to_wire(value: Any) -> dict[str, Any]:
+    return _serializer.serialize(value)
+
+
+def _repair(value: Any) -> Any:
+    if isinstance(value, dict):
+        if not value:
+            return {"M": {}}
+        if "M" in value and len(value) == 1:
+            return {"M": {k: _repair(v) for k, v in value["M"].items()}}
+        if "L" in value and len(value) == 1:
+            return {"L": [_repair(v) for v in value["L"]]}
+    return value
+
+
+def from_stream_image(image: dict[str, Any]) -> dict[str, Any]:
+    """A stream record's NewImage/OldImage as a native item (quirk repaired)."""
+    return {k: _deserializer.deserialize(_repair(v)) for k, v in image.items()}
+
+
+# --- DynamoDB JSON (the export format: B and BS members as base64 text) -------------
+def _b64_out(value: Any) -> Any:
+    import base64
+
+    if isinstance(value, dict):
+        out = {}
+        for tag, inner in value.items():
+            if tag == "B":
+                out[tag] = base64.b64encode(bytes(inner)).decode()
+            elif tag == "BS":
+                out[tag] = [base64.b64encode(bytes(b)).decode() for b in inner]
+            elif tag == "L":
+                out[tag] = [_b64_out(v) for v in inner]
+            elif tag == "M":
+                out[tag] = {k: _b64_out(v) for k, v in inner.items()}
+            else:
+                out[tag] = inner
+        return out
+    return value
+
+
+def _b64_in(value: Any) -> Any:
+    import base64
+
+    if isinstance(value, dict):
+        if not value:  # DynamoDB Local's stream quirk, see from_stream_image
+            return {"M": {}}
+        out = {}
+        for tag, inner in value.items():
+            if tag == "B":
+                out[tag] = base64.b64decode(inner)
+            elif tag == "BS":
+                out[tag] = [base64.b64decode(b) for b in inner]
+            elif tag == "L":
+                out[tag] = [_b64_in(v) for v in inner]
+            elif tag == "M":
+                out[tag] = {k: _b64_in(v) for k, v in inner.items()}
+            else:
+                out[tag] = inner
+        return out
+    return value
+
+
+def to_dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
+    """A native item as DynamoDB JSON (JSON-safe: binary as base64)."""
+    return {k: _b64_out(v) for k, v in to_wire(item).items()}
+
+
+def from_dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB JSON (as in exports and Lambda events) to a native item."""
+    return {k: _deserializer.deserialize(_b64_in(v)) for k, v in item.items()}

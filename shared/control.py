@@ -1,0 +1,212 @@
+"""The control table: dynashift's own state, one item family per concern.
+
+Layout (hash key PK, range key SK, TTL attribute `expires_at`):
+
+| PK                         | SK                  | what                                         |
+|----------------------------|---------------------|----------------------------------------------|
+| `QUARANTINE#<bucket>`      | `<source ref>`      | a source item that cannot be migrated        |
+| `WAIT#<target key>`        | `<source ref>`      | a source item waiting for a key to be free   |
+| `CHECKPOINT#<stream arn>`  | `<shard id>`        | last sequence number fully applied           |
+| `MODE`                     | `MODE`              | the cutover flag                             |
+
+Quarantine is spread over a few buckets so listing it is a handful of
+queries, not a scan, and no single partition takes every write. An entry
+keeps the full source image (zlib-compressed DynamoDB JSON, so even a
+~400 KB legacy item fits), its table and key, a reason code and a message a
+person can act on, and `held_keys`: the target keys the item's last clean
+version left in the target, which the next clean version must clean up.
+
+All reads here are strongly consistent: the no-lost-wake-up argument for
+key collisions (see `shared.apply`) depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from boto3.dynamodb.types import Binary
+
+from shared.aws import translate
+from shared.codec import from_dynamodb_json, to_dynamodb_json
+from shared.definition import Item, SourceRef, TargetKey
+
+QUARANTINE_BUCKETS = 8
+KEY_SEP = "\x1f"
+
+
+def key_text(key: TargetKey) -> str:
+    return KEY_SEP.join(key)
+
+
+def key_from_text(text: str) -> TargetKey:
+    return tuple(text.split(KEY_SEP))
+
+
+def quarantine_pk(ref: SourceRef) -> str:
+    bucket = zlib.crc32(ref.as_text().encode()) % QUARANTINE_BUCKETS
+    return f"QUARANTINE#{bucket}"
+
+
+@dataclass
+class QuarantineEntry:
+    ref: SourceRef
+    reason: str
+    message: str
+    image: Item | None
+    held_keys: set[TargetKey] = field(default_factory=set)
+    detected_at: float = 0.0
+    collision_key: TargetKey | None = None
+
+
+def encode_image(image: Item | None) -> bytes:
+    return zlib.compress(json.dumps(to_dynamodb_json(image or {}), separators=(",", ":")).encode(), 6)
+
+
+def decode_image(blob: Any) -> Item:
+    raw = blob.value if isinstance(blob, Binary) else blob
+    return from_dynamodb_json(json.loads(zlib.decompress(raw)))
+
+
+class ControlStore:
+    """Async access to the control table through an aiobotocore client."""
+
+    def __init__(self, client: Any, table: str, clock: Any = time.time) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+
+    # ------------------------------------------------------------ quarantine
+    async def quarantine_put(self, entry: QuarantineEntry) -> None:
+        item = {
+            "PK": {"S": quarantine_pk(entry.ref)},
+            "SK": {"S": entry.ref.as_text()},
+            "source_table": {"S": entry.ref.table},
+            "source_key": {"L": [{"S": k} for k in entry.ref.key]},
+            "reason": {"S": entry.reason},
+            "message": {"S": entry.message[:2000]},
+            "image": {"B": encode_image(entry.image)},
+            "detected_at": {"N": repr(round(entry.detected_at or self.clock(), 3))},
+            "held_keys": {"L": [{"S": key_text(k)} for k in sorted(entry.held_keys)]},
+        }
+        if entry.collision_key:
+            item["collision_key"] = {"S": key_text(entry.collision_key)}
+        try:
+            await self.client.put_item(TableName=self.table, Item=item)
+        except Exception as exc:
+            raise translate(exc, "store quarantine entry") from exc
+
+    async def quarantine_clear(self, ref: SourceRef) -> None:
+        try:
+            await self.client.delete_item(
+                TableName=self.table, Key={"PK": {"S": quarantine_pk(ref)}, "SK": {"S": ref.as_text()}}
+            )
+        except Exception as exc:
+            raise translate(exc, "clear quarantine entry") from exc
+
+    async def quarantine_get_many(self, refs: Iterable[SourceRef]) -> dict[SourceRef, QuarantineEntry]:
+        """Strongly consistent BatchGetItem of the entries for `refs` (missing = not quarantined)."""
+        refs = list(dict.fromkeys(refs))
+        found: dict[SourceRef, QuarantineEntry] = {}
+        for start in range(0, len(refs), 100):
+            keys = [{"PK": {"S": quarantine_pk(r)}, "SK": {"S": r.as_text()}} for r in refs[start : start + 100]]
+            request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
+            delay = 0.05
+            while request:
+                try:
+                    response = await self.client.batch_get_item(RequestItems=request)
+                except Exception as exc:
+                    raise translate(exc, "read quarantine entries") from exc
+                for raw in response.get("Responses", {}).get(self.table, []):
+                    entry = self._entry(raw)
+                    found[entry.ref] = entry
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    import asyncio
+
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        return found
+
+    async def quarantine_list(self, reason: str | None = None) -> list[QuarantineEntry]:
+        entries = []
+        for bucket in range(QUARANTINE_BUCKETS):
+            async for raw in self._query(f"QUARANTINE#{bucket}"):
+                entry = self._entry(raw)
+                if reason is None or entry.reason == reason:
+                    entries.append(entry)
+        return sorted(entries, key=lambda e: e.ref)
+
+    @staticmethod
+    def _entry(raw: dict[str, Any]) -> QuarantineEntry:
+        blob = raw["image"]["B"]
+        return QuarantineEntry(
+            ref=SourceRef(raw["source_table"]["S"], tuple(k["S"] for k in raw["source_key"]["L"])),
+            reason=raw["reason"]["S"],
+            message=raw["message"]["S"],
+            image=decode_image(blob),
+            held_keys={key_from_text(k["S"]) for k in raw.get("held_keys", {}).get("L", [])},
+            detected_at=float(raw["detected_at"]["N"]),
+            collision_key=key_from_text(raw["collision_key"]["S"]) if "collision_key" in raw else None,
+        )
+
+    # --------------------------------------------------------------- waiters
+    async def waiter_add(self, key: TargetKey, ref: SourceRef) -> str:
+        token = uuid.uuid4().hex
+        try:
+            await self.client.put_item(
+                TableName=self.table,
+                Item={
+                    "PK": {"S": "WAIT#" + key_text(key)},
+                    "SK": {"S": ref.as_text()},
+                    "token": {"S": token},
+                    "registered_at": {"N": repr(round(self.clock(), 3))},
+                },
+            )
+        except Exception as exc:
+            raise translate(exc, "register key waiter") from exc
+        return token
+
+    async def waiters(self, key: TargetKey) -> list[tuple[SourceRef, str]]:
+        return [
+            (SourceRef.from_text(raw["SK"]["S"]), raw["token"]["S"])
+            async for raw in self._query("WAIT#" + key_text(key))
+        ]
+
+    async def waiter_remove(self, key: TargetKey, ref: SourceRef, token: str | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if token:
+            kwargs = {"ConditionExpression": "#t = :t", "ExpressionAttributeNames": {"#t": "token"},
+                      "ExpressionAttributeValues": {":t": {"S": token}}}
+        try:
+            await self.client.delete_item(
+                TableName=self.table, Key={"PK": {"S": "WAIT#" + key_text(key)}, "SK": {"S": ref.as_text()}}, **kwargs
+            )
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return  # re-registered meanwhile by a newer collision: keep it
+            raise translate(exc, "remove key waiter") from exc
+
+    # ---------------------------------------------------------------- helpers
+    async def _query(self, pk: str) -> Any:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "PK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "ConsistentRead": True,
+        }
+        while True:
+            try:
+                page = await self.client.query(**kwargs)
+            except Exception as exc:
+                raise translate(exc, f"query control table {pk}") from exc
+            for raw in page.get("Items", []):
+                yield raw
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

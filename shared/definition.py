@@ -1,0 +1,110 @@
+"""What a migration *is*, as far as the engine knows.
+
+The engine (mirror, backfill, verifier, cutover) is generic. Everything that
+is specific to one migration lives in a `MigrationDefinition`: the source
+tables and their key attributes, the target key attributes, and five pure
+functions. The sc migration (`shared.sc`) is one registered definition; a toy
+definition in the tests proves the engine does not depend on it.
+
+Items crossing this boundary are *native* items: what boto3's
+`TypeDeserializer` produces (str, Decimal, bool, None, bytes/Binary, set,
+list, dict). Keys of target items are tuples of the target key attribute
+values, e.g. ``("ACCOUNT#a1", "PROFILE")``.
+
+Contract of the functions (all pure and deterministic):
+
+- ``transform(source_table, item) -> list[item]``: the target items of one
+  source item, or raises a `shared.errors.QuarantineError`.
+- ``candidate_keys(source_table, item) -> set[key]``: best-effort target keys
+  an image *may* have produced, never raising; used to remove the items of an
+  old image that itself failed to transform. Superset is fine: removals are
+  guarded by ownership.
+- ``owner(target_item) -> SourceRef | None``: which source item owns a target
+  item (None for items no source can own).
+- ``owner_condition(ref) -> boto3 ConditionBase``: a condition that is true
+  exactly for target items owned by ``ref``, evaluated by DynamoDB.
+- ``reverse(source_table, target_items) -> item``: rebuild the legacy item
+  from all the target items its source owns (used after cutover).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import ConfigError
+
+Item = dict[str, Any]
+TargetKey = tuple[str, ...]
+
+
+@dataclass(frozen=True, order=True)
+class SourceRef:
+    """A source item's identity: its (logical) table and its key values."""
+
+    table: str
+    key: tuple[str, ...]
+
+    def as_text(self) -> str:
+        return self.table + "|" + "|".join(self.key)
+
+    @classmethod
+    def from_text(cls, text: str) -> SourceRef:
+        table, *key = text.split("|")
+        return cls(table, tuple(key))
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A legacy table, by logical name, with its key attribute names."""
+
+    name: str
+    key_attrs: tuple[str, ...]
+
+    def ref(self, item: Mapping[str, Any]) -> SourceRef:
+        return SourceRef(self.name, tuple(str(item[a]) for a in self.key_attrs))
+
+    def key_of(self, ref: SourceRef) -> Item:
+        return dict(zip(self.key_attrs, ref.key, strict=True))
+
+
+@dataclass(frozen=True)
+class MigrationDefinition:
+    name: str
+    sources: tuple[SourceTable, ...]
+    target_key_attrs: tuple[str, ...]
+    transform: Callable[[str, Item], list[Item]]
+    candidate_keys: Callable[[str, Item], set[TargetKey]]
+    owner: Callable[[Item], SourceRef | None]
+    owner_condition: Callable[[SourceRef], Any]
+    reverse: Callable[[str, list[Item]], Item]
+
+    def source(self, name: str) -> SourceTable:
+        for table in self.sources:
+            if table.name == name:
+                return table
+        names = ", ".join(t.name for t in self.sources)
+        raise ConfigError(f"unknown source table {name!r} (this migration has: {names})")
+
+    def target_key(self, item: Mapping[str, Any]) -> TargetKey:
+        return tuple(str(item[a]) for a in self.target_key_attrs)
+
+
+_REGISTRY: dict[str, MigrationDefinition] = {}
+
+
+def register(definition: MigrationDefinition) -> MigrationDefinition:
+    _REGISTRY[definition.name] = definition
+    return definition
+
+
+def get_definition(name: str) -> MigrationDefinition:
+    if name not in _REGISTRY and name == "sc":
+        import shared.sc  # noqa: F401  (registers itself on import)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown migration {name!r} (registered: {', '.join(sorted(_REGISTRY)) or 'none'})"
+        ) from None

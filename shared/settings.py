@@ -1,0 +1,178 @@
+"""The one settings object.
+
+Precedence: explicit arguments > ``DYNASHIFT_*`` environment variables >
+``dynashift.toml`` (in the working directory, or the file named by
+``DYNASHIFT_CONFIG``) > defaults. It is validated once and frozen; a bad value
+fails with a `ConfigError` that names the setting.
+
+The DynamoDB endpoint follows the standard AWS conventions:
+``DYNASHIFT_ENDPOINT_URL`` if set, else ``AWS_ENDPOINT_URL_DYNAMODB``, else
+``AWS_ENDPOINT_URL``, else none (the real regional endpoint). Region: the
+setting, else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else ``us-east-1``.
+Credentials come from the usual botocore chain.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from shared.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE_ENV = "DYNASHIFT_CONFIG"
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get(CONFIG_FILE_ENV, "dynashift.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DYNASHIFT_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- what is migrated -------------------------------------------------
+    migration: str = Field("sc", description="registered migration definition")
+    table_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="physical name per logical source table, e.g. {\"sc-accounts\": \"prod-accounts\"}",
+    )
+    target_table: str = Field("sc-main", description="the new single table")
+    control_table: str = Field("dynashift-control", description="dynashift's own state")
+
+    # --- where ----------------------------------------------------------------
+    region: str | None = Field(None, description="AWS region (default: AWS_REGION, else us-east-1)")
+    endpoint_url: str | None = Field(
+        None, description="DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL)"
+    )
+
+    # --- the embedded local engine ---------------------------------------------
+    local_port: int = Field(8000, ge=1, le=65535, description="DynamoDB Local port")
+    cache_dir: Path = Field(PROJECT_ROOT / ".cache" / "dynashift", description="engine download and pid files")
+
+    # --- race-safety protocol --------------------------------------------------
+    stale_write_horizon_s: float = Field(
+        10.0, gt=0, description="a stale writer (backfill, repair) must write within this long after its read"
+    )
+    consistency_margin_s: float = Field(
+        3.0, ge=0, description="bound on eventually consistent read staleness plus clock skew"
+    )
+
+    # --- mirror ---------------------------------------------------------------------
+    mirror_batch_size: int = Field(100, ge=1, le=10000, description="records per handler call")
+    mirror_batching_window_s: float = Field(0.0, ge=0, le=300, description="like MaximumBatchingWindowInSeconds")
+    mirror_concurrency: int = Field(32, ge=1, le=512, description="concurrent writes per batch")
+
+    # --- cutover --------------------------------------------------------------------
+    mode_cache_age_s: float = Field(5.0, gt=0, le=300, description="max age of a cached mode flag")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        try:
+            parsed.port  # noqa: B018  (raises on a malformed port)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} has a malformed port") from exc
+        return value
+
+    @field_validator("target_table", "control_table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        return _check_table_name(value)
+
+    @field_validator("table_names")
+    @classmethod
+    def _table_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for physical in value.values():
+            _check_table_name(physical)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file())
+        return (init_settings, env_settings, toml)
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def effective_region(self) -> str:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    @property
+    def effective_endpoint(self) -> str | None:
+        if self.endpoint_url:
+            return self.endpoint_url
+        for var in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"):
+            value = os.environ.get(var)
+            if value:
+                try:
+                    return type(self)._endpoint_is_url(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: {exc}") from None
+        return None
+
+    @property
+    def is_local(self) -> bool:
+        endpoint = self.effective_endpoint
+        return bool(endpoint) and urlparse(endpoint).hostname in ("127.0.0.1", "localhost", "::1")
+
+    def physical_name(self, logical: str) -> str:
+        return self.table_names.get(logical, logical)
+
+    def local_endpoint(self, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.local_port}"
+
+
+_TABLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def _check_table_name(value: str) -> str:
+    if not 3 <= len(value) <= 255 or not set(value) <= _TABLE_NAME_CHARS:
+        raise ValueError(f"{value!r} is not a valid DynamoDB table name (3-255 of a-z A-Z 0-9 _ - .)")
+    return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings; a bad value raises ConfigError naming it."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        message = first["msg"].removeprefix("Value error, ")
+        source = f" (env DYNASHIFT_{name.upper()})" if f"DYNASHIFT_{name.upper()}" in os.environ else ""
+        raise ConfigError(f"invalid setting {name}{source}: {message}") from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed dynashift.toml
+        raise ConfigError(f"cannot read {_config_file()}: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (Lambda handlers and the CLI default)."""
+    return load_settings()

@@ -1,0 +1,472 @@
+"""The local stream runner: Lambda's event source mapping, on one machine.
+
+`dynashift mirror run` polls the source tables' streams (DescribeStream,
+GetShardIterator, GetRecords) and calls the *same* handler function Lambda
+calls, with events of exactly Lambda's shape. It mimics the event source
+mapping where correctness depends on it:
+
+* **Lineage.** A shard is read only once its parent is finished (or gone
+  from the stream), so per-item order holds across shard splits.
+* **Checkpoints.** Per shard, the sequence number of the last record fully
+  applied is kept in the control table (`CHECKPOINT#<stream arn>` /
+  `<shard id>`); a restarted runner resumes AFTER it. A finished shard is
+  marked so its children may start.
+* **Partial batch responses.** With `batchItemFailures`, the checkpoint moves
+  to just before the lowest failed record and the batch is redelivered from
+  there, in order, after a backoff, exactly as Lambda does. A handler that
+  raises fails the whole batch the same way.
+* **Expired iterators** (or trimmed data) are re-acquired from the
+  checkpoint.
+* **Batching.** Up to `mirror_batch_size` records per call, waiting at most
+  `mirror_batching_window_s` to fill a batch.
+* **Stopping.** SIGINT/SIGTERM stop it after the current batch. Without
+  `--follow` it stops by itself once every shard is drained.
+
+While idle and before it exits it sweeps tombstones old enough that no stale
+writer can need them (see `shared.apply`).
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import aws
+from shared.aws import error_code, translate
+from shared.definition import MigrationDefinition, get_definition
+from shared.errors import StoreError, UsageError
+from shared.settings import Settings
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+IDLE_POLL_S = 0.25
+MAX_BACKOFF_S = 5.0
+DESCRIBE_EVERY_S = 10.0
+SWEEP_EVERY_S = 5.0
+
+
+@dataclass
+class LocalContext:
+    """The parts of Lambda's context object that powertools reads."""
+
+    function_name: str = "dynashift-mirror-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:dynashift-mirror-local"
+    aws_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    log_group_name: str = "local"
+    log_stream_name: str = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+@dataclass
+class ShardState:
+    stream_arn: str
+    shard_id: str
+    parent_id: str | None
+    checkpoint: str | None = None
+    finished: bool = False
+    iterator: str | None = None
+    drained: bool = False  # last poll returned nothing
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+@dataclass
+class RunnerReport:
+    batches: int = 0
+    records: int = 0
+    redelivered: int = 0
+    failed_batches: int = 0
+    expired_iterators: int = 0
+    shards_finished: int = 0
+    tombstones_swept: int = 0
+    lag_ms: list[float] = field(default_factory=list)
+
+
+def _b64(value: Any) -> Any:
+    """Binary values as Lambda's JSON events carry them: base64 text."""
+    if isinstance(value, dict):
+        out = {}
+        for tag, inner in value.items():
+            if tag == "B":
+                out[tag] = base64.b64encode(bytes(inner)).decode()
+            elif tag == "BS":
+                out[tag] = [base64.b64encode(bytes(b)).decode() for b in inner]
+            elif tag == "L":
+                out[tag] = [_b64(v) for v in inner]
+            elif tag == "M":
+                out[tag] = {k: _b64(v) for k, v in inner.items()}
+            else:
+                out[tag] = inner
+        return out
+    return value
+
+
+def lambda_record(raw: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
+    """A GetRecords record in the exact shape Lambda delivers it."""
+    body = dict(raw["dynamodb"])
+    created = body.get("ApproximateCreationDateTime")
+    if created is not None and hasattr(created, "timestamp"):
+        body["ApproximateCreationDateTime"] = int(created.timestamp())
+    for image in ("Keys", "NewImage", "OldImage"):
+        if image in body:
+            body[image] = {k: _b64(v) for k, v in body[image].items()}
+    record = {
+        "eventID": raw["eventID"],
+        "eventName": raw["eventName"],
+        "eventVersion": raw.get("eventVersion", "1.1"),
+        "eventSource": "aws:dynamodb",
+        "awsRegion": raw.get("awsRegion", region),
+        "dynamodb": body,
+        "eventSourceARN": stream_arn,
+    }
+    if "userIdentity" in raw:
+        record["userIdentity"] = raw["userIdentity"]
+    return record
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler,
+        *,
+        follow: bool = False,
+        start_from: str = "trim-horizon",
+        definition: MigrationDefinition | None = None,
+        sweeper: Callable[[float], int] | None = None,
+        last_tombstone_at: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
+        max_seconds: float | None = None,
+        on_batch: Callable[[RunnerReport], None] | None = None,
+        source_tables: list[str] | None = None,
+    ) -> None:
+        if start_from not in ("trim-horizon", "latest"):
+            raise UsageError(f"--from must be trim-horizon or latest, not {start_from!r}")
+        self.settings = settings
+        self.handler = handler
+        self.follow = follow
+        self.start_from = start_from
+        self.definition = definition or get_definition(settings.migration)
+        self.sweeper = sweeper
+        self.last_tombstone_at = last_tombstone_at or (lambda: 0.0)
+        self.clock = clock
+        self.max_seconds = max_seconds
+        self.on_batch = on_batch
+        self.source_tables = source_tables or [settings.physical_name(s.name) for s in self.definition.sources]
+        self.streams = aws.streams(settings)
+        self.dynamodb = aws.dynamodb(settings)
+        self.shards: dict[str, ShardState] = {}
+        self.report = RunnerReport()
+        self.stop_requested = threading.Event()
+        self._last_describe = 0.0
+        self._last_sweep = 0.0
+
+    # ---------------------------------------------------------------- control
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint_key(self, shard: ShardState) -> dict[str, Any]:
+        return {"PK": {"S": f"CHECKPOINT#{shard.stream_arn}"}, "SK": {"S": shard.shard_id}}
+
+    def _load_checkpoints(self, stream_arn: str) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        kwargs: dict[str, Any] = {
+            "TableName": self.settings.control_table,
+            "KeyConditionExpression": "PK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": f"CHECKPOINT#{stream_arn}"}},
+            "ConsistentRead": True,
+        }
+        while True:
+            try:
+                page = self.dynamodb.query(**kwargs)
+            except Exception as exc:
+                raise translate(exc, f"read checkpoints from {self.settings.control_table}") from exc
+            for item in page["Items"]:
+                found[item["SK"]["S"]] = item
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _save_checkpoint(self, shard: ShardState) -> None:
+        item = {
+            **self._checkpoint_key(shard),
+            "stream_arn": {"S": shard.stream_arn},
+            "finished": {"BOOL": shard.finished},
+            "updated_at": {"N": repr(round(self.clock(), 3))},
+        }
+        if shard.checkpoint:
+            item["sequence_number"] = {"S": shard.checkpoint}
+        if shard.parent_id:
+            item["parent_shard_id"] = {"S": shard.parent_id}
+        try:
+            self.dynamodb.put_item(TableName=self.settings.control_table, Item=item)
+        except Exception as exc:
+            raise translate(exc, "save stream checkpoint") from exc
+
+    # ---------------------------------------------------------------- shards
+    def _stream_arn(self, table: str) -> str:
+        try:
+            description = self.dynamodb.describe_table(TableName=table)["Table"]
+        except Exception as exc:
+            raise translate(exc, f"describe {table}") from exc
+        arn = description.get("LatestStreamArn")
+        spec = description.get("StreamSpecification") or {}
+        if not arn or not spec.get("StreamEnabled"):
+            raise StoreError(f"table {table} has no stream enabled (run: dynashift enable-streams)")
+        return arn
+
+    def _discover(self) -> None:
+        for table in self.source_tables:
+            arn = self._stream_arn(table)
+            checkpoints = self._load_checkpoints(arn)
+            kwargs: dict[str, Any] = {"StreamArn": arn}
+            while True:
+                try:
+                    description = self.streams.describe_stream(**kwargs)["StreamDescription"]
+                except Exception as exc:
+                    raise translate(exc, f"describe stream of {table}") from exc
+                for shard in description["Shards"]:
+                    shard_id = shard["ShardId"]
+                    if shard_id in self.shards:
+                        continue
+                    state = ShardState(arn, shard_id, shard.get("ParentShardId"))
+                    saved = checkpoints.get(shard_id)
+                    if saved:
+                        state.checkpoint = saved.get("sequence_number", {}).get("S")
+                        state.finished = saved.get("finished", {}).get("BOOL", False)
+                    self.shards[shard_id] = state
+                last = description.get("LastEvaluatedShardId")
+                if not last:
+                    break
+                kwargs["ExclusiveStartShardId"] = last
+        self._last_describe = self.clock()
+
+    def _eligible(self, shard: ShardState) -> bool:
+        if shard.finished:
+            return False
+        parent = self.shards.get(shard.parent_id) if shard.parent_id else None
+        return parent is None or parent.finished
+
+    def _iterator(self, shard: ShardState) -> str | None:
+        if shard.checkpoint:
+            kwargs = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": shard.checkpoint}
+        elif self.start_from == "latest":
+            kwargs = {"ShardIteratorType": "LATEST"}
+        else:
+            kwargs = {"ShardIteratorType": "TRIM_HORIZON"}
+        try:
+            return self.streams.get_shard_iterator(StreamArn=shard.stream_arn, ShardId=shard.shard_id, **kwargs)[
+                "ShardIterator"
+            ]
+        except Exception as exc:
+            if error_code(exc) in ("TrimmedDataAccessException", "ResourceNotFoundException") and shard.checkpoint:
+                # The checkpoint fell off the 24 h window: everything left is newer.
+                shard.checkpoint = None
+                return self._iterator(shard)
+            raise translate(exc, f"get iterator for shard {shard.shard_id}") from exc
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> RunnerReport:
+        started = self.clock()
+        self._discover()
+        while not self.stop_requested.is_set():
+            if self.max_seconds is not None and self.clock() - started > self.max_seconds:
+                break
+            if self.clock() - self._last_describe > DESCRIBE_EVERY_S:
+                self._discover()
+            worked = False
+            active = [s for s in self.shards.values() if self._eligible(s)]
+            for shard in active:
+                if self.stop_requested.is_set():
+                    break
+                if shard.retry_at > self.clock():
+                    continue
+                worked |= self._poll(shard)
+            all_drained = all(s.drained for s in self.shards.values() if self._eligible(s))
+            self._maybe_sweep(idle=not worked)
+            if not worked:
+                if all_drained and not self.follow and not any(s.failures for s in active):
+                    break
+                time.sleep(IDLE_POLL_S)
+        self._final_sweep()
+        return self.report
+
+    def _poll(self, shard: ShardState) -> bool:
+        """Read and deliver one batch from a shard. True if it did any work."""
+        if shard.iterator is None:
+            shard.iterator = self._iterator(shard)
+        records: list[dict[str, Any]] = []
+        deadline = self.clock() + self.settings.mirror_batching_window_s
+        next_iterator = shard.iterator
+        while next_iterator and len(records) < self.settings.mirror_batch_size:
+            try:
+                page = self.streams.get_records(
+                    ShardIterator=next_iterator, Limit=min(1000, self.settings.mirror_batch_size - len(records))
+                )
+            except Exception as exc:
+                if error_code(exc) in ("ExpiredIteratorException", "TrimmedDataAccessException"):
+                    self.report.expired_iterators += 1
+                    shard.iterator = None
+                    return True
+                if aws.is_transient(exc):
+                    self._backoff(shard)
+                    return False
+                raise translate(exc, f"read shard {shard.shard_id}") from exc
+            next_iterator = page.get("NextShardIterator")
+            records.extend(page.get("Records", []))
+            if not page.get("Records") and (not records or self.clock() >= deadline):
+                break
+            if self.clock() >= deadline and records:
+                break
+        if not records:
+            shard.iterator = next_iterator
+            shard.drained = True
+            if next_iterator is None:
+                self._finish(shard)
+                return True
+            return False
+        shard.drained = False
+        event_records = [lambda_record(r, shard.stream_arn, self.settings.effective_region) for r in records]
+        self._deliver(shard, event_records, next_iterator)
+        return True
+
+    def _deliver(self, shard: ShardState, records: list[dict[str, Any]], next_iterator: str | None) -> None:
+        now = self.clock()
+        try:
+            response = self.handler({"Records": records}, LocalContext())
+            failures = [f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])]
+        except Exception as exc:
+            if not aws.is_transient(exc) and "BatchProcessingError" not in type(exc).__name__:
+                raise
+            failures = [records[0]["dynamodb"]["SequenceNumber"]]
+        self.report.batches += 1
+        if failures:
+            # Lambda's rule: checkpoint just before the lowest failed record and
+            # redeliver from it, in order, after a backoff.
+            order = {r["dynamodb"]["SequenceNumber"]: i for i, r in enumerate(records)}
+            first_failed = min(order.get(seq, 0) for seq in failures)
+            if first_failed > 0:
+                shard.checkpoint = records[first_failed - 1]["dynamodb"]["SequenceNumber"]
+                self._save_checkpoint(shard)
+            self.report.records += first_failed
+            self.report.redelivered += len(records) - first_failed
+            self.report.failed_batches += 1
+            shard.iterator = self.streams.get_shard_iterator(
+                StreamArn=shard.stream_arn,
+                ShardId=shard.shard_id,
+                ShardIteratorType="AT_SEQUENCE_NUMBER",
+                SequenceNumber=records[first_failed]["dynamodb"]["SequenceNumber"],
+            )["ShardIterator"]
+            self._backoff(shard)
+            return
+        shard.failures = 0
+        shard.retry_at = 0.0
+        shard.checkpoint = records[-1]["dynamodb"]["SequenceNumber"]
+        shard.iterator = next_iterator
+        for record in records:
+            created = record["dynamodb"].get("ApproximateCreationDateTime")
+            if created is not None:
+                self.report.lag_ms.append(max(0.0, (now - float(created)) * 1000))
+        self.report.records += len(records)
+        if next_iterator is None:
+            self._finish(shard)
+        else:
+            self._save_checkpoint(shard)
+        if self.on_batch:
+            self.on_batch(self.report)
+
+    def _finish(self, shard: ShardState) -> None:
+        shard.finished = True
+        shard.iterator = None
+        self.report.shards_finished += 1
+        self._save_checkpoint(shard)
+        self._discover()
+
+    def _backoff(self, shard: ShardState) -> None:
+        shard.failures += 1
+        shard.retry_at = self.clock() + min(MAX_BACKOFF_S, 0.1 * 2 ** (shard.failures - 1))
+
+    # -------------------------------------------------------------- tombstones
+    def _tombstone_life_s(self) -> float:
+        return self.settings.stale_write_horizon_s + self.settings.consistency_margin_s
+
+    def _maybe_sweep(self, *, idle: bool) -> None:
+        if self.sweeper is None or self.clock() - self._last_sweep < SWEEP_EVERY_S:
+            return
+        self._last_sweep = self.clock()
+        self.report.tombstones_swept += self.sweeper(self._tombstone_life_s())
+
+    def _final_sweep(self) -> None:
+        """Before exiting, wait until our newest tombstone has aged out, then sweep."""
+        if self.sweeper is None:
+            return
+        wait = self.last_tombstone_at() + self._tombstone_life_s() - self.clock()
+        if wait > 0:
+            time.sleep(wait + 0.1)
+        self.report.tombstones_swept += self.sweeper(self._tombstone_life_s())
+
+
+def run_forward_mirror(
+    settings: Settings,
+    *,
+    follow: bool = False,
+    start_from: str = "trim-horizon",
+    max_seconds: float | None = None,
+    install_signals: bool = False,
+    on_batch: Callable[[RunnerReport], None] | None = None,
+) -> RunnerReport:
+    """Run the forward mirror locally through the Lambda handler itself."""
+    import os
+
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    from handlers import mirror as mirror_handler
+    from shared.apply import sweep_tombstones
+    from shared.mirror import MirrorEngine
+
+    engine = MirrorEngine(settings)
+    mirror_handler.use_engine(engine)
+
+    def sweep(older_than_s: float) -> int:
+        async def go() -> int:
+            async with aws.aio_dynamodb(settings) as client:
+                return await sweep_tombstones(settings, engine.definition, client, older_than_s=older_than_s)
+
+        return engine.loop.run_until_complete(go())
+
+    runner = StreamRunner(
+        settings,
+        mirror_handler.lambda_handler,
+        follow=follow,
+        start_from=start_from,
+        definition=engine.definition,
+        sweeper=sweep,
+        last_tombstone_at=lambda: engine.applier.last_tombstone_at if engine.applier else 0.0,
+        max_seconds=max_seconds,
+        on_batch=on_batch,
+    )
+    if install_signals:
+        runner.install_signal_handlers()
+    try:
+        return runner.run()
+    finally:
+        engine.close()
+        mirror_handler.use_engine(None)  # type: ignore[arg-type]
+
+
+__all__ = ["StreamRunner", "RunnerReport", "LocalContext", "lambda_record", "run_forward_mirror"]

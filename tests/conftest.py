@@ -1,0 +1,57 @@
+"""Shared fixtures.
+
+`local_dynamodb` starts AWS's DynamoDB Local once per test session, through
+the same code as `dynashift local start`, on a free port, and stops it at the
+end. Integration tests get fresh, uniquely named tables per test through
+`sc_settings`, so they never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared import local_engine
+from shared.settings import PROJECT_ROOT, Settings, load_settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's AWS config, endpoint or dynashift.toml."""
+    for var in list(os.environ):
+        if var.startswith("DYNASHIFT_") or var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
+            monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("DYNASHIFT_CONFIG", str(tmp_path / "absent.toml"))
+
+
+@pytest.fixture(scope="session")
+def local_dynamodb() -> Iterator[str]:
+    """Endpoint of a DynamoDB Local started for this test session."""
+    cache_dir = PROJECT_ROOT / ".cache" / "dynashift"
+    port = local_engine.free_port()
+    info = local_engine.start(cache_dir, port, quiet=True)
+    try:
+        yield info.endpoint
+    finally:
+        local_engine.stop(cache_dir, port)
+
+
+@pytest.fixture
+def sc_settings(local_dynamodb: str) -> Settings:
+    """Settings pointing at DynamoDB Local with tables unique to this test."""
+    suffix = uuid.uuid4().hex[:8]
+    return load_settings(
+        endpoint_url=local_dynamodb,
+        table_names={"sc-accounts": f"sc-accounts-{suffix}", "sc-repositories": f"sc-repositories-{suffix}"},
+        target_table=f"sc-main-{suffix}",
+        control_table=f"dynashift-control-{suffix}",
+    )
