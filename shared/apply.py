@@ -1,51 +1,53 @@
 """The race-safe write protocol: how every writer changes the target table.
 
-There are two kinds of writers, and the whole design rests on telling them
-apart:
+There are three kinds of writers, and the design rests on telling them apart:
 
 * **Fresh** writers apply a change *in stream order*: the forward mirror.
   DynamoDB Streams deliver each item's changes exactly once and in order, so
   the newest record the mirror has applied for a source item is the truth for
   that item. A fresh write may replace a target item that is absent, a
   tombstone, or owned by the same source item (`definition.owner_condition`).
-* **Stale** writers apply an image they *read* at some time ``read_at``:
-  the backfill (scans), and the collision waker, repair and quarantine retry
-  (strongly consistent reads). The image may already be outdated when the
-  write lands. A stale write therefore only ever *creates*: its condition is
-  "the key is absent, or holds a tombstone older than ``read_at - margin``".
-  It never replaces a live item, so it can never land over a newer state
-  (race 1), and a recent tombstone stops it from resurrecting a deleted item
-  or a moved key (races 2, 3, 4).
+* **Validated** writers (the collision waker, repair, quarantine retry) read
+  the source item strongly and write in one transaction that also carries a
+  `ConditionCheck` on the source item: every attribute still equals what was
+  read. If the transaction commits, what it wrote was the source's current
+  state at that instant, so it is as good as fresh; if the source changed, it
+  is cancelled and re-read. A validated write also removes, in the same
+  transaction, the keys the item's last clean version left behind.
+* **Stale** writers apply an image read in bulk at some time ``read_at``:
+  the backfill's scans. The image may be outdated when the write lands. A
+  stale write therefore only ever *creates*: its condition is "the key is
+  absent, or holds a tombstone older than ``read_at - margin``". It never
+  replaces a live item, so it cannot land over a newer state (race 1), and a
+  recent tombstone stops it from resurrecting a deleted item or a moved key
+  (races 2, 3, 4).
 
-**Tombstones.** Whenever a fresh writer removes a target item (a REMOVE, an
-account turning `deleted`, a rename or transfer, a removed team id), it
-writes a tombstone at that key instead of deleting: ``entity =
-_dynashift_tombstone``, the time of removal and a random id. The `margin`
-(setting `consistency_margin_s`) covers eventually consistent scan
-staleness and clock skew between hosts. A stale writer must issue its write
-within `stale_write_horizon_s` of its read (it re-reads otherwise), so a
-tombstone older than horizon + margin can no longer stop anything: the
-sweeper (`sweep_tombstones`) deletes it. That bounds the tombstones' life;
-`mirror run` sweeps when it is idle and when it drains, `finalize` sweeps
-everything, so none is left once the migration is finalised. Tombstones
-carry a TTL as a last safety net and live in GSI1 under
-``_DYNASHIFT#TOMBSTONE#<bucket>`` so the sweeper queries instead of scanning.
+**Tombstones** exist only while stale writers may be about. Stale writers
+hold leases in the control table (`StaleWriterRegistry`); while any lease is
+valid, a fresh writer that removes a target item (a REMOVE, an account
+turning `deleted`, a rename or transfer, a removed team id) leaves a
+tombstone there instead of deleting: ``entity = _dynashift_tombstone``, the
+time of removal and a random id. Otherwise it deletes, conditionally on
+ownership. A new stale writer waits out the registry's refresh period plus
+the margin before its first read, so a removal made without a tombstone
+happened before it could read the removed item. The margin (setting
+`consistency_margin_s`) covers eventually consistent scan staleness and
+clock skew. A stale writer must issue its write within
+`stale_write_horizon_s` of its read (it re-reads otherwise), so a tombstone
+older than horizon + margin can no longer stop anything and the sweeper
+(`sweep_tombstones`) deletes it. `mirror run` sweeps while idle and when it
+drains, the backfill sweeps when its last worker is done and `finalize`
+sweeps everything, so none is left once the migration is finalised.
+Tombstones carry a TTL as a last safety net and sit in GSI1 under
+``_DYNASHIFT#TOMBSTONE#<bucket>``, so the sweeper queries, never scans.
 
-**A stale write blocked by a tombstone** is re-read after the tombstone is
-older than the margin and retried: the fresh read reflects the removal, so
-nothing is resurrected, and an item whose key another source just released
-is not lost either.
-
-**Ownership and collisions (race 5).** A fresh or stale put that finds the
-key owned by *another* source item quarantines the newcomer with reason
-`key_collision`, never overwriting the holder. The newcomer registers as a
-*waiter* on the key in the control table and then re-tries the put; every
-remover of a key queries that key's waiters *after* writing its tombstone
-and wakes them. Both sides write first and read second, with strongly
-consistent reads, so at least one of them sees the other: no lost wake-up.
-A woken waiter is re-applied as a stale writer, in one transaction together
-with the removal of the keys its last clean version left behind, so it is
-all-or-nothing against a concurrent fresh write.
+**Ownership and collisions (race 5).** A put that finds the key owned by
+*another* source item quarantines the newcomer with reason `key_collision`,
+never overwriting the holder. The newcomer registers as a *waiter* on the
+key in the control table, then re-tries the put. Every remover of a key
+queries that key's waiters *after* removing it, and wakes them with a
+validated write. Both sides write first and read second, with strongly
+consistent reads, so at least one sees the other: no lost wake-up.
 
 **Bad data (race 7)** never raises out of here: a `QuarantineError` becomes
 a quarantine entry and the call succeeds. Only transient faults propagate
@@ -64,24 +66,24 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr
 
 from shared.aws import error_code, translate
 from shared.codec import to_native, to_wire
-from shared.conditions import render
+from shared.conditions import image_unchanged, render
 from shared.control import ControlStore, QuarantineEntry
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey
 from shared.dryrun import check_target_items
-from shared.errors import KeyCollision, QuarantineError, TransformFailed, WriteRejected
+from shared.errors import KeyCollision, QuarantineError, TransformFailed, TransientError, WriteRejected
 from shared.settings import Settings
 
 TOMBSTONE = "_dynashift_tombstone"
 TOMB_BUCKETS = 16
 TOMB_TTL_S = 24 * 3600
-STALE_RETRIES = 5
+VALIDATED_RETRIES = 5
 
 Clock = Callable[[], float]
 
@@ -118,7 +120,7 @@ class ApplyResult:
     quarantined: QuarantineError | None = None
     cleared_quarantine: bool = False
     woken: int = 0
-    retried_stale: int = 0
+    retried: int = 0  # validated write re-read because the source moved on
 
 
 @dataclass
@@ -137,8 +139,8 @@ class Applier:
     control: ControlStore
     clock: Clock = time.time
     sleep: Callable[[float], Any] = asyncio.sleep
+    tombstones: bool = True  # the mirror sets this per batch from the stale-writer registry
     last_tombstone_at: float = 0.0
-    _source_physical: dict[str, str] = field(default_factory=dict)
 
     @property
     def target(self) -> str:
@@ -179,7 +181,12 @@ class Applier:
         collided = [(t, o) for t, o in zip(targets, outcomes, strict=True) if not o.ok]
         result.written = len(targets) - len(collided)
         if collided:
-            still = await self._handle_collisions(ref, images[clean_index], collided, fresh=True, held=candidates)
+
+            async def retry() -> bool:
+                again = await asyncio.gather(*(self._put_fresh(ref, item) for item, _ in collided))
+                return all(o.ok for o in again)
+
+            still = await self._handle_collisions(ref, images[clean_index], collided, candidates, retry)
             if still:
                 result.quarantined = still
                 result.written = len(targets) - len(collided)
@@ -259,19 +266,27 @@ class Applier:
             raise translate(exc, f"write {self.target}") from exc
 
     async def _remove(self, ref: SourceRef, key: TargetKey) -> Item | None:
-        """Replace an item this source owns (or nothing) with a tombstone."""
+        """Remove an item this source owns: a tombstone while stale writers may
+        be about, else a conditional delete. Returns what now marks the key
+        (the tombstone, or just the key attributes), None if not ours."""
+        condition = self.definition.owner_condition(ref)
         now = self.clock()
-        tomb = tombstone_item(self.definition, key, now)
-        condition = (
-            Attr(self.definition.target_key_attrs[0]).not_exists()
-            | Attr("entity").eq(TOMBSTONE)
-            | self.definition.owner_condition(ref)
-        )
-        outcome = await self._conditional_put(tomb, condition)
-        if not outcome.ok:
-            return None  # another source item holds this key: not ours to remove
-        self.last_tombstone_at = max(self.last_tombstone_at, now)
-        return tomb
+        key_item: Item = dict(zip(self.definition.target_key_attrs, key, strict=True))
+        if self.tombstones:
+            tomb = tombstone_item(self.definition, key, now)
+            condition = Attr(self.definition.target_key_attrs[0]).not_exists() | Attr("entity").eq(TOMBSTONE) | condition
+            outcome = await self._conditional_put(tomb, condition)
+            if not outcome.ok:
+                return None  # another source item holds this key: not ours to remove
+            self.last_tombstone_at = max(self.last_tombstone_at, now)
+            return tomb
+        try:
+            await self.client.delete_item(TableName=self.target, Key=to_wire(key_item), **render(condition))
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return None  # absent, or held by another source item
+            raise translate(exc, f"delete from {self.target}") from exc
+        return key_item
 
     # =============================================================== collisions
     async def _handle_collisions(
@@ -279,11 +294,10 @@ class Applier:
         ref: SourceRef,
         image: Item | None,
         collided: list[tuple[Item, _PutOutcome]],
-        *,
-        fresh: bool,
         held: set[TargetKey],
+        retry: Callable[[], Any] | None,
     ) -> KeyCollision | None:
-        """Quarantine, register as waiter, re-check (write first, read second)."""
+        """Quarantine, register as waiter, then re-check (write first, read second)."""
         first_item, first = collided[0]
         key = self.definition.target_key(first_item)
         holder = self.definition.owner(first.existing or {})
@@ -295,36 +309,32 @@ class Applier:
         await self._quarantine(ref, error, image, held, collision_key=key)
         tokens = {}
         for item, _ in collided:
-            tokens[self.definition.target_key(item)] = await self.control.waiter_add(
-                self.definition.target_key(item), ref
-            )
-        # Re-check after registering: a release that happened before our
-        # registration is seen here; one after it will wake us.
-        if fresh:
-            retried = await asyncio.gather(*(self._put_fresh(ref, item) for item, _ in collided))
-        else:
-            return error  # stale writers re-check through their re-read loop
-        if all(o.ok for o in retried):
-            for key_, token in tokens.items():
-                await self.control.waiter_remove(key_, ref, token)
+            item_key = self.definition.target_key(item)
+            tokens[item_key] = await self.control.waiter_add(item_key, ref)
+        if retry is None:
+            return error
+        # A release that happened before our registration is seen by this
+        # re-try; one after it will find our waiter entry and wake us.
+        if await retry():
+            for item_key, token in tokens.items():
+                await self.control.waiter_remove(item_key, ref, token)
             await self.control.quarantine_clear(ref)
             return None
         return error
 
-    async def _wake(self, tomb: Item) -> int:
+    async def _wake(self, released: Item) -> int:
         """After removing a key, re-apply every source item waiting for it."""
-        key = self.definition.target_key(tomb)
+        key = self.definition.target_key(released)
         woken = 0
         for waiter, token in await self.control.waiters(key):
             entry = (await self.control.quarantine_get_many([waiter])).get(waiter)
-            held = entry.held_keys if entry else set()
-            outcome = await self.apply_stale_from_source(waiter, held=held, allow_tomb_id=tomb["_ds_tomb_id"])
-            if outcome.quarantined is None or not isinstance(outcome.quarantined, KeyCollision):
+            outcome = await self.apply_validated(waiter, held=entry.held_keys if entry else set())
+            if not isinstance(outcome.quarantined, KeyCollision):
                 await self.control.waiter_remove(key, waiter, token)
             woken += 1
         return woken
 
-    # ================================================================ stale path
+    # ============================================================ validated path
     async def read_source(self, ref: SourceRef) -> tuple[Item | None, float]:
         """Strongly consistent read of a source item, with the time it was taken."""
         source = self.definition.source(ref.table)
@@ -340,128 +350,106 @@ class Applier:
         item = response.get("Item")
         return (to_native(item) if item else None), read_at
 
-    def stale_condition(self, read_at: float, allow_tomb_id: str | None = None) -> Any:
-        cutoff = int(read_at * 1000) - self.margin_ms
-        tomb_ok = Attr("_ds_deleted_at").lt(cutoff)
-        if allow_tomb_id:
-            tomb_ok = tomb_ok | Attr("_ds_tomb_id").eq(allow_tomb_id)
-        return Attr(self.definition.target_key_attrs[0]).not_exists() | (Attr("entity").eq(TOMBSTONE) & tomb_ok)
+    async def apply_validated(self, ref: SourceRef, *, held: set[TargetKey] | None = None) -> ApplyResult:
+        """Re-read a source item and apply it in a transaction validated against it.
 
-    async def apply_stale_from_source(
-        self, ref: SourceRef, *, held: set[TargetKey] = frozenset(), allow_tomb_id: str | None = None  # type: ignore[assignment]
-    ) -> ApplyResult:
-        """Re-read a source item and apply it as a stale writer (waker, repair, retry).
-
-        Blocked by a recent tombstone, it waits until that tombstone is older
-        than the margin and re-reads, a bounded number of times.
+        Used by the collision waker, repair and quarantine retry. `held` are
+        the keys its last clean version left in the target (from quarantine).
         """
+        held = set(held or ())
         result = ApplyResult()
-        for _attempt in range(STALE_RETRIES):
-            image, read_at = await self.read_source(ref)
+        for _attempt in range(VALIDATED_RETRIES):
+            image, _ = await self.read_source(ref)
             if image is None:
-                # Deleted at the source: its REMOVE record is the mirror's to apply.
-                return result
+                return result  # deleted at the source: its REMOVE is the mirror's to apply
             try:
                 targets = self._transform(ref, image)
             except QuarantineError as exc:
-                await self._quarantine_stale(ref, exc, image, held)
+                await self._quarantine(ref, exc, image, held)
                 result.quarantined = exc
                 return result
-            status, detail = await self._transact_stale(ref, targets, held, read_at, allow_tomb_id)
+            status, detail = await self._transact_validated(ref, image, targets, held)
             if status == "ok":
                 result.written += len(targets)
-                removed_keys = held - {self.definition.target_key(t) for t in targets}
-                result.removed += len(removed_keys)
+                result.removed += len(detail)
                 await self.control.quarantine_clear(ref)
                 result.cleared_quarantine = True
-                for tomb in detail:
-                    result.woken += await self._wake(tomb)
-                return result
-            if status == "mine":
-                result.skipped += len(targets)  # the mirror already has this or newer
+                for released in detail:
+                    result.woken += await self._wake(released)
                 return result
             if status == "collision":
                 item, existing = detail
-                error = await self._handle_collisions(
-                    ref, image, [(item, _PutOutcome(False, existing))], fresh=False, held=held
+                result.quarantined = await self._handle_collisions(
+                    ref, image, [(item, _PutOutcome(False, existing))], held, retry=None
                 )
-                # Re-check after registering (stale writers re-read to do it).
-                recheck, _ = await self._get_target(self.definition.target_key(item))
-                if recheck is not None and not is_tombstone(recheck):
-                    await self._drop_quarantine_if_changed(ref, image)
-                    result.quarantined = error
+                # Re-check after registering: if the key is free now, go again.
+                current = await self._get_target(self.definition.target_key(item))
+                if current is not None and not is_tombstone(current) and self.definition.owner(current) != ref:
                     return result
+                result.quarantined = None
                 continue
-            # status == "tombstone": blocked by a recent removal; wait it out, re-read.
-            result.retried_stale += 1
-            wait_s = max(0.0, detail / 1000 + self.settings.consistency_margin_s - self.clock()) + 0.05
-            await self.sleep(wait_s)
-            allow_tomb_id = None
+            # status == "changed": the source moved on since our read; read again.
+            result.retried += 1
         return result
 
-    async def _transact_stale(
-        self,
-        ref: SourceRef,
-        targets: list[Item],
-        held: set[TargetKey],
-        read_at: float,
-        allow_tomb_id: str | None,
+    async def _transact_validated(
+        self, ref: SourceRef, image: Item, targets: list[Item], held: set[TargetKey]
     ) -> tuple[str, Any]:
-        """All puts (create-only) and removals of left-behind keys, atomically."""
         new_keys = {self.definition.target_key(t) for t in targets}
         removals = sorted(held - new_keys)
-        now = self.clock()
-        tombs = [tombstone_item(self.definition, key, now) for key in removals]
-        actions = []
-        put_condition = render(self.stale_condition(read_at, allow_tomb_id))
-        for item in targets:
-            actions.append(
-                {"Put": {"TableName": self.target, "Item": to_wire(item),
-                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **put_condition}}
-            )
-        remove_condition = render(
+        source = self.definition.source(ref.table)
+        actions: list[dict[str, Any]] = [
+            {
+                "ConditionCheck": {
+                    "TableName": self.settings.physical_name(ref.table),
+                    "Key": to_wire(source.key_of(ref)),
+                    **image_unchanged(image),
+                }
+            }
+        ]
+        fresh = render(
             Attr(self.definition.target_key_attrs[0]).not_exists()
             | Attr("entity").eq(TOMBSTONE)
             | self.definition.owner_condition(ref)
         )
-        for tomb in tombs:
-            actions.append({"Put": {"TableName": self.target, "Item": to_wire(tomb), **remove_condition}})
-        if not actions:
-            return "ok", []
-        if self.clock() - read_at > self.settings.stale_write_horizon_s:
-            return "tombstone", int(read_at * 1000)  # too old to write: re-read now
+        for item in targets:
+            actions.append(
+                {"Put": {"TableName": self.target, "Item": to_wire(item),
+                         "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **fresh}}
+            )
+        released: list[Item] = []
+        now = self.clock()
+        for key in removals:
+            if self.tombstones:
+                tomb = tombstone_item(self.definition, key, now)
+                actions.append({"Put": {"TableName": self.target, "Item": to_wire(tomb), **fresh}})
+                released.append(tomb)
+            else:
+                key_item = dict(zip(self.definition.target_key_attrs, key, strict=True))
+                owned = render(Attr(self.definition.target_key_attrs[0]).not_exists() | self.definition.owner_condition(ref))
+                actions.append({"Delete": {"TableName": self.target, "Key": to_wire(key_item), **owned}})
+                released.append(key_item)
         try:
             await self.client.transact_write_items(TransactItems=actions)
         except Exception as exc:
             if error_code(exc) != "TransactionCanceledException":
                 raise translate(exc, f"write {self.target}") from exc
             reasons = exc.response.get("CancellationReasons", [])  # type: ignore[attr-defined]
-            return self._classify_cancel(ref, targets, reasons)
-        if tombs:
+            codes = [r.get("Code") for r in reasons]
+            if codes and codes[0] == "ConditionalCheckFailed":
+                return "changed", None
+            for index, reason in enumerate(reasons[1 : 1 + len(targets)]):
+                if reason.get("Code") == "ConditionalCheckFailed":
+                    existing = to_native(reason["Item"]) if reason.get("Item") else None
+                    return "collision", (targets[index], existing)
+            if any(c in ("ThrottlingError", "TransactionConflict", "ProvisionedThroughputExceeded") for c in codes):
+                raise TransientError(f"transaction on {self.target} cancelled: {codes}") from exc
+            return "changed", None  # a removal lost its key meanwhile: read again
+        if self.tombstones and removals:
             self.last_tombstone_at = max(self.last_tombstone_at, now)
-        return "ok", tombs
+        return "ok", released
 
-    def _classify_cancel(self, ref: SourceRef, targets: list[Item], reasons: list[dict[str, Any]]) -> tuple[str, Any]:
-        for index, reason in enumerate(reasons):
-            if reason.get("Code") != "ConditionalCheckFailed" or index >= len(targets):
-                continue
-            existing = to_native(reason["Item"]) if reason.get("Item") else None
-            if is_tombstone(existing):
-                return "tombstone", int(existing["_ds_deleted_at"])  # type: ignore[index]
-            holder = self.definition.owner(existing or {})
-            if holder == ref:
-                return "mine", None
-            return "collision", (targets[index], existing)
-        if any(r.get("Code") in ("ThrottlingError", "TransactionConflict") for r in reasons):
-            from shared.errors import TransientError
-
-            raise TransientError(f"transaction on {self.target} cancelled: {reasons}")
-        # A removal's ownership check failed: a key we held was taken meanwhile;
-        # re-read and try again.
-        return "tombstone", int(self.clock() * 1000)
-
-    async def _get_target(self, key: TargetKey) -> tuple[Item | None, float]:
-        read_at = self.clock()
+    async def _get_target(self, key: TargetKey) -> Item | None:
         try:
             response = await self.client.get_item(
                 TableName=self.target,
@@ -471,7 +459,22 @@ class Applier:
         except Exception as exc:
             raise translate(exc, f"read {self.target}") from exc
         item = response.get("Item")
-        return (to_native(item) if item else None), read_at
+        return to_native(item) if item else None
+
+    # ================================================================ stale path
+    def stale_condition(self, read_at: float) -> Any:
+        """Create-only: absent, or a tombstone older than the read (minus margin)."""
+        cutoff = int(read_at * 1000) - self.margin_ms
+        return Attr(self.definition.target_key_attrs[0]).not_exists() | (
+            Attr("entity").eq(TOMBSTONE) & Attr("_ds_deleted_at").lt(cutoff)
+        )
+
+    def stale_outcome(self, ref: SourceRef, existing: Item | None) -> str:
+        """Why a stale write's condition failed: 'newer', 'tombstone' or 'collision'."""
+        if is_tombstone(existing):
+            return "tombstone"
+        holder = self.definition.owner(existing or {})
+        return "newer" if holder == ref else "collision"
 
     # =============================================================== quarantine
     async def _quarantine(
@@ -541,20 +544,22 @@ async def sweep_tombstones(
                 page = await client.query(**kwargs)
             except Exception as exc:
                 raise translate(exc, f"query tombstones in {settings.target_table}") from exc
-            for raw in page.get("Items", []):
-                key = {a: raw[a] for a in definition.target_key_attrs}
+            async def delete(raw: dict[str, Any]) -> int:
                 try:
                     await client.delete_item(
                         TableName=settings.target_table,
-                        Key=key,
+                        Key={a: raw[a] for a in definition.target_key_attrs},
                         ConditionExpression="entity = :t AND #d = :d",
                         ExpressionAttributeNames={"#d": "_ds_deleted_at"},
                         ExpressionAttributeValues={":t": {"S": TOMBSTONE}, ":d": raw["_ds_deleted_at"]},
                     )
-                    removed += 1
+                    return 1
                 except Exception as exc:
                     if error_code(exc) != "ConditionalCheckFailedException":
                         raise translate(exc, f"sweep tombstone in {settings.target_table}") from exc
+                    return 0  # replaced by a live item meanwhile
+
+            removed += sum(await asyncio.gather(*(delete(raw) for raw in page.get("Items", []))))
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -58,6 +58,7 @@ def client_kwargs(settings: Settings, *, max_attempts: int = 3, pool: int = 50) 
             max_pool_connections=pool,
             connect_timeout=5,
             read_timeout=20,
+            parameter_validation=False,  # DynamoDB validates anyway; this saves ~30% client CPU
         ),
     }
     endpoint = settings.effective_endpoint

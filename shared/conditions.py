@@ -26,3 +26,25 @@ def render(condition: ConditionBase) -> dict[str, Any]:
             k: value_to_wire(v) for k, v in built.attribute_value_placeholders.items()
         }
     return kwargs
+
+
+def image_unchanged(image: dict[str, Any]) -> dict[str, Any]:
+    """A condition that holds only while the item still has these exact values.
+
+    Written with placeholders for every name, so attribute names with dots,
+    brackets or unicode are safe (boto3's `Attr` would read a dot as a path).
+    An attribute added since the read is not detected; every attribute that
+    was read is compared, including the key.
+    """
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    clauses = []
+    for index, (name, value) in enumerate(sorted(image.items())):
+        names[f"#u{index}"] = name
+        values[f":u{index}"] = value_to_wire(value)
+        clauses.append(f"#u{index} = :u{index}")
+    return {
+        "ConditionExpression": " AND ".join(clauses) or "attribute_exists(PK)",
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }

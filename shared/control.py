@@ -210,3 +210,58 @@ class ControlStore:
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class StaleWriterRegistry:
+    """Who may currently write from an outdated read (the backfill's workers).
+
+    Each stale writer holds a lease item `STALE_WRITERS` / `<writer id>`.
+    The mirror writes tombstones only while some lease is valid; it re-reads
+    the registry at least every `refresh_s`. A new writer therefore waits
+    `fence_s` = refresh + margin after registering before its first read:
+    any removal the mirror made without a tombstone happened before the
+    writer could read the removed item.
+    """
+
+    PK = "STALE_WRITERS"
+
+    def __init__(self, client: Any, table: str, clock: Any = time.time) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+
+    async def register(self, writer_id: str, kind: str, lease_s: float) -> float:
+        until = self.clock() + lease_s
+        try:
+            await self.client.put_item(
+                TableName=self.table,
+                Item={
+                    "PK": {"S": self.PK},
+                    "SK": {"S": writer_id},
+                    "kind": {"S": kind},
+                    "lease_until": {"N": repr(round(until, 3))},
+                    "expires_at": {"N": str(int(until) + 3600)},
+                },
+            )
+        except Exception as exc:
+            raise translate(exc, "register stale writer") from exc
+        return until
+
+    async def deregister(self, writer_id: str) -> None:
+        try:
+            await self.client.delete_item(TableName=self.table, Key={"PK": {"S": self.PK}, "SK": {"S": writer_id}})
+        except Exception as exc:
+            raise translate(exc, "deregister stale writer") from exc
+
+    async def active(self) -> bool:
+        now = self.clock()
+        try:
+            page = await self.client.query(
+                TableName=self.table,
+                KeyConditionExpression="PK = :pk",
+                ExpressionAttributeValues={":pk": {"S": self.PK}},
+                ConsistentRead=True,
+            )
+        except Exception as exc:
+            raise translate(exc, "read stale writer registry") from exc
+        return any(float(i["lease_until"]["N"]) > now for i in page.get("Items", []))

@@ -17,14 +17,23 @@ from rich.table import Table
 
 from shared import aws, local_engine
 from shared.codec import to_native
-from shared.commands import create_tables, run_seed
+from shared.commands import create_tables, progress_bar, run_seed
 from shared.definition import get_definition
 from shared.dryrun import DryRun
+from shared.live import MirrorThread, WorkloadThread
 from shared.settings import Settings, load_settings
+from shared.workload import Workload
 
 ACCOUNTS_PER_SCALE = 1000
 REPOS_PER_SCALE = 3000
 BAD_FRACTION = 0.02
+WORKLOAD_RATE = 50  # application writes per second, per unit of --scale
+WORKLOAD_SECONDS = 10
+
+
+def count_items(settings: Settings, table: str) -> int:
+    client = aws.dynamodb(settings)
+    return sum(p["Count"] for p in client.get_paginator("scan").paginate(TableName=table, Select="COUNT"))
 
 
 def scan_native(settings: Settings, physical_table: str) -> Any:
@@ -50,7 +59,23 @@ def run_demo(overrides: dict[str, Any], *, port: int | None, scale: int, keep: b
         accounts, repos = ACCOUNTS_PER_SCALE * scale, REPOS_PER_SCALE * scale
         console.print(f"3. seeding {accounts} accounts and {repos} repositories, {BAD_FRACTION:.0%} of them bad")
         asyncio.run(run_seed(settings, accounts, repos, BAD_FRACTION, 7, console))
-        console.print("4. dry run: transforming every legacy item, writing nothing")
+        console.print("4. starting the mirror (from the streams' LATEST) and a live application workload")
+        mirror_thread = MirrorThread(settings, start_from="latest").start()
+        workload = WorkloadThread(settings, Workload(seed=21), rate_per_s=WORKLOAD_RATE * scale).start()
+        with progress_bar(console) as progress:
+            task = progress.add_task("live writes, mirrored", total=WORKLOAD_SECONDS, rate="")
+            for _ in range(WORKLOAD_SECONDS):
+                time.sleep(1)
+                progress.update(task, advance=1, rate=f"{len(workload.acknowledged)} writes, "
+                                f"{mirror_thread.records} mirrored")
+        workload.stop()
+        report = mirror_thread.stop()
+        target_items = count_items(settings, settings.target_table)
+        console.print(
+            f"   {len(workload.acknowledged)} application writes; the mirror applied {report.records} stream "
+            f"records; sc-main now holds {target_items} items (history is the backfill's job)"
+        )
+        console.print("5. dry run: transforming every legacy item, writing nothing")
         definition = get_definition(settings.migration)
         dry = DryRun(definition)
         for source in definition.sources:

@@ -39,7 +39,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from shared.apply import Applier, ApplyResult
 from shared.aws import aio_dynamodb, is_transient
 from shared.codec import from_stream_image
-from shared.control import ControlStore, QuarantineEntry
+from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.errors import TransientError
 from shared.settings import Settings
@@ -94,6 +94,7 @@ class MirrorEngine:
         self.loop = asyncio.new_event_loop()
         self._stack: contextlib.AsyncExitStack | None = None
         self.applier: Applier | None = None
+        self._registry_read_at = -1e9
         self.last_stats = BatchStats()
         physical = {settings.physical_name(s.name): s.name for s in self.definition.sources}
         self._logical_by_physical = physical
@@ -107,7 +108,15 @@ class MirrorEngine:
             )
             control = ControlStore(client, self.settings.control_table)
             self.applier = Applier(self.settings, self.definition, client, control)
+            self.registry = StaleWriterRegistry(client, self.settings.control_table)
         return self.applier
+
+    async def _refresh_tombstone_mode(self, applier: Applier) -> None:
+        """Tombstones only while a stale writer (backfill) may be about."""
+        now = time.monotonic()
+        if now - self._registry_read_at >= self.settings.stale_writer_refresh_s:
+            applier.tombstones = await self.registry.active()
+            self._registry_read_at = now
 
     def close(self) -> None:
         if self._stack is not None:
@@ -181,6 +190,7 @@ class MirrorEngine:
         chains = self._chains(records)
         stats.chains = len(chains)
         try:
+            await self._refresh_tombstone_mode(applier)
             entries = await applier.control.quarantine_get_many(chains)
         except Exception as exc:
             if not is_transient(exc):

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         3.0, ge=0, description="bound on eventually consistent read staleness plus clock skew"
     )
 
+    stale_writer_refresh_s: float = Field(
+        2.0, gt=0, le=60, description="the mirror re-reads the stale-writer registry at least this often"
+    )
+
     # --- mirror ---------------------------------------------------------------------
     mirror_batch_size: int = Field(100, ge=1, le=10000, description="records per handler call")
     mirror_batching_window_s: float = Field(0.0, ge=0, le=300, description="like MaximumBatchingWindowInSeconds")

@@ -167,6 +167,7 @@ class StreamRunner:
         self.shards: dict[str, ShardState] = {}
         self.report = RunnerReport()
         self.stop_requested = threading.Event()
+        self.ready = threading.Event()  # set once every shard has an iterator
         self._last_describe = 0.0
         self._last_sweep = 0.0
 
@@ -296,6 +297,7 @@ class StreamRunner:
                 if shard.retry_at > self.clock():
                     continue
                 worked |= self._poll(shard)
+            self.ready.set()
             all_drained = all(s.drained for s in self.shards.values() if self._eligible(s))
             self._maybe_sweep(idle=not worked)
             if not worked:
@@ -428,8 +430,13 @@ def run_forward_mirror(
     max_seconds: float | None = None,
     install_signals: bool = False,
     on_batch: Callable[[RunnerReport], None] | None = None,
+    stop_event: threading.Event | None = None,
+    ready_event: threading.Event | None = None,
 ) -> RunnerReport:
-    """Run the forward mirror locally through the Lambda handler itself."""
+    """Run the forward mirror locally through the Lambda handler itself.
+
+    `stop_event` lets another thread stop it after the current batch.
+    """
     import os
 
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
@@ -460,6 +467,10 @@ def run_forward_mirror(
         max_seconds=max_seconds,
         on_batch=on_batch,
     )
+    if stop_event is not None:
+        runner.stop_requested = stop_event
+    if ready_event is not None:
+        runner.ready = ready_event
     if install_signals:
         runner.install_signal_handlers()
     try:

@@ -46,12 +46,34 @@ def local_dynamodb() -> Iterator[str]:
 
 
 @pytest.fixture
-def sc_settings(local_dynamodb: str) -> Settings:
-    """Settings pointing at DynamoDB Local with tables unique to this test."""
+def sc_settings(local_dynamodb: str) -> Iterator[Settings]:
+    """Settings pointing at DynamoDB Local with tables unique to this test.
+
+    The tables are deleted afterwards: DynamoDB Local slows down as stream
+    data piles up in one engine, and tests must not slow each other down.
+    """
     suffix = uuid.uuid4().hex[:8]
-    return load_settings(
+    settings = load_settings(
         endpoint_url=local_dynamodb,
         table_names={"sc-accounts": f"sc-accounts-{suffix}", "sc-repositories": f"sc-repositories-{suffix}"},
         target_table=f"sc-main-{suffix}",
         control_table=f"dynashift-control-{suffix}",
     )
+    yield settings
+    drop_tables(settings)
+
+
+def drop_tables(settings: Settings) -> None:
+    from shared import aws
+
+    client = aws.dynamodb(settings)
+    names = [settings.target_table, settings.control_table, *settings.table_names.values()]
+    for name in names:
+        try:
+            client.update_table(TableName=name, DeletionProtectionEnabled=False)
+        except Exception:  # absent, or protection already off
+            pass
+        try:
+            client.delete_table(TableName=name)
+        except Exception:  # never created by this test
+            pass
