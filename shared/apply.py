@@ -365,7 +365,7 @@ class Applier:
             try:
                 targets = self._transform(ref, image)
             except QuarantineError as exc:
-                await self._quarantine(ref, exc, image, held)
+                await self._quarantine_stale(ref, exc, image, held)
                 result.quarantined = exc
                 return result
             status, detail = await self._transact_validated(ref, image, targets, held)
@@ -385,6 +385,7 @@ class Applier:
                 # Re-check after registering: if the key is free now, go again.
                 current = await self._get_target(self.definition.target_key(item))
                 if current is not None and not is_tombstone(current) and self.definition.owner(current) != ref:
+                    await self._drop_quarantine_if_changed(ref, image)
                     return result
                 result.quarantined = None
                 continue
@@ -516,12 +517,34 @@ class Applier:
             await self.control.quarantine_clear(ref)
 
     # ============================================================ backfill path
-    async def quarantine_from_stale_read(
-        self, ref: SourceRef, error: QuarantineError, image: Item
-    ) -> None:
-        """Bad data met by the backfill: quarantine it, race-safely."""
-        await self._quarantine_stale(ref, error, image, set())
+    async def write_stale(self, ref: SourceRef, image: Item, read_at: float) -> ApplyResult:
+        """Apply one item read by a scan at `read_at` (the backfill's write).
 
+        Create-only. A put refused because the item is already there and
+        ours means the mirror got there first with this or a newer version:
+        skip. Refused by a tombstone or by another owner, it falls back to a
+        validated write, which reads the source's current state and applies
+        exactly that (or quarantines a collision).
+        """
+        result = ApplyResult()
+        try:
+            targets = self._transform(ref, image)
+        except QuarantineError as exc:
+            await self._quarantine_stale(ref, exc, image, set())
+            result.quarantined = exc
+            return result
+        if self.clock() - read_at > self.settings.stale_write_horizon_s:
+            return await self.apply_validated(ref)  # too old to trust: read again
+        condition = self.stale_condition(read_at)
+        outcomes = await asyncio.gather(*(self._conditional_put(t, condition) for t in targets))
+        refused = [o for o in outcomes if not o.ok]
+        result.written = len(targets) - len(refused)
+        if all(self.stale_outcome(ref, o.existing) == "newer" for o in refused):
+            result.skipped = len(refused)
+            return result
+        validated = await self.apply_validated(ref)
+        validated.written += result.written
+        return validated
 
 async def sweep_tombstones(
     settings: Settings, definition: MigrationDefinition, client: Any, *, older_than_s: float, clock: Clock = time.time

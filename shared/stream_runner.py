@@ -75,6 +75,7 @@ class ShardState:
     finished: bool = False
     iterator: str | None = None
     drained: bool = False  # last poll returned nothing
+    at_latest: bool = False  # no checkpoint yet: start at LATEST, not TRIM_HORIZON
     failures: int = 0
     retry_at: float = 0.0
 
@@ -148,6 +149,8 @@ class StreamRunner:
         max_seconds: float | None = None,
         on_batch: Callable[[RunnerReport], None] | None = None,
         source_tables: list[str] | None = None,
+        streams_client: Any = None,
+        dynamodb_client: Any = None,
     ) -> None:
         if start_from not in ("trim-horizon", "latest"):
             raise UsageError(f"--from must be trim-horizon or latest, not {start_from!r}")
@@ -162,14 +165,16 @@ class StreamRunner:
         self.max_seconds = max_seconds
         self.on_batch = on_batch
         self.source_tables = source_tables or [settings.physical_name(s.name) for s in self.definition.sources]
-        self.streams = aws.streams(settings)
-        self.dynamodb = aws.dynamodb(settings)
+        # Injectable so unit tests can hand in fakes; default: clients from the settings.
+        self.streams = streams_client if streams_client is not None else aws.streams(settings)
+        self.dynamodb = dynamodb_client if dynamodb_client is not None else aws.dynamodb(settings)
         self.shards: dict[str, ShardState] = {}
         self.report = RunnerReport()
         self.stop_requested = threading.Event()
         self.ready = threading.Event()  # set once every shard has an iterator
         self._last_describe = 0.0
         self._last_sweep = 0.0
+        self._discovered = False
 
     # ---------------------------------------------------------------- control
     def request_stop(self, *_: Any) -> None:
@@ -245,6 +250,11 @@ class StreamRunner:
                     if shard_id in self.shards:
                         continue
                     state = ShardState(arn, shard_id, shard.get("ParentShardId"))
+                    # `--from latest` applies to the shards that exist when the
+                    # runner starts. A shard born later (a split, a rollover) is
+                    # read from its start, as Lambda does; LATEST would skip the
+                    # records written to it before its first poll.
+                    state.at_latest = self.start_from == "latest" and not self._discovered
                     saved = checkpoints.get(shard_id)
                     if saved:
                         state.checkpoint = saved.get("sequence_number", {}).get("S")
@@ -254,6 +264,7 @@ class StreamRunner:
                 if not last:
                     break
                 kwargs["ExclusiveStartShardId"] = last
+        self._discovered = True
         self._last_describe = self.clock()
 
     def _eligible(self, shard: ShardState) -> bool:
@@ -265,7 +276,7 @@ class StreamRunner:
     def _iterator(self, shard: ShardState) -> str | None:
         if shard.checkpoint:
             kwargs = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": shard.checkpoint}
-        elif self.start_from == "latest":
+        elif shard.at_latest:
             kwargs = {"ShardIteratorType": "LATEST"}
         else:
             kwargs = {"ShardIteratorType": "TRIM_HORIZON"}
@@ -275,8 +286,10 @@ class StreamRunner:
             ]
         except Exception as exc:
             if error_code(exc) in ("TrimmedDataAccessException", "ResourceNotFoundException") and shard.checkpoint:
-                # The checkpoint fell off the 24 h window: everything left is newer.
+                # The checkpoint fell off the 24 h window: everything left is
+                # newer, so read all of it (never LATEST, which would skip it).
                 shard.checkpoint = None
+                shard.at_latest = False
                 return self._iterator(shard)
             raise translate(exc, f"get iterator for shard {shard.shard_id}") from exc
 
@@ -334,6 +347,10 @@ class StreamRunner:
                 break
             if self.clock() >= deadline and records:
                 break
+            if not page.get("Records"):
+                # Waiting for the batching window to fill the batch: poll at
+                # Lambda's pace, not in a hot loop (GetRecords allows 5 calls/s per shard).
+                time.sleep(min(IDLE_POLL_S, deadline - self.clock()))
         if not records:
             shard.iterator = next_iterator
             shard.drained = True
@@ -342,6 +359,9 @@ class StreamRunner:
                 return True
             return False
         shard.drained = False
+        # Positioned now: if the iterator must be re-acquired before a checkpoint
+        # exists (a failed first batch, then expiry), LATEST would skip this batch.
+        shard.at_latest = False
         event_records = [lambda_record(r, shard.stream_arn, self.settings.effective_region) for r in records]
         self._deliver(shard, event_records, next_iterator)
         return True

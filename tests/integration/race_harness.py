@@ -1,0 +1,191 @@
+"""A harness that drives the mirror, the backfill's stale writes and the
+application step by step, in any interleaving, against DynamoDB Local.
+
+Application writes are real writes to the legacy tables; the stream records
+they would produce are built here in Lambda's exact shape and handed to the
+mirror when the test says so. That is what makes every race deterministic:
+the test, not the scheduler, decides the order.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from botocore.exceptions import ClientError
+
+from shared import aws
+from shared.apply import Applier, ApplyResult, sweep_tombstones
+from shared.codec import to_dynamodb_json, to_native, to_wire
+from shared.commands import create_tables
+from shared.control import ControlStore, StaleWriterRegistry
+from shared.convergence import ConvergenceResult, check_tables
+from shared.definition import Item, SourceRef
+from shared.mirror import MirrorEngine
+from shared.settings import Settings
+
+
+class FaultyClient:
+    """Delegates to an aiobotocore client; fails chosen calls with throttling."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.fail_next: dict[str, int] = {}
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.fail_next.get(name, 0) > 0:
+                self.fail_next[name] -= 1
+                self.failures += 1
+                raise ClientError(
+                    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"},
+                     "ResponseMetadata": {"HTTPStatusCode": 400}},
+                    name,
+                )
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+class RaceHarness:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        create_tables(settings, with_sources=True)
+        self.sync = aws.dynamodb(settings)
+        self.engine = MirrorEngine(settings)
+        self.loop = self.engine.loop
+        applier = self.run(self.engine._ensure_applier())
+        self.faults = FaultyClient(applier.client)
+        applier.client = self.faults
+        self.definition = self.engine.definition
+        self.backfill = Applier(settings, self.definition, applier.client.inner, ControlStore(
+            applier.client.inner, settings.control_table))
+        self.registry = StaleWriterRegistry(applier.client.inner, settings.control_table)
+        self.sequence = 0
+
+    def run(self, coroutine: Any) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # ------------------------------------------------------------ application
+    def _source_get(self, table: str, key: dict[str, str]) -> Item | None:
+        item = self.sync.get_item(
+            TableName=self.settings.physical_name(table), Key=to_wire(key), ConsistentRead=True
+        ).get("Item")
+        return to_native(item) if item else None
+
+    def _record(self, table: str, key: dict[str, str], old: Item | None, new: Item | None) -> dict[str, Any]:
+        self.sequence += 1
+        body: dict[str, Any] = {
+            "Keys": to_dynamodb_json(key),
+            "SequenceNumber": f"{self.sequence:021d}",
+            "ApproximateCreationDateTime": int(time.time()),
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+            "SizeBytes": 100,
+        }
+        if old is not None:
+            body["OldImage"] = to_dynamodb_json(old)
+        if new is not None:
+            body["NewImage"] = to_dynamodb_json(new)
+        physical = self.settings.physical_name(table)
+        return {
+            "eventID": uuid.uuid4().hex,
+            "eventName": "INSERT" if old is None else ("REMOVE" if new is None else "MODIFY"),
+            "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb",
+            "awsRegion": "us-east-1",
+            "eventSourceARN": f"arn:aws:dynamodb:us-east-1:000000000000:table/{physical}/stream/2026-01-01T00:00:00",
+            "dynamodb": body,
+        }
+
+    def put(self, table: str, item: Item) -> dict[str, Any]:
+        """The application writes `item`; returns the stream record it produced."""
+        key_attrs = self.definition.source(table).key_attrs
+        key = {a: item[a] for a in key_attrs}
+        old = self._source_get(table, key)
+        self.sync.put_item(TableName=self.settings.physical_name(table), Item=to_wire(item))
+        return self._record(table, key, old, item)
+
+    def delete(self, table: str, key: dict[str, str]) -> dict[str, Any]:
+        old = self._source_get(table, key)
+        self.sync.delete_item(TableName=self.settings.physical_name(table), Key=to_wire(key))
+        return self._record(table, key, old, None)
+
+    # ----------------------------------------------------------------- mirror
+    def mirror(self, records: list[dict[str, Any]]) -> list[str]:
+        """Hand one batch to the mirror handler logic; returns the failed sequence numbers."""
+        try:
+            response = self.engine.handle({"Records": records})
+        except BatchProcessingError:
+            # Every record failed: the function errors and Lambda retries the whole batch.
+            return [r["dynamodb"]["SequenceNumber"] for r in records]
+        return [f["itemIdentifier"] for f in response.get("batchItemFailures", [])]
+
+    def mirror_until_done(self, records: list[dict[str, Any]], max_rounds: int = 20) -> int:
+        """Deliver like Lambda: on failure, redeliver from the lowest failed record on."""
+        rounds = 0
+        while records and rounds < max_rounds:
+            rounds += 1
+            failed = set(self.mirror(records))
+            if not failed:
+                return rounds
+            first = min(i for i, r in enumerate(records) if r["dynamodb"]["SequenceNumber"] in failed)
+            records = records[first:]
+        assert not records or rounds < max_rounds, "records kept failing"
+        return rounds
+
+    # --------------------------------------------------------------- backfill
+    def start_backfill(self) -> None:
+        """Register as a stale writer and wait out the fence, as the backfill does."""
+        self.run(self.registry.register("race-backfill", "backfill", lease_s=600))
+        time.sleep(self.settings.stale_writer_refresh_s + self.settings.consistency_margin_s)
+
+    def read(self, table: str, key: dict[str, str]) -> tuple[Item | None, float]:
+        """An eventually consistent read, like a scan page, stamped with its time."""
+        read_at = time.time()
+        item = self.sync.get_item(TableName=self.settings.physical_name(table), Key=to_wire(key)).get("Item")
+        return (to_native(item) if item else None), read_at
+
+    def stale_write(self, table: str, image: Item, read_at: float) -> ApplyResult:
+        ref = self.definition.source(table).ref(image)
+        return self.run(self.backfill.write_stale(ref, image, read_at))
+
+    def finish_backfill(self) -> int:
+        self.run(self.registry.deregister("race-backfill"))
+        return self.sweep(older_than_s=0)
+
+    def sweep(self, older_than_s: float) -> int:
+        return self.run(sweep_tombstones(self.settings, self.definition, self.backfill.client,
+                                         older_than_s=older_than_s))
+
+    # ------------------------------------------------------------------ state
+    def target(self, pk: str, sk: str) -> Item | None:
+        item = self.sync.get_item(
+            TableName=self.settings.target_table, Key={"PK": {"S": pk}, "SK": {"S": sk}}, ConsistentRead=True
+        ).get("Item")
+        return to_native(item) if item else None
+
+    def live(self, pk: str, sk: str) -> Item | None:
+        """The target item at a key, treating a tombstone as absent."""
+        item = self.target(pk, sk)
+        return None if item is None or item.get("entity") == "_dynashift_tombstone" else item
+
+    def target_keys(self) -> set[tuple[str, str]]:
+        items = self.sync.scan(TableName=self.settings.target_table, ConsistentRead=True)["Items"]
+        return {(i["PK"]["S"], i["SK"]["S"]) for i in items}
+
+    def quarantine(self) -> dict[SourceRef, str]:
+        entries = self.run(self.backfill.control.quarantine_list())
+        return {e.ref: e.reason for e in entries}
+
+    def converged(self) -> ConvergenceResult:
+        return check_tables(self.settings)

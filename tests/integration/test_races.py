@@ -1,0 +1,246 @@
+"""One deterministic test per race in design-notes.md (1-7), on DynamoDB Local.
+
+Each drives the exact interleaving through `RaceHarness`: application writes
+are real, the stream records they produce reach the mirror when the test
+says so, and the backfill's read and write are separate steps. Each test
+fails if the protection that closes its race is taken away (for example a
+backfill write that is a plain put, a mirror that deletes without a
+tombstone while a backfill runs, or a waiter that registers without
+re-checking).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from shared.definition import SourceRef
+from shared.settings import load_settings
+from tests.conftest import drop_tables
+from tests.integration.race_harness import RaceHarness
+
+pytestmark = pytest.mark.integration
+
+ACC, REPO = "sc-accounts", "sc-repositories"
+
+
+@pytest.fixture
+def harness(sc_settings):
+    settings = load_settings(
+        **{**sc_settings.model_dump(include={"endpoint_url", "table_names", "target_table", "control_table"})},
+        consistency_margin_s=0.3,
+        stale_writer_refresh_s=0.05,
+    )
+    h = RaceHarness(settings)
+    yield h
+    h.close()
+    drop_tables(settings)
+
+
+def account(account_id="a1", **extra):
+    item = {"accountId": account_id, "email": f"{account_id}@example.com", "createdAt": Decimal(1700000000)}
+    item.update(extra)
+    return item
+
+
+def repo(repo_id="r1", account_id="a1", name="Tools", **extra):
+    item = {"repoId": repo_id, "accountId": account_id, "name": name, "createdAt": Decimal(1700000000)}
+    item.update(extra)
+    return item
+
+
+def test_race1_backfill_copy_of_v1_does_not_land_over_mirrored_v2(harness):
+    # GIVEN an account V1 that existed before the mirror started, and a backfill that read it
+    harness.put(ACC, account(plan="free"))
+    harness.start_backfill()
+    v1, read_at = harness.read(ACC, {"accountId": "a1"})
+    # WHEN the application writes V2 and the mirror applies it, then the backfill writes V1
+    harness.mirror([harness.put(ACC, account(plan="pro"))])
+    result = harness.stale_write(ACC, v1, read_at)
+    # THEN V2 stays
+    assert harness.target("ACCOUNT#a1", "PROFILE")["plan"] == "pro"
+    assert result.skipped == 1
+    harness.finish_backfill()
+    assert harness.converged().ok
+
+
+def test_race2_backfill_does_not_resurrect_an_item_deleted_before_the_target_had_it(harness):
+    # GIVEN a repository that existed before the mirror, read by the backfill
+    harness.put(REPO, repo())
+    harness.start_backfill()
+    v1, read_at = harness.read(REPO, {"repoId": "r1"})
+    # WHEN the application deletes it and the mirror applies the delete first
+    harness.mirror([harness.delete(REPO, {"repoId": "r1"})])
+    harness.stale_write(REPO, v1, read_at)
+    # THEN the backfill's V1 did not resurrect it, and no tombstone is left once the backfill is done
+    assert harness.live("ACCOUNT#a1", "REPO#tools") is None
+    harness.finish_backfill()
+    assert harness.target_keys() == set()
+    assert harness.converged().ok
+
+
+@pytest.mark.parametrize("move", ["rename", "transfer"])
+def test_race3_stale_backfill_write_under_an_old_key_does_not_survive(harness, move):
+    # GIVEN a repository read by the backfill under its old key
+    harness.put(REPO, repo(name="Old"))
+    harness.start_backfill()
+    v1, read_at = harness.read(REPO, {"repoId": "r1"})
+    # WHEN it is renamed (or transferred) and the mirror moves the key, then the backfill writes
+    moved = repo(name="New") if move == "rename" else repo(account_id="a2", name="Old")
+    harness.mirror([harness.put(REPO, moved)])
+    harness.stale_write(REPO, v1, read_at)
+    harness.finish_backfill()
+    # THEN only the new key exists
+    new_key = ("ACCOUNT#a1", "REPO#new") if move == "rename" else ("ACCOUNT#a2", "REPO#old")
+    assert harness.target_keys() == {new_key}
+    assert harness.converged().ok
+
+
+def test_race4_removed_team_membership_goes_even_if_backfill_wrote_it_from_an_older_image(harness):
+    # GIVEN an account in teams t1 and t2, read by the backfill
+    harness.put(ACC, account(teamIds={"t1", "t2"}))
+    harness.start_backfill()
+    v1, read_at = harness.read(ACC, {"accountId": "a1"})
+    # WHEN t2 is removed and mirrored, then the backfill writes the older image
+    harness.mirror([harness.put(ACC, account(teamIds={"t1"}))])
+    harness.stale_write(ACC, v1, read_at)
+    harness.finish_backfill()
+    # THEN the t2 membership is gone
+    assert harness.live("TEAM#t2", "MEMBER#a1") is None
+    assert harness.target("TEAM#t1", "MEMBER#a1") is not None
+    assert harness.converged().ok
+
+
+def test_race4b_backfill_first_then_team_removal_removes_the_membership(harness):
+    # GIVEN the backfill copied the account with t1 and t2 before the change was mirrored
+    harness.put(ACC, account(teamIds={"t1", "t2"}))
+    harness.start_backfill()
+    v1, read_at = harness.read(ACC, {"accountId": "a1"})
+    harness.stale_write(ACC, v1, read_at)
+    # WHEN t2 is removed and mirrored
+    harness.mirror([harness.put(ACC, account(teamIds={"t1"}))])
+    harness.finish_backfill()
+    # THEN the membership is gone
+    assert harness.live("TEAM#t2", "MEMBER#a1") is None
+    assert harness.converged().ok
+
+
+def test_race5_second_repository_on_a_key_is_quarantined_then_takes_the_key_when_free(harness):
+    # GIVEN r1 holds ACCOUNT#a1/REPO#tools
+    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
+    # WHEN r2 arrives with a name differing only in case
+    harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
+    # THEN r2 is quarantined for the collision and r1 was not overwritten
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r1"
+    assert harness.quarantine() == {SourceRef(REPO, ("r2",)): "key_collision"}
+    # WHEN r1 is renamed away
+    harness.mirror([harness.put(REPO, repo("r1", name="Hammer"))])
+    # THEN r2 takes the key by itself and leaves quarantine
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race5_no_lost_wakeup_when_release_happens_between_collision_and_registration(harness):
+    # GIVEN r1 holds the key, and r2's collision is about to register as a waiter
+    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
+    release = harness.put(REPO, repo("r1", name="Hammer"))
+    r2_record = harness.put(REPO, repo("r2", name="tools"))
+    control = harness.engine.applier.control
+    original = control.waiter_add
+
+    async def release_first(key, ref):
+        # r1's release (and its query for waiters, which finds none) happens
+        # exactly between r2's failed put and r2's registration.
+        control.waiter_add = original
+        failed = await harness.engine._apply_records([release])
+        assert not failed
+        return await original(key, ref)
+
+    control.waiter_add = release_first
+    # WHEN r2's record is applied
+    harness.mirror([r2_record])
+    # THEN r2's re-check after registering finds the key free: it holds it, not quarantined
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race5_collision_met_by_the_backfill_is_quarantined_and_woken(harness):
+    # GIVEN two pre-existing repositories of one account whose names differ in case
+    harness.put(REPO, repo("r1", name="Tools"))
+    harness.put(REPO, repo("r2", name="tools"))
+    harness.start_backfill()
+    for repo_id in ("r1", "r2"):
+        image, read_at = harness.read(REPO, {"repoId": repo_id})
+        harness.stale_write(REPO, image, read_at)
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r1"
+    assert harness.quarantine() == {SourceRef(REPO, ("r2",)): "key_collision"}
+    # WHEN r1 is deleted
+    harness.mirror([harness.delete(REPO, {"repoId": "r1"})])
+    harness.finish_backfill()
+    # THEN r2 holds the key
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race6_retried_earlier_record_never_stays_applied_over_a_later_one(harness):
+    # GIVEN one batch with two versions of an account, and the first write of it fails transiently
+    v1 = harness.put(ACC, account(plan="free"))
+    v2 = harness.put(ACC, account(plan="enterprise"))
+    other = harness.put(ACC, account("a2", plan="team"))
+    harness.faults.fail_next["put_item"] = 1
+    # WHEN Lambda delivers, gets partial failures, and redelivers from the lowest failed record
+    first = harness.mirror([v1, v2, other])
+    assert first, "the injected throttling must fail a record"
+    assert v2["dynamodb"]["SequenceNumber"] in first, "a later record of a failed item must not count as done"
+    harness.mirror_until_done([v1, v2, other])
+    # THEN the newest version is what stays
+    assert harness.target("ACCOUNT#a1", "PROFILE")["plan"] == "enterprise"
+    assert harness.target("ACCOUNT#a2", "PROFILE")["plan"] == "team"
+    assert harness.converged().ok
+
+
+def test_race7_bad_record_is_quarantined_and_does_not_block_its_shard(harness):
+    # GIVEN a clean account, then a batch where it turns bad, followed by another item's record
+    harness.mirror([harness.put(ACC, account(plan="pro"))])
+    bad = harness.put(ACC, account(plan="platinum"))
+    after = harness.put(ACC, account("a2"))
+    # WHEN the batch is applied
+    failed = harness.mirror([bad, after])
+    # THEN nothing is retried, the bad item is quarantined with its reason, its
+    # target stays as the last clean version, and the next record was applied
+    assert failed == []
+    assert harness.quarantine() == {SourceRef(ACC, ("a1",)): "invalid_plan"}
+    assert harness.target("ACCOUNT#a1", "PROFILE")["plan"] == "pro"
+    assert harness.target("ACCOUNT#a2", "PROFILE") is not None
+    # WHEN a later clean write arrives THEN it leaves quarantine by itself
+    harness.mirror([harness.put(ACC, account(plan="team"))])
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race7_only_transient_faults_fail_a_record(harness):
+    # GIVEN a throttled write
+    record = harness.put(ACC, account())
+    harness.faults.fail_next["put_item"] = 1
+    # WHEN applied THEN the record fails (Lambda will retry it), and a retry succeeds
+    assert harness.mirror([record]) == [record["dynamodb"]["SequenceNumber"]]
+    assert harness.mirror([record]) == []
+    assert harness.converged().ok
+
+
+def test_tombstones_only_while_a_backfill_may_write(harness):
+    # GIVEN no backfill: a delete leaves nothing behind
+    harness.mirror([harness.put(REPO, repo())])
+    harness.mirror([harness.delete(REPO, {"repoId": "r1"})])
+    assert harness.target_keys() == set()
+    # GIVEN a backfill: a delete leaves a tombstone, swept once the backfill is done
+    harness.start_backfill()
+    harness.mirror([harness.put(REPO, repo())])
+    harness.mirror([harness.delete(REPO, {"repoId": "r1"})])
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["entity"] == "_dynashift_tombstone"
+    assert harness.finish_backfill() == 1
+    assert harness.target_keys() == set()
