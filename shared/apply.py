@@ -235,6 +235,10 @@ class Applier:
         check_target_items(targets)
         return targets
 
+    def transform_checked(self, ref: SourceRef, image: Item) -> list[Item]:
+        """The transform plus the engine's own checks (size); raises QuarantineError."""
+        return self._transform(ref, image)
+
     def _keys_of_clean(self, ref: SourceRef, image: Item | None) -> set[TargetKey]:
         if image is None:
             return set()
@@ -306,7 +310,7 @@ class Applier:
             f"{holder.table + ' ' + '|'.join(holder.key) if holder else 'another item'}; "
             "it will take the key by itself once the holder moves or is deleted"
         )
-        await self._quarantine(ref, error, image, held, collision_key=key)
+        error.write_token = await self._quarantine(ref, error, image, held, collision_key=key)  # type: ignore[attr-defined]
         tokens = {}
         for item, _ in collided:
             item_key = self.definition.target_key(item)
@@ -385,7 +389,9 @@ class Applier:
                 # Re-check after registering: if the key is free now, go again.
                 current = await self._get_target(self.definition.target_key(item))
                 if current is not None and not is_tombstone(current) and self.definition.owner(current) != ref:
-                    await self._drop_quarantine_if_changed(ref, image)
+                    await self._drop_quarantine_if_changed(
+                        ref, image, getattr(result.quarantined, "write_token", None)
+                    )
                     return result
                 result.quarantined = None
                 continue
@@ -485,8 +491,8 @@ class Applier:
         image: Item | None,
         held: set[TargetKey],
         collision_key: TargetKey | None = None,
-    ) -> None:
-        await self.control.quarantine_put(
+    ) -> str | None:
+        return await self.control.quarantine_put(
             QuarantineEntry(
                 ref=ref,
                 reason=error.reason,
@@ -501,20 +507,30 @@ class Applier:
     async def _quarantine_stale(
         self, ref: SourceRef, error: QuarantineError, image: Item, held: set[TargetKey]
     ) -> None:
-        """Quarantine from a possibly outdated read, then re-check the source.
+        """Quarantine from a possibly outdated read: create-only, then re-check.
 
-        If the source changed meanwhile, the mirror may already have applied
-        the newer version and cleared quarantine before our entry landed;
-        re-reading after writing (and the mirror reading after the source
-        write) means one of us sees the other, so we drop our entry.
+        An existing entry is newer or as new (the mirror's), so it is kept.
+        If the source changed since our read, the mirror may have cleared the
+        entry before ours landed; re-reading after writing (while the mirror
+        reads after the source write) means one of us sees the other, so we
+        then drop our entry, but only if it is still ours (write token).
         """
-        await self._quarantine(ref, error, image, held)
-        await self._drop_quarantine_if_changed(ref, image)
+        token = await self.control.quarantine_put(
+            QuarantineEntry(ref=ref, reason=error.reason, message=error.message, image=image,
+                            held_keys=set(held), detected_at=self.clock()),
+            only_if_absent=True,
+        )
+        if token is not None:
+            await self._drop_quarantine_if_changed(ref, image, token)
 
-    async def _drop_quarantine_if_changed(self, ref: SourceRef, image: Item | None) -> None:
+    async def quarantine_from_stale_read(self, ref: SourceRef, error: QuarantineError, image: Item) -> None:
+        """Bad data met by the backfill: quarantine it, race-safely."""
+        await self._quarantine_stale(ref, error, image, set())
+
+    async def _drop_quarantine_if_changed(self, ref: SourceRef, image: Item | None, token: str | None) -> None:
         current, _ = await self.read_source(ref)
         if current != image:
-            await self.control.quarantine_clear(ref)
+            await self.control.quarantine_clear(ref, token=token)
 
     # ============================================================ backfill path
     async def write_stale(self, ref: SourceRef, image: Item, read_at: float) -> ApplyResult:

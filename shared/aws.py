@@ -50,11 +50,13 @@ TRANSIENT_CODES = frozenset(
 _DUMMY_CREDENTIALS = {"aws_access_key_id": "dynashiftlocal", "aws_secret_access_key": "dynashiftlocal"}
 
 
-def client_kwargs(settings: Settings, *, max_attempts: int = 3, pool: int = 50) -> dict[str, Any]:
+def client_kwargs(
+    settings: Settings, *, max_attempts: int = 3, pool: int = 50, retry_mode: str = "standard"
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "region_name": settings.effective_region,
         "config": Config(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": retry_mode, "max_attempts": max_attempts},
             max_pool_connections=pool,
             connect_timeout=5,
             read_timeout=20,

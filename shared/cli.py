@@ -10,6 +10,7 @@ ends as exactly one readable line on stderr and a non-zero exit code
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,81 @@ def mirror_run(ctx: Context, follow: bool, start_from: str, max_seconds: float |
         f"({report.redelivered} redelivered after transient faults, {report.expired_iterators} iterators renewed, "
         f"{report.tombstones_swept} tombstones swept)"
     )
+
+
+# ------------------------------------------------------------------------ backfill
+@cli.group()
+def backfill() -> None:
+    """Copy the legacy tables' history into the target, race-safely."""
+
+
+@backfill.command("run")
+@click.option("--table", default="all", show_default=True, help="sc-accounts, sc-repositories or all.")
+@click.option("--segments", type=click.IntRange(min=1, max=1_000_000), default=8, show_default=True,
+              help="Parallel scan segments (units of work) per table.")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="Worker processes on this host; each runs several segments at once.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Cap on source items per second.")
+@click.option("--write-mode", type=click.Choice(["put", "transact"]), default="put", show_default=True,
+              help="put: conditional PutItem per item (1x WCU); transact: TransactWriteItems of 100 (2x WCU).")
+@click.option("--source", default="scan", show_default=True, help="scan, or export:PATH_OR_S3_URI (a PITR export).")
+@click.option("--dry-run", is_flag=True, help="Transform and validate everything, write nothing, report.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --dry-run: write the report as JSON to this file.")
+@click.option("--restart", is_flag=True, help="Forget the saved progress and start over (asks first).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --restart).")
+@click.option("--allow-no-mirror", is_flag=True,
+              help="Run although no mirror ever ran (only for tables nobody writes to).")
+@pass_ctx
+def backfill_run(ctx: Context, table: str, segments: int, workers: int, rate: float | None, write_mode: str,
+                 source: str, dry_run: bool, json_path: Path | None, restart: bool, yes: bool,
+                 allow_no_mirror: bool) -> None:
+    """Copy every legacy item into the target. Running it again resumes.
+
+    Safe while the application writes and the mirror runs: every write is
+    create-only and never lands over a newer or deleted state.
+    """
+    from backfill.run import BackfillRequest, run_backfill
+
+    if json_path and not dry_run:
+        raise UsageError("--json: only with --dry-run")
+    if restart and not yes and not click.confirm(
+        f"--restart forgets the saved backfill progress of {table}; continue?", default=False
+    ):
+        raise UsageError("--restart: not confirmed (add --yes to skip the question)")
+    request = BackfillRequest(table=table, segments=segments, workers=workers, rate=rate, write_mode=write_mode,
+                              source=source, dry_run=dry_run, restart=restart, json_path=json_path,
+                              allow_no_mirror=allow_no_mirror)
+    code = run_backfill(ctx.settings, ctx.overrides, request, console)
+    if code:
+        sys.exit(code)
+
+
+@backfill.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_ctx
+def backfill_status(ctx: Context, as_json: bool) -> None:
+    """Per-table progress: units done, items, rate, ETA."""
+    from rich.table import Table
+
+    from backfill.run import status
+
+    rows = status(ctx.settings)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no backfill has been planned yet")
+        return
+    view = Table(title="backfill")
+    for column in ("table", "units", "read", "written", "skipped", "quarantined", "items/s", "ETA"):
+        view.add_column(column)
+    for row in rows:
+        eta = "done" if row["finished"] else (f"{row['eta_s']:.0f}s" if row["eta_s"] is not None else "?")
+        view.add_row(row["table"], f"{row['units_done']}/{row['units_total']}", str(row["read"]),
+                     str(row["written"]), str(row["skipped"]), str(row["quarantined"]), str(row["items_per_s"]),
+                     eta)
+    console.print(view)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -1,10 +1,16 @@
 """Matched serialize/deserialize between DynamoDB AttributeValues and native items.
 
-boto3's `TypeSerializer`/`TypeDeserializer` do the work; this module adds the
-one thing they don't: DynamoDB Local 3.3.1 renders an empty map inside
-*stream records* as ``{}`` instead of ``{"M": {}}`` (GetItem and Scan are
-correct). `from_stream_image` repairs that before deserialising, so a stream
-image and a scanned item of the same data are equal.
+boto3's `TypeSerializer`/`TypeDeserializer` do the work; this module adds
+what they don't handle in stream records as Lambda delivers them:
+
+* Lambda's events are JSON, so `B`/`BS` values arrive as base64 text, which
+  `TypeDeserializer` refuses; they are decoded to bytes (bytes are kept, so a
+  raw GetRecords image parses too).
+* DynamoDB Local 3.3.1 renders an empty map inside *stream records* as
+  ``{}`` instead of ``{"M": {}}`` (GetItem and Scan are correct).
+
+`from_stream_image` repairs both before deserialising, so a stream image and
+a scanned item of the same data are equal.
 """
 
 from __future__ import annotations
@@ -29,20 +35,9 @@ def value_to_wire(value: Any) -> dict[str, Any]:
     return _serializer.serialize(value)
 
 
-def _repair(value: Any) -> Any:
-    if isinstance(value, dict):
-        if not value:
-            return {"M": {}}
-        if "M" in value and len(value) == 1:
-            return {"M": {k: _repair(v) for k, v in value["M"].items()}}
-        if "L" in value and len(value) == 1:
-            return {"L": [_repair(v) for v in value["L"]]}
-    return value
-
-
 def from_stream_image(image: dict[str, Any]) -> dict[str, Any]:
-    """A stream record's NewImage/OldImage as a native item (quirk repaired)."""
-    return {k: _deserializer.deserialize(_repair(v)) for k, v in image.items()}
+    """A stream record's Keys/NewImage/OldImage as a native item (base64 and quirk repaired)."""
+    return {k: _deserializer.deserialize(_b64_in(v)) for k, v in image.items()}
 
 
 # --- DynamoDB JSON (the export format: B and BS members as base64 text) -------------
@@ -66,18 +61,22 @@ def _b64_out(value: Any) -> Any:
     return value
 
 
-def _b64_in(value: Any) -> Any:
+def _unb64(value: Any) -> Any:
     import base64
 
+    return base64.b64decode(value) if isinstance(value, str) else value
+
+
+def _b64_in(value: Any) -> Any:
     if isinstance(value, dict):
         if not value:  # DynamoDB Local's stream quirk, see from_stream_image
             return {"M": {}}
         out = {}
         for tag, inner in value.items():
             if tag == "B":
-                out[tag] = base64.b64decode(inner)
+                out[tag] = _unb64(inner)
             elif tag == "BS":
-                out[tag] = [base64.b64decode(b) for b in inner]
+                out[tag] = [_unb64(b) for b in inner]
             elif tag == "L":
                 out[tag] = [_b64_in(v) for v in inner]
             elif tag == "M":

@@ -82,31 +82,68 @@ class ControlStore:
         self.clock = clock
 
     # ------------------------------------------------------------ quarantine
-    async def quarantine_put(self, entry: QuarantineEntry) -> None:
-        item = {
-            "PK": {"S": quarantine_pk(entry.ref)},
-            "SK": {"S": entry.ref.as_text()},
-            "source_table": {"S": entry.ref.table},
-            "source_key": {"L": [{"S": k} for k in entry.ref.key]},
-            "reason": {"S": entry.reason},
-            "message": {"S": entry.message[:2000]},
-            "image": {"B": encode_image(entry.image)},
-            "detected_at": {"N": repr(round(entry.detected_at or self.clock(), 3))},
-            "held_keys": {"L": [{"S": key_text(k)} for k in sorted(entry.held_keys)]},
+    async def quarantine_put(self, entry: QuarantineEntry, *, only_if_absent: bool = False) -> str | None:
+        """Record (or refresh) an entry; returns its write token (None if it existed
+        and `only_if_absent` was asked, as stale writers do). `held_keys` are *added* to what is stored:
+        a writer that knows less (the backfill, from an old read) must never make
+        the mirror forget which target keys a quarantined item still holds, and a
+        superset is harmless because every removal checks ownership."""
+        names = {"#r": "reason", "#m": "message", "#i": "image", "#d": "detected_at", "#t": "source_table",
+                 "#k": "source_key", "#c": "collision_key"}
+        values: dict[str, Any] = {
+            ":t": {"S": entry.ref.table},
+            ":k": {"L": [{"S": k} for k in entry.ref.key]},
+            ":r": {"S": entry.reason},
+            ":m": {"S": entry.message[:2000]},
+            ":i": {"B": encode_image(entry.image)},
+            ":d": {"N": repr(round(entry.detected_at or self.clock(), 3))},
         }
+        token = uuid.uuid4().hex
+        names["#w"] = "write_token"
+        values[":w"] = {"S": token}
+        update = "SET #t = :t, #k = :k, #r = :r, #m = :m, #i = :i, #d = :d, #w = :w"
         if entry.collision_key:
-            item["collision_key"] = {"S": key_text(entry.collision_key)}
+            update += ", #c = :c"
+            values[":c"] = {"S": key_text(entry.collision_key)}
+        else:
+            update += " REMOVE #c"
+        if entry.held_keys:
+            update += " ADD #h :h"
+            names["#h"] = "held_keys"
+            values[":h"] = {"SS": sorted(key_text(k) for k in entry.held_keys)}
+        extra = {"ConditionExpression": "attribute_not_exists(PK)"} if only_if_absent else {}
         try:
-            await self.client.put_item(TableName=self.table, Item=item)
-        except Exception as exc:
-            raise translate(exc, "store quarantine entry") from exc
-
-    async def quarantine_clear(self, ref: SourceRef) -> None:
-        try:
-            await self.client.delete_item(
-                TableName=self.table, Key={"PK": {"S": quarantine_pk(ref)}, "SK": {"S": ref.as_text()}}
+            await self.client.update_item(
+                TableName=self.table,
+                Key={"PK": {"S": quarantine_pk(entry.ref)}, "SK": {"S": entry.ref.as_text()}},
+                UpdateExpression=update,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                **extra,
             )
         except Exception as exc:
+            if only_if_absent and getattr(exc, "response", {}).get("Error", {}).get("Code") == (
+                "ConditionalCheckFailedException"
+            ):
+                return None
+            raise translate(exc, "store quarantine entry") from exc
+        return token
+
+    async def quarantine_clear(self, ref: SourceRef, *, token: str | None = None) -> None:
+        """Delete an entry; with `token`, only if it is still the one written with it."""
+        extra: dict[str, Any] = {}
+        if token:
+            extra = {"ConditionExpression": "#w = :w", "ExpressionAttributeNames": {"#w": "write_token"},
+                     "ExpressionAttributeValues": {":w": {"S": token}}}
+        try:
+            await self.client.delete_item(
+                TableName=self.table, Key={"PK": {"S": quarantine_pk(ref)}, "SK": {"S": ref.as_text()}}, **extra
+            )
+        except Exception as exc:
+            if token and getattr(exc, "response", {}).get("Error", {}).get("Code") == (
+                "ConditionalCheckFailedException"
+            ):
+                return  # rewritten since by someone who knows better: keep theirs
             raise translate(exc, "clear quarantine entry") from exc
 
     async def quarantine_get_many(self, refs: Iterable[SourceRef]) -> dict[SourceRef, QuarantineEntry]:
@@ -150,7 +187,7 @@ class ControlStore:
             reason=raw["reason"]["S"],
             message=raw["message"]["S"],
             image=decode_image(blob),
-            held_keys={key_from_text(k["S"]) for k in raw.get("held_keys", {}).get("L", [])},
+            held_keys={key_from_text(k) for k in raw.get("held_keys", {}).get("SS", [])},
             detected_at=float(raw["detected_at"]["N"]),
             collision_key=key_from_text(raw["collision_key"]["S"]) if "collision_key" in raw else None,
         )

@@ -37,7 +37,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from shared.apply import Applier, ApplyResult
-from shared.aws import aio_dynamodb, is_transient
+from shared.aws import aio_dynamodb, error_code, is_transient
 from shared.codec import from_stream_image
 from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
@@ -95,6 +95,7 @@ class MirrorEngine:
         self._stack: contextlib.AsyncExitStack | None = None
         self.applier: Applier | None = None
         self._registry_read_at = -1e9
+        self._start_recorded: set[str] = set()
         self.last_stats = BatchStats()
         physical = {settings.physical_name(s.name): s.name for s in self.definition.sources}
         self._logical_by_physical = physical
@@ -189,6 +190,7 @@ class MirrorEngine:
                 stats.lag_ms.append(max(0.0, (now - float(created)) * 1000))
         chains = self._chains(records)
         stats.chains = len(chains)
+        await self._record_start({c.ref.table for c in chains.values()}, records)
         try:
             await self._refresh_tombstone_mode(applier)
             entries = await applier.control.quarantine_get_many(chains)
@@ -222,6 +224,27 @@ class MirrorEngine:
         stats.failed_records = len(failed)
         self.last_stats = stats
         return failed
+
+    async def _record_start(self, tables: set[str], records: list[dict[str, Any]]) -> None:
+        """Remember, once, since when the mirror covers each table (the backfill checks it)."""
+        new = tables - self._start_recorded
+        if not new or self.applier is None:
+            return
+        first = min(
+            (float(r["dynamodb"].get("ApproximateCreationDateTime", time.time())) for r in records),
+            default=time.time(),
+        )
+        for table in new:
+            try:
+                await self.applier.client.put_item(
+                    TableName=self.settings.control_table,
+                    Item={"PK": {"S": "MIRROR"}, "SK": {"S": table}, "started_at": {"N": repr(first)}},
+                    ConditionExpression="attribute_not_exists(PK)",
+                )
+            except Exception as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+            self._start_recorded.add(table)
 
     @staticmethod
     def _count(stats: BatchStats, result: ApplyResult) -> None:

@@ -7,6 +7,11 @@ mapping where correctness depends on it:
 
 * **Lineage.** A shard is read only once its parent is finished (or gone
   from the stream), so per-item order holds across shard splits.
+* **Start position.** A shard without a checkpoint starts at TRIM_HORIZON,
+  or with `--from latest` at LATEST, but only if it existed when the runner
+  started and no run has read its parent: a child born of a split is always
+  read from its start, or the records written to it before its first poll
+  would be lost.
 * **Checkpoints.** Per shard, the sequence number of the last record fully
   applied is kept in the control table (`CHECKPOINT#<stream arn>` /
   `<shard id>`); a restarted runner resumes AFTER it. A finished shard is
@@ -223,6 +228,21 @@ class StreamRunner:
         except Exception as exc:
             raise translate(exc, "save stream checkpoint") from exc
 
+    def _record_start(self) -> None:
+        """Once every shard has an iterator, the mirror covers each table from now on."""
+        physical_to_logical = {self.settings.physical_name(s.name): s.name for s in self.definition.sources}
+        for table in self.source_tables:
+            try:
+                self.dynamodb.put_item(
+                    TableName=self.settings.control_table,
+                    Item={"PK": {"S": "MIRROR"}, "SK": {"S": physical_to_logical.get(table, table)},
+                          "started_at": {"N": repr(round(self.clock(), 3))}},
+                    ConditionExpression="attribute_not_exists(PK)",
+                )
+            except Exception as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise translate(exc, "record mirror start") from exc
+
     # ---------------------------------------------------------------- shards
     def _stream_arn(self, table: str) -> str:
         try:
@@ -251,10 +271,15 @@ class StreamRunner:
                         continue
                     state = ShardState(arn, shard_id, shard.get("ParentShardId"))
                     # `--from latest` applies to the shards that exist when the
-                    # runner starts. A shard born later (a split, a rollover) is
-                    # read from its start, as Lambda does; LATEST would skip the
-                    # records written to it before its first poll.
-                    state.at_latest = self.start_from == "latest" and not self._discovered
+                    # runner starts fresh. A shard born later (a split, a
+                    # rollover), or whose parent a run already read, is read from
+                    # its start, as Lambda does: LATEST would skip the records
+                    # written to it before its first poll.
+                    state.at_latest = (
+                        self.start_from == "latest"
+                        and not self._discovered
+                        and not (state.parent_id and state.parent_id in checkpoints)
+                    )
                     saved = checkpoints.get(shard_id)
                     if saved:
                         state.checkpoint = saved.get("sequence_number", {}).get("S")
@@ -310,7 +335,9 @@ class StreamRunner:
                 if shard.retry_at > self.clock():
                     continue
                 worked |= self._poll(shard)
-            self.ready.set()
+            if not self.ready.is_set():
+                self._record_start()
+                self.ready.set()
             all_drained = all(s.drained for s in self.shards.values() if self._eligible(s))
             self._maybe_sweep(idle=not worked)
             if not worked:
@@ -343,6 +370,11 @@ class StreamRunner:
                 raise translate(exc, f"read shard {shard.shard_id}") from exc
             next_iterator = page.get("NextShardIterator")
             records.extend(page.get("Records", []))
+            if records:
+                # Positioned now. Should the iterator have to be re-acquired before
+                # a checkpoint exists (expiry, a failed first batch), LATEST would
+                # skip these records; TRIM_HORIZON redelivers instead of losing.
+                shard.at_latest = False
             if not page.get("Records") and (not records or self.clock() >= deadline):
                 break
             if self.clock() >= deadline and records:
@@ -359,9 +391,6 @@ class StreamRunner:
                 return True
             return False
         shard.drained = False
-        # Positioned now: if the iterator must be re-acquired before a checkpoint
-        # exists (a failed first batch, then expiry), LATEST would skip this batch.
-        shard.at_latest = False
         event_records = [lambda_record(r, shard.stream_arn, self.settings.effective_region) for r in records]
         self._deliver(shard, event_records, next_iterator)
         return True

@@ -1,0 +1,341 @@
+"""`dynashift backfill run|status`: plan the units, start the workers, show progress.
+
+The operator-facing side of the backfill. It validates the options, plans
+(or resumes) one run per source table in the control table, starts the
+worker processes (`--workers`, each running several units at once), shows a
+rich progress bar per table from the control table's counters (against the
+table's *approximate* ItemCount), and when every unit is done it sweeps the
+tombstones the mirror left while the backfill ran and prints a summary.
+
+Running it again resumes: the plan is found, done units are skipped, and
+units left by dead workers are resumed from their checkpoints once their
+leases expire. `--restart` forgets the plan, and asks first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import multiprocessing
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backfill.units import Run, UnitStore
+from backfill.worker import WorkerOptions, new_owner, run_worker, worker_process
+from shared import aws
+from shared.apply import sweep_tombstones
+from shared.definition import get_definition
+from shared.errors import StoreError, UsageError
+from shared.settings import Settings
+
+MIRROR_PK = "MIRROR"
+
+
+@dataclass
+class BackfillRequest:
+    table: str  # logical name or "all"
+    segments: int = 8
+    workers: int = 1
+    rate: float | None = None
+    write_mode: str = "put"
+    source: str = "scan"
+    dry_run: bool = False
+    restart: bool = False
+    json_path: Path | None = None
+    allow_no_mirror: bool = False
+
+
+def resolve_tables(settings: Settings, table: str) -> list[str]:
+    definition = get_definition(settings.migration)
+    names = [s.name for s in definition.sources]
+    if table == "all":
+        return names
+    if table not in names:
+        raise UsageError(f"--table: unknown table {table!r} (choose from: {', '.join(names)}, all)")
+    return [table]
+
+
+async def mirror_started_at(client: Any, settings: Settings, table: str) -> float | None:
+    response = await client.get_item(
+        TableName=settings.control_table,
+        Key={"PK": {"S": MIRROR_PK}, "SK": {"S": table}},
+        ConsistentRead=True,
+    )
+    item = response.get("Item")
+    return float(item["started_at"]["N"]) if item else None
+
+
+async def approx_item_count(client: Any, physical: str) -> int:
+    try:
+        return int((await client.describe_table(TableName=physical))["Table"].get("ItemCount", 0))
+    except Exception as exc:
+        raise aws.translate(exc, f"describe {physical}") from exc
+
+
+async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[str]) -> tuple[list[Run], Any]:
+    """Check the preconditions and plan (or find) one run per table."""
+    export = None
+    async with aws.aio_dynamodb(settings) as client:
+        store = UnitStore(client, settings.control_table)
+        if request.source.startswith("export:"):
+            from backfill.export import check_export_time, open_export, parse_source
+
+            if len(tables) != 1:
+                raise UsageError("--source export: an export holds one table; name it with --table")
+            export = parse_source(request.source.removeprefix("export:"))
+            info = await open_export(export, settings)
+            if not request.allow_no_mirror:
+                check_export_time(info.export_time, await mirror_started_at(client, settings, tables[0]))
+        elif request.source != "scan":
+            raise UsageError(f"--source must be scan or export:PATH_OR_S3_URI, not {request.source!r}")
+        runs = []
+        for table in tables:
+            physical = settings.physical_name(table)
+            approx = await approx_item_count(client, physical)
+            if request.source == "scan" and not request.allow_no_mirror:
+                if await mirror_started_at(client, settings, table) is None:
+                    raise UsageError(
+                        f"the mirror has never run for {table}: start replication first (sam deploy, or "
+                        "dynashift mirror run --follow), or the writes made during the backfill are lost"
+                    )
+            if request.restart:
+                await store.reset(table)
+            if export is not None:
+                files = [f.key for f in info.files]
+                run = await store.plan(table, units=len(files), kind="file", source=request.source,
+                                       write_mode=request.write_mode, files=files, approx_items=info.item_count)
+            else:
+                run = await store.plan(table, units=request.segments, kind="segment", source="scan",
+                                       write_mode=request.write_mode, approx_items=approx)
+            runs.append(run)
+    return runs, export
+
+
+def run_backfill(settings: Settings, overrides: dict[str, Any], request: BackfillRequest, console: Console) -> int:
+    """Returns the process exit code (0 when every unit is done)."""
+    tables = resolve_tables(settings, request.table)
+    if request.dry_run:
+        return run_dry(settings, request, tables, console)
+    runs, export = asyncio.run(plan_runs(settings, request, tables))
+    units_in_flight = max(1, math.ceil(max(r.segments for r in runs) / request.workers))
+    options = WorkerOptions(
+        tables=tables,
+        write_mode=request.write_mode,
+        rate_per_s=request.rate / request.workers if request.rate else None,
+        units_in_flight=units_in_flight,
+        export=export,
+    )
+    started = time.time()
+    if request.workers == 1:
+        asyncio.run(_in_process(settings, options, tables, console))
+    else:
+        _in_processes(settings, overrides, options, request.workers, tables, console)
+    runs = asyncio.run(_load(settings, tables))
+    unfinished = [r.table for r in runs if r.done < len(r.units)]
+    render_summary(console, runs, time.time() - started)
+    if unfinished:
+        console.print(f"not finished: {', '.join(unfinished)} (workers stopped); run the same command to resume")
+        return 1
+    swept = asyncio.run(_finish(settings, tables))
+    console.print(f"backfill complete; {swept} tombstones swept")
+    return 0
+
+
+async def _load(settings: Settings, tables: list[str]) -> list[Run]:
+    async with aws.aio_dynamodb(settings) as client:
+        store = UnitStore(client, settings.control_table)
+        runs = [await store.load(t) for t in tables]
+    return [r for r in runs if r is not None]
+
+
+async def _finish(settings: Settings, tables: list[str]) -> int:
+    """After the last unit: sweep the tombstones the mirror left meanwhile, mark done.
+
+    The mirror may keep leaving tombstones for up to `stale_writer_refresh_s`
+    after the last worker deregistered; after that, if no other stale writer
+    is registered, no tombstone can be needed any more (a new backfill fences
+    before reading) and all of them go. Otherwise only those older than
+    horizon + margin, which no stale writer can need.
+    """
+    await asyncio.sleep(settings.stale_writer_refresh_s + 0.5)
+    async with aws.aio_dynamodb(settings) as client:
+        from shared.control import StaleWriterRegistry
+
+        others = await StaleWriterRegistry(client, settings.control_table).active()
+        life = settings.stale_write_horizon_s + settings.consistency_margin_s if others else 0.0
+        swept = await sweep_tombstones(settings, get_definition(settings.migration), client, older_than_s=life)
+        store = UnitStore(client, settings.control_table)
+        for table in tables:
+            await store.mark_finished(table)
+    return swept
+
+
+async def _in_process(settings: Settings, options: WorkerOptions, tables: list[str], console: Console) -> None:
+    worker = asyncio.create_task(run_worker(settings, options, new_owner()))
+    await _progress(settings, tables, console, lambda: worker.done())
+    await worker
+
+
+def _in_processes(
+    settings: Settings, overrides: dict[str, Any], options: WorkerOptions, workers: int, tables: list[str],
+    console: Console,
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=worker_process, args=(overrides, options, new_owner()), daemon=False)
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    asyncio.run(_progress(settings, tables, console, lambda: all(not p.is_alive() for p in processes)))
+    for process in processes:
+        process.join()
+
+
+async def _progress(settings: Settings, tables: list[str], console: Console, finished: Any) -> None:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} of ~{task.total:,.0f} items (approx.)"),
+        TextColumn("{task.fields[units]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    started = time.time()
+    with progress:
+        tasks = {t: progress.add_task(t, total=1, units="", rate="") for t in tables}
+        async with aws.aio_dynamodb(settings) as client:
+            store = UnitStore(client, settings.control_table)
+            while True:
+                done_flag = finished()
+                for table in tables:
+                    run = await store.load(table)
+                    if run is None:
+                        continue
+                    totals = run.totals()
+                    elapsed = max(1e-6, time.time() - started)
+                    progress.update(
+                        tasks[table],
+                        completed=totals["read"],
+                        total=max(run.approx_items or 0, totals["read"], 1),
+                        units=f"units {run.done}/{len(run.units)}",
+                        rate=f"{totals['read'] / elapsed:,.0f}/s",
+                    )
+                if done_flag:
+                    return
+                await asyncio.sleep(0.5)
+
+
+def render_summary(console: Console, runs: list[Run], elapsed: float) -> None:
+    table = Table(title=f"backfill summary ({elapsed:.1f}s)")
+    for column in ("table", "units done", "read", "written", "skipped (mirror first)", "quarantined", "items/s"):
+        table.add_column(column, justify="right" if column != "table" else "left")
+    for run in runs:
+        totals = run.totals()
+        table.add_row(
+            run.table, f"{run.done}/{len(run.units)}", str(totals["read"]), str(totals["written"]),
+            str(totals["skipped"]), str(totals["quarantined"]), f"{totals['read'] / max(elapsed, 1e-6):,.0f}",
+        )
+    console.print(table)
+
+
+def status(settings: Settings) -> list[dict[str, Any]]:
+    """Per-table progress of the backfill, for `backfill status` and `status`."""
+    definition = get_definition(settings.migration)
+    runs = asyncio.run(_load(settings, [s.name for s in definition.sources]))
+    now = time.time()
+    rows = []
+    for run in runs:
+        totals = run.totals()
+        started = min((u.started_at for u in run.units if u.started_at), default=None)
+        elapsed = ((run.finished_at or now) - started) if started else 0.0
+        rate = totals["read"] / elapsed if elapsed > 0 else 0.0
+        remaining = max(0, (run.approx_items or 0) - totals["read"])
+        rows.append(
+            {
+                "table": run.table,
+                "source": run.source,
+                "write_mode": run.write_mode,
+                "units_done": run.done,
+                "units_total": len(run.units),
+                "units_running": sum(1 for u in run.units if u.status == "running"),
+                **totals,
+                "items_per_s": round(rate, 1),
+                "eta_s": None if run.finished_at or rate == 0 else round(remaining / rate, 1),
+                "approx_items": run.approx_items,
+                "finished": run.finished_at is not None,
+                "max_completions_per_unit": max((u.completions for u in run.units), default=0),
+            }
+        )
+    return rows
+
+
+def run_dry(settings: Settings, request: BackfillRequest, tables: list[str], console: Console) -> int:
+    from shared.demo import render_dry_run
+    from shared.dryrun import DryRun
+
+    dry = DryRun(get_definition(settings.migration))
+    if request.source.startswith("export:"):
+        from backfill.export import iter_file, open_export, parse_source
+
+        if len(tables) != 1:
+            raise UsageError("--source export: an export holds one table; name it with --table")
+        location = parse_source(request.source.removeprefix("export:"))
+
+        async def read_export() -> None:
+            info = await open_export(location, settings)
+            for data_file in info.files:
+                async for _, items in iter_file(location, data_file.key, settings):
+                    dry.add_all(tables[0], items)
+
+        asyncio.run(read_export())
+    elif request.source == "scan":
+        asyncio.run(_scan_dry(settings, tables, request.segments, dry))
+    else:
+        raise UsageError(f"--source must be scan or export:PATH_OR_S3_URI, not {request.source!r}")
+    render_dry_run(console, dry)
+    for reason, samples in sorted(dry.report.samples.items()):
+        console.print(f"  {reason}: " + ", ".join(f"{s['table']} {s['key']}" for s in samples))
+    if request.json_path:
+        dry.report.write_json(request.json_path)
+        console.print(f"report written to {request.json_path}")
+    return 0
+
+
+async def _scan_dry(settings: Settings, tables: list[str], segments: int, dry: Any) -> None:
+    from shared.codec import to_native
+
+    async with aws.aio_dynamodb(settings, pool=64) as client:
+        for table in tables:
+            physical = settings.physical_name(table)
+
+            async def segment(number: int) -> list[Any]:
+                items: list[Any] = []
+                kwargs: dict[str, Any] = {"TableName": physical, "Segment": number, "TotalSegments": segments}
+                while True:
+                    try:
+                        page = await client.scan(**kwargs)
+                    except Exception as exc:
+                        raise aws.translate(exc, f"scan {physical}") from exc
+                    items.extend(to_native(i) for i in page.get("Items", []))
+                    if "LastEvaluatedKey" not in page:
+                        return items
+                    kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+            for items in await asyncio.gather(*(segment(n) for n in range(segments))):
+                dry.add_all(table, items)
+
+
+def status_json(settings: Settings) -> str:
+    return json.dumps(status(settings), indent=2)
+
+
+__all__ = ["BackfillRequest", "run_backfill", "status", "status_json", "StoreError"]

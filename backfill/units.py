@@ -1,0 +1,326 @@
+"""Units of backfill work, their leases and checkpoints, in the control table.
+
+A backfill of one source table is a *run* (`BACKFILL#<table>` / `RUN`) split
+into *units* (`BACKFILL#<table>` / `UNIT#<n>`): a scan segment, or one data
+file of an export. A unit carries its checkpoint (the scan's
+LastEvaluatedKey, or the number of lines of the file already applied) and
+its counts, which only ever move forward together with the checkpoint.
+
+Any number of worker processes on any number of hosts share the work with no
+coordinator: a worker *claims* a unit with a conditional update that succeeds
+only if the unit is pending, or running under a lease that has expired. It
+renews the lease by heartbeats, and every checkpoint is conditional on still
+holding the lease, so a worker that lost its lease (paused, partitioned) can
+no longer move the checkpoint. A worker killed with `kill -9` simply stops
+renewing; once its lease expires another worker resumes the unit from its
+last checkpoint. Writes are create-only (see `shared.apply`), so redoing the
+pages after the last checkpoint is harmless. Completion is conditional on
+the lease too, and `completions` counts it, so no unit is completed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.aws import error_code, translate
+from shared.errors import UsageError
+
+
+@dataclass
+class Unit:
+    table: str
+    number: int
+    kind: str  # "segment" or "file"
+    status: str = "pending"
+    owner: str | None = None
+    lease_until: float = 0.0
+    cursor: Any = None  # LastEvaluatedKey (wire format) or a line number
+    file: str | None = None
+    read: int = 0
+    written: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    completions: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+
+    @property
+    def sk(self) -> str:
+        return f"UNIT#{self.number:05d}"
+
+
+@dataclass
+class Run:
+    table: str
+    segments: int
+    source: str
+    write_mode: str
+    created_at: float
+    units: list[Unit] = field(default_factory=list)
+    finished_at: float | None = None
+    approx_items: int | None = None
+
+    @property
+    def done(self) -> int:
+        return sum(1 for u in self.units if u.status == "done")
+
+    def totals(self) -> dict[str, int]:
+        return {k: sum(getattr(u, k) for u in self.units) for k in ("read", "written", "skipped", "quarantined")}
+
+
+def _pk(table: str) -> str:
+    return f"BACKFILL#{table}"
+
+
+class UnitStore:
+    def __init__(self, client: Any, control_table: str, clock: Any = time.time) -> None:
+        self.client = client
+        self.table = control_table
+        self.clock = clock
+
+    # ------------------------------------------------------------------ plan
+    async def plan(
+        self,
+        table: str,
+        *,
+        units: int,
+        kind: str,
+        source: str,
+        write_mode: str,
+        files: list[str] | None = None,
+        approx_items: int | None = None,
+    ) -> Run:
+        """Create the run and its units, or resume the existing one if it matches."""
+        existing = await self.load(table)
+        if existing is not None:
+            if existing.segments != units or existing.source != source:
+                raise UsageError(
+                    f"a backfill of {table} already exists with {existing.segments} units from {existing.source}; "
+                    f"resume it with the same options, or start over with --restart"
+                )
+            return existing
+        now = self.clock()
+        run_item = {
+            "PK": {"S": _pk(table)},
+            "SK": {"S": "RUN"},
+            "segments": {"N": str(units)},
+            "source": {"S": source},
+            "write_mode": {"S": write_mode},
+            "created_at": {"N": repr(now)},
+        }
+        if approx_items is not None:
+            run_item["approx_items"] = {"N": str(approx_items)}
+        try:
+            await self.client.put_item(
+                TableName=self.table, Item=run_item, ConditionExpression="attribute_not_exists(PK)"
+            )
+        except Exception as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise translate(exc, f"plan backfill of {table}") from exc
+            return await self.plan(table, units=units, kind=kind, source=source, write_mode=write_mode, files=files)
+        for number in range(units):
+            unit = Unit(table, number, kind, file=files[number] if files else None)
+            item = {
+                "PK": {"S": _pk(table)},
+                "SK": {"S": unit.sk},
+                "kind": {"S": kind},
+                "status": {"S": "pending"},
+                "read": {"N": "0"},
+                "written": {"N": "0"},
+                "skipped": {"N": "0"},
+                "quarantined": {"N": "0"},
+                "completions": {"N": "0"},
+            }
+            if unit.file:
+                item["file"] = {"S": unit.file}
+            try:
+                await self.client.put_item(
+                    TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(PK)"
+                )
+            except Exception as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise translate(exc, f"plan backfill unit {number}") from exc
+        loaded = await self.load(table)
+        assert loaded is not None
+        return loaded
+
+    async def reset(self, table: str) -> int:
+        """Forget a run and its units (`--restart`). Returns how many items went."""
+        items = await self._query(table)
+        for item in items:
+            try:
+                await self.client.delete_item(TableName=self.table, Key={"PK": item["PK"], "SK": item["SK"]})
+            except Exception as exc:
+                raise translate(exc, f"reset backfill of {table}") from exc
+        return len(items)
+
+    async def load(self, table: str) -> Run | None:
+        items = await self._query(table)
+        run_item = next((i for i in items if i["SK"]["S"] == "RUN"), None)
+        if run_item is None:
+            return None
+        run = Run(
+            table=table,
+            segments=int(run_item["segments"]["N"]),
+            source=run_item["source"]["S"],
+            write_mode=run_item["write_mode"]["S"],
+            created_at=float(run_item["created_at"]["N"]),
+            finished_at=float(run_item["finished_at"]["N"]) if "finished_at" in run_item else None,
+            approx_items=int(run_item["approx_items"]["N"]) if "approx_items" in run_item else None,
+        )
+        run.units = [self._unit(table, i) for i in items if i["SK"]["S"].startswith("UNIT#")]
+        return run
+
+    async def mark_finished(self, table: str) -> None:
+        try:
+            await self.client.update_item(
+                TableName=self.table,
+                Key={"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
+                UpdateExpression="SET finished_at = if_not_exists(finished_at, :now)",
+                ExpressionAttributeValues={":now": {"N": repr(self.clock())}},
+            )
+        except Exception as exc:
+            raise translate(exc, "mark backfill finished") from exc
+
+    # ---------------------------------------------------------------- leases
+    async def claim(self, run: Run, owner: str, lease_s: float) -> Unit | None:
+        """Take a pending unit, or one whose lease expired. None if none is free."""
+        fresh = await self.load(run.table)
+        units = fresh.units if fresh else []
+        now = self.clock()
+        candidates = [u for u in units if u.status == "pending"] + [
+            u for u in units if u.status == "running" and u.lease_until < now
+        ]
+        for unit in candidates:
+            try:
+                response = await self.client.update_item(
+                    TableName=self.table,
+                    Key={"PK": {"S": _pk(run.table)}, "SK": {"S": unit.sk}},
+                    UpdateExpression=(
+                        "SET #s = :running, #o = :me, lease_until = :until, "
+                        "started_at = if_not_exists(started_at, :now), updated_at = :now"
+                    ),
+                    ConditionExpression="#s = :pending OR (#s = :running AND lease_until < :now)",
+                    ExpressionAttributeNames={"#s": "status", "#o": "owner"},
+                    ExpressionAttributeValues={
+                        ":running": {"S": "running"},
+                        ":pending": {"S": "pending"},
+                        ":me": {"S": owner},
+                        ":until": {"N": repr(now + lease_s)},
+                        ":now": {"N": repr(now)},
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+            except Exception as exc:
+                if error_code(exc) == "ConditionalCheckFailedException":
+                    continue  # someone else took it first
+                raise translate(exc, "claim backfill unit") from exc
+            return self._unit(run.table, response["Attributes"])
+        return None
+
+    async def heartbeat(self, unit: Unit, owner: str, lease_s: float) -> bool:
+        now = self.clock()
+        try:
+            await self.client.update_item(
+                TableName=self.table,
+                Key={"PK": {"S": _pk(unit.table)}, "SK": {"S": unit.sk}},
+                UpdateExpression="SET lease_until = :until",
+                ConditionExpression="#o = :me AND #s = :running",
+                ExpressionAttributeNames={"#o": "owner", "#s": "status"},
+                ExpressionAttributeValues={
+                    ":me": {"S": owner},
+                    ":running": {"S": "running"},
+                    ":until": {"N": repr(now + lease_s)},
+                },
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, "renew backfill lease") from exc
+        unit.lease_until = now + lease_s
+        return True
+
+    async def checkpoint(self, unit: Unit, owner: str, *, done: bool = False) -> bool:
+        """Persist the cursor and counts; False if the lease was lost (stop working)."""
+        now = self.clock()
+        values: dict[str, Any] = {
+            ":me": {"S": owner},
+            ":running": {"S": "running"},
+            ":cursor": {"S": json.dumps(unit.cursor)},
+            ":read": {"N": str(unit.read)},
+            ":written": {"N": str(unit.written)},
+            ":skipped": {"N": str(unit.skipped)},
+            ":quarantined": {"N": str(unit.quarantined)},
+            ":now": {"N": repr(now)},
+        }
+        update = (
+            "SET #c = :cursor, #r = :read, written = :written, skipped = :skipped, "
+            "quarantined = :quarantined, updated_at = :now"
+        )
+        if done:
+            update += ", #s = :done, finished_at = :now, completions = completions + :one"
+            values[":done"] = {"S": "done"}
+            values[":one"] = {"N": "1"}
+        try:
+            await self.client.update_item(
+                TableName=self.table,
+                Key={"PK": {"S": _pk(unit.table)}, "SK": {"S": unit.sk}},
+                UpdateExpression=update,
+                ConditionExpression="#o = :me AND #s = :running",
+                ExpressionAttributeNames={"#o": "owner", "#s": "status", "#c": "cursor", "#r": "read"},
+                ExpressionAttributeValues=values,
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, "save backfill checkpoint") from exc
+        if done:
+            unit.status = "done"
+        return True
+
+    # --------------------------------------------------------------- helpers
+    async def _query(self, table: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "PK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": _pk(table)}},
+            "ConsistentRead": True,
+        }
+        while True:
+            try:
+                page = await self.client.query(**kwargs)
+            except Exception as exc:
+                raise translate(exc, f"read backfill state of {table}") from exc
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    @staticmethod
+    def _unit(table: str, item: dict[str, Any]) -> Unit:
+        def num(name: str) -> float | None:
+            return float(item[name]["N"]) if name in item else None
+
+        return Unit(
+            table=table,
+            number=int(item["SK"]["S"].split("#")[1]),
+            kind=item["kind"]["S"],
+            status=item["status"]["S"],
+            owner=item.get("owner", {}).get("S"),
+            lease_until=num("lease_until") or 0.0,
+            cursor=json.loads(item["cursor"]["S"]) if "cursor" in item else None,
+            file=item.get("file", {}).get("S"),
+            read=int(item["read"]["N"]),
+            written=int(item["written"]["N"]),
+            skipped=int(item["skipped"]["N"]),
+            quarantined=int(item["quarantined"]["N"]),
+            completions=int(item["completions"]["N"]),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            updated_at=num("updated_at"),
+        )

@@ -1,0 +1,252 @@
+"""The backfill worker: claims units and copies them, race-safely, politely.
+
+One worker process runs several units at once on one asyncio loop and one
+aiobotocore client. Before its first read it registers as a *stale writer*
+(so the mirror starts leaving tombstones) and waits out the fence; it keeps
+that registration and its unit leases alive with heartbeats, and removes the
+registration when it leaves.
+
+A unit is a scan segment (eventually consistent `Scan` with `Segment` /
+`TotalSegments`, pages sized so they are written well within
+`stale_write_horizon_s` of being read) or an export data file. Each page is
+transformed and written by `BackfillWriter`, then checkpointed; a page read
+too long ago (throttling, a slow rate) is re-read instead of written. Bad
+rows go to quarantine, as in the mirror.
+
+Export items are images from the export's point in time, possibly hours old.
+A create-only write of such an image cannot be protected against a delete
+that happened since (tombstones exist only while a backfill runs), so each
+chunk is re-read by key (strongly consistent BatchGetItem) right before it is
+written, and the fresh images are what is written.
+
+Throttling backs off adaptively (botocore's adaptive retry mode, then our
+own exponential backoff on a page). `--rate` caps source items per second,
+split evenly across worker processes. Nothing here ever writes to a legacy
+table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from backfill.ratelimit import RateLimiter
+from backfill.units import Run, Unit, UnitStore
+from backfill.writer import BackfillWriter, WriteCounts
+from shared import aws
+from shared.apply import Applier
+from shared.codec import to_native, to_wire
+from shared.control import ControlStore, StaleWriterRegistry
+from shared.definition import MigrationDefinition, get_definition
+from shared.errors import TransientError
+from shared.settings import Settings
+
+LEASE_S = 30.0
+MAX_PAGE_RETRIES = 8
+
+
+@dataclass
+class WorkerOptions:
+    tables: list[str]  # logical source tables
+    write_mode: str = "put"
+    rate_per_s: float | None = None  # for this process
+    units_in_flight: int = 4
+    page_items: int = 500
+    lease_s: float = LEASE_S
+    export: Any = None  # backfill.export.ExportLocation when the source is an export
+
+
+@dataclass
+class WorkerReport:
+    owner: str
+    units_completed: int = 0
+    counts: WriteCounts = field(default_factory=WriteCounts)
+    read: int = 0
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, settings: Settings, options: WorkerOptions, client: Any, *, owner: str | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.client = client
+        self.owner = owner or new_owner()
+        self.definition: MigrationDefinition = get_definition(settings.migration)
+        self.units = UnitStore(client, settings.control_table)
+        self.registry = StaleWriterRegistry(client, settings.control_table)
+        self.applier = Applier(settings, self.definition, client, ControlStore(client, settings.control_table))
+        self.writer = BackfillWriter(self.applier, options.write_mode)
+        self.limiter = RateLimiter(options.rate_per_s)
+        self.report = WorkerReport(self.owner)
+        self.active: dict[str, Unit] = {}
+        self.lost_lease = False
+
+    # -------------------------------------------------------------- lifecycle
+    async def run(self) -> WorkerReport:
+        await self.registry.register(self.owner, "backfill", self.options.lease_s)
+        # The fence: the mirror re-reads the registry at least this often, so
+        # after it every removal the mirror makes leaves a tombstone.
+        await asyncio.sleep(self.settings.stale_writer_refresh_s + self.settings.consistency_margin_s)
+        heartbeat = asyncio.create_task(self._heartbeats())
+        try:
+            runs = [run for run in [await self.units.load(t) for t in self.options.tables] if run is not None]
+            await asyncio.gather(
+                *(self._unit_loop(run) for run in runs for _ in range(self.options.units_in_flight))
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self.registry.deregister(self.owner)
+        return self.report
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.lease_s / 3)
+            await self.registry.register(self.owner, "backfill", self.options.lease_s)
+            for unit in list(self.active.values()):
+                if not await self.units.heartbeat(unit, self.owner, self.options.lease_s):
+                    self.active.pop(unit.sk + unit.table, None)
+
+    async def _unit_loop(self, run: Run) -> None:
+        while True:
+            unit = await self.units.claim(run, self.owner, self.options.lease_s)
+            if unit is None:
+                fresh = await self.units.load(run.table)
+                others = [u for u in (fresh.units if fresh else []) if u.status != "done" and u.owner != self.owner]
+                if not others:
+                    return  # all done, or only our own units are still running
+                # Units leased by other workers: one may be dead; wait for its lease to expire.
+                wait = min(u.lease_until for u in others) - time.time()
+                await asyncio.sleep(min(max(wait, 0.2), 5.0))
+                continue
+            self.active[unit.sk + unit.table] = unit
+            try:
+                if unit.kind == "file":
+                    completed = await self._process_file(unit)
+                else:
+                    completed = await self._process_segment(run, unit)
+            finally:
+                self.active.pop(unit.sk + unit.table, None)
+            if completed:
+                self.report.units_completed += 1
+
+    # ---------------------------------------------------------------- segments
+    async def _process_segment(self, run: Run, unit: Unit) -> bool:
+        physical = self.settings.physical_name(unit.table)
+        source = self.definition.source(unit.table)
+        page_items = self._page_items()
+        while True:
+            kwargs: dict[str, Any] = {
+                "TableName": physical,
+                "Segment": unit.number,
+                "TotalSegments": run.segments,
+                "Limit": page_items,
+            }
+            if unit.cursor:
+                kwargs["ExclusiveStartKey"] = unit.cursor
+            page, read_at = await self._with_backoff(lambda: self.client.scan(**kwargs), f"scan {physical}")
+            items = [to_native(raw) for raw in page.get("Items", [])]
+            await self._acquire(len(items))
+            counts = await self._with_backoff(
+                lambda: self.writer.write([(source.ref(i), i) for i in items], read_at), f"write {physical}"
+            )
+            unit.cursor = page.get("LastEvaluatedKey")
+            self._count(unit, len(items), counts[0])
+            done = unit.cursor is None
+            if not await self.units.checkpoint(unit, self.owner, done=done):
+                return False  # lease lost: someone else owns the unit now
+            if done:
+                return True
+
+    # ------------------------------------------------------------------- files
+    async def _process_file(self, unit: Unit) -> bool:
+        from backfill.export import iter_file
+
+        source = self.definition.source(unit.table)
+        start = int(unit.cursor or 0)
+        async for line, items in iter_file(
+            self.options.export, unit.file, self.settings, start_line=start, chunk=self._page_items()
+        ):
+            await self._acquire(len(items))
+            fresh, read_at = await self._with_backoff(lambda: self._reread(unit.table, items), "re-read exported keys")
+            counts = await self._with_backoff(
+                lambda: self.writer.write([(source.ref(i), i) for i in fresh], read_at), "write export items"
+            )
+            unit.cursor = line
+            self._count(unit, len(items), counts[0])
+            if not await self.units.checkpoint(unit, self.owner):
+                return False
+        return await self.units.checkpoint(unit, self.owner, done=True)
+
+    async def _reread(self, table: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Strongly consistent current images of exported keys (gone = deleted since)."""
+        source = self.definition.source(table)
+        physical = self.settings.physical_name(table)
+        fresh: list[dict[str, Any]] = []
+        keys = [to_wire({a: item[a] for a in source.key_attrs}) for item in items]
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {physical: {"Keys": keys[start : start + 100], "ConsistentRead": True}}
+            while request:
+                response = await self.client.batch_get_item(RequestItems=request)
+                fresh.extend(to_native(raw) for raw in response.get("Responses", {}).get(physical, []))
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    await asyncio.sleep(0.1)
+        return fresh
+
+    # ----------------------------------------------------------------- helpers
+    def _page_items(self) -> int:
+        if self.options.rate_per_s:
+            # A page must be written well within the horizon of being read.
+            budget = int(self.options.rate_per_s * self.settings.stale_write_horizon_s / 3)
+            return max(1, min(self.options.page_items, budget, self.limiter.max_chunk))
+        return self.options.page_items
+
+    async def _acquire(self, n: int) -> None:
+        while n > 0:
+            step = min(n, self.limiter.max_chunk)
+            await self.limiter.acquire(step)
+            n -= step
+
+    async def _with_backoff(self, call: Any, what: str) -> tuple[Any, float]:
+        """Run `call` (a coroutine factory), retrying transient faults with backoff."""
+        for attempt in range(MAX_PAGE_RETRIES):
+            started = time.time()
+            try:
+                return await call(), started
+            except Exception as exc:
+                if not aws.is_transient(exc) and not isinstance(exc, TransientError):
+                    raise
+                await asyncio.sleep(min(10.0, 0.2 * 2**attempt))
+        raise TransientError(f"{what}: still throttled or failing after {MAX_PAGE_RETRIES} attempts")
+
+    def _count(self, unit: Unit, read: int, counts: WriteCounts) -> None:
+        unit.read += read
+        unit.written += counts.written
+        unit.skipped += counts.skipped
+        unit.quarantined += counts.quarantined
+        self.report.read += read
+        self.report.counts.add(counts)
+
+
+async def run_worker(settings: Settings, options: WorkerOptions, owner: str | None = None) -> WorkerReport:
+    # botocore's adaptive retry mode slows the client down by itself on throttling.
+    async with aws.aio_dynamodb(settings, pool=64, max_attempts=10, retry_mode="adaptive") as client:
+        return await Worker(settings, options, client, owner=owner).run()
+
+
+def worker_process(settings_overrides: dict[str, Any], options: WorkerOptions, owner: str) -> WorkerReport:
+    """Entry point of a worker process (multiprocessing spawn)."""
+    from shared.settings import load_settings
+
+    return asyncio.run(run_worker(load_settings(**settings_overrides), options, owner))

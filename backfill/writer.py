@@ -1,0 +1,181 @@
+"""The backfill's writes: stale, create-only, in two modes.
+
+Every item follows the stale-writer protocol of `shared.apply`: create-only,
+stopped by recent tombstones, falling back to a validated write when a
+tombstone or another owner is in the way, skipped when the mirror already
+wrote this item or a newer one.
+
+* ``put``: one conditional PutItem per target item (1x write units), many in
+  flight at once.
+* ``transact``: TransactWriteItems of up to 100 conditional puts (2x write
+  units, fewer round trips). A cancelled transaction says, in
+  `CancellationReasons`, which conditions failed: exactly those items are
+  dropped (and handled one by one as above) and the rest is retried. A
+  transaction may not touch one key twice, so each chunk holds distinct keys.
+
+Counts are per *source* item: written, skipped (the mirror was first) and
+quarantined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from shared.apply import Applier
+from shared.aws import error_code, translate
+from shared.codec import to_native, to_wire
+from shared.conditions import render
+from shared.definition import Item, SourceRef
+from shared.errors import QuarantineError, TransientError
+
+TRANSACT_MAX = 100
+MAX_CONFLICT_RETRIES = 8
+
+
+@dataclass
+class WriteCounts:
+    written: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+
+    def add(self, other: WriteCounts) -> None:
+        self.written += other.written
+        self.skipped += other.skipped
+        self.quarantined += other.quarantined
+
+
+class BackfillWriter:
+    def __init__(self, applier: Applier, mode: str, concurrency: int = 16) -> None:
+        if mode not in ("put", "transact"):
+            raise ValueError(f"unknown write mode {mode!r}")
+        self.applier = applier
+        self.mode = mode
+        self.semaphore = asyncio.Semaphore(concurrency)
+
+    async def write(self, items: list[tuple[SourceRef, Item]], read_at: float) -> WriteCounts:
+        counts = WriteCounts()
+        if self.mode == "put":
+            results = await asyncio.gather(*(self._put_one(ref, image, read_at) for ref, image in items))
+            for result in results:
+                counts.add(result)
+            return counts
+        return await self._transact(items, read_at)
+
+    async def _put_one(self, ref: SourceRef, image: Item, read_at: float) -> WriteCounts:
+        async with self.semaphore:
+            result = await self.applier.write_stale(ref, image, read_at)
+        if result.quarantined is not None:
+            return WriteCounts(quarantined=1)
+        if result.skipped and not result.written:
+            return WriteCounts(skipped=1)
+        return WriteCounts(written=1)
+
+    # -------------------------------------------------------------- transact
+    async def _transact(self, items: list[tuple[SourceRef, Item]], read_at: float) -> WriteCounts:
+        counts = WriteCounts()
+        actions: list[tuple[SourceRef, Item, Item]] = []  # (ref, image, target item)
+        for ref, image in items:
+            try:
+                targets = self.applier.transform_checked(ref, image)
+            except QuarantineError as exc:
+                await self.applier.quarantine_from_stale_read(ref, exc, image)
+                counts.quarantined += 1
+                continue
+            actions.extend((ref, image, target) for target in targets)
+        if self.applier.clock() - read_at > self.applier.settings.stale_write_horizon_s:
+            # Read too long ago to be trusted: each item is re-read and validated.
+            refs = list(dict.fromkeys(ref for ref, _, _ in actions))
+            results = await asyncio.gather(*(self._validated(ref) for ref in refs))
+            for result in results:
+                counts.add(result)
+            return counts
+        condition = render(self.applier.stale_condition(read_at))
+        refused: dict[SourceRef, list[Item | None]] = {}
+        pending = actions
+        conflicts = 0
+        while pending:
+            chunks = _distinct_key_chunks(self.applier, pending)
+            outcomes = await asyncio.gather(*(self._send(chunk, condition) for chunk in chunks))
+            pending = []
+            for chunk, (failed, retry) in zip(chunks, outcomes, strict=True):
+                for index, existing in failed.items():
+                    refused.setdefault(chunk[index][0], []).append(existing)
+                pending.extend(chunk[i] for i in retry)
+            if pending:
+                conflicts += 1
+                if conflicts > MAX_CONFLICT_RETRIES:
+                    raise TransientError(f"transactions on {self.applier.target} kept conflicting")
+                await asyncio.sleep(min(2.0, 0.05 * 2**conflicts))
+        validated = []
+        for ref in dict.fromkeys(ref for ref, _, _ in actions):
+            if ref not in refused:
+                counts.written += 1
+            elif all(self.applier.stale_outcome(ref, e) == "newer" for e in refused[ref]):
+                counts.skipped += 1
+            else:
+                validated.append(ref)
+        for result in await asyncio.gather(*(self._validated(ref) for ref in validated)):
+            counts.add(result)
+        return counts
+
+    async def _validated(self, ref: SourceRef) -> WriteCounts:
+        async with self.semaphore:
+            result = await self.applier.apply_validated(ref)
+        if result.quarantined is not None:
+            return WriteCounts(quarantined=1)
+        return WriteCounts(written=1) if result.written else WriteCounts(skipped=1)
+
+    async def _send(
+        self, chunk: list[tuple[SourceRef, Item, Item]], condition: dict[str, Any]
+    ) -> tuple[dict[int, Item | None], list[int]]:
+        """One transaction. Returns (refused index -> existing item, indexes to retry)."""
+        request = [
+            {"Put": {"TableName": self.applier.target, "Item": to_wire(target),
+                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **condition}}
+            for _, _, target in chunk
+        ]
+        async with self.semaphore:
+            try:
+                await self.applier.client.transact_write_items(TransactItems=request)
+                return {}, []
+            except Exception as exc:
+                if error_code(exc) != "TransactionCanceledException":
+                    raise translate(exc, f"write {self.applier.target}") from exc
+                reasons = exc.response.get("CancellationReasons", [])  # type: ignore[attr-defined]
+        refused: dict[int, Item | None] = {}
+        retry: list[int] = []
+        for index, reason in enumerate(reasons):
+            code = reason.get("Code")
+            if code == "ConditionalCheckFailed":
+                refused[index] = to_native(reason["Item"]) if reason.get("Item") else None
+            elif code in ("None", None):
+                retry.append(index)  # cancelled only because another action failed
+            elif code in ("TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"):
+                retry.append(index)
+            else:
+                from shared.errors import StoreError
+
+                raise StoreError(f"write {self.applier.target}: transaction cancelled: {code}: {reason.get('Message', '')}")
+        if not reasons:
+            retry = list(range(len(chunk)))
+        return refused, retry
+
+
+def _distinct_key_chunks(
+    applier: Applier, actions: list[tuple[SourceRef, Item, Item]]
+) -> list[list[tuple[SourceRef, Item, Item]]]:
+    chunks: list[list[tuple[SourceRef, Item, Item]]] = []
+    keys: list[set[Any]] = []
+    for action in actions:
+        key = applier.definition.target_key(action[2])
+        for chunk, seen in zip(chunks, keys, strict=True):
+            if len(chunk) < TRANSACT_MAX and key not in seen:
+                chunk.append(action)
+                seen.add(key)
+                break
+        else:
+            chunks.append([action])
+            keys.append({key})
+    return chunks
