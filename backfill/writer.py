@@ -96,6 +96,12 @@ class BackfillWriter:
         pending = actions
         conflicts = 0
         while pending:
+            if self.applier.clock() - read_at > self.applier.settings.stale_write_horizon_s:
+                # Too long since the read (conflicts, throttling): the tombstones
+                # that protect these writes may be gone; validate them instead.
+                for ref, _, _ in pending:
+                    refused.setdefault(ref, []).append(None)
+                break
             chunks = _distinct_key_chunks(self.applier, pending)
             outcomes = await asyncio.gather(*(self._send(chunk, condition) for chunk in chunks))
             pending = []

@@ -552,7 +552,15 @@ class Applier:
         if self.clock() - read_at > self.settings.stale_write_horizon_s:
             return await self.apply_validated(ref)  # too old to trust: read again
         condition = self.stale_condition(read_at)
-        outcomes = await asyncio.gather(*(self._conditional_put(t, condition) for t in targets))
+
+        async def put(target: Item) -> _PutOutcome:
+            # Checked again right before sending: the tombstones that protect
+            # this write only live `stale_write_horizon_s` past the read.
+            if self.clock() - read_at > self.settings.stale_write_horizon_s:
+                return _PutOutcome(False, None)  # handled below as "not ours": validated
+            return await self._conditional_put(target, condition)
+
+        outcomes = await asyncio.gather(*(put(t) for t in targets))
         refused = [o for o in outcomes if not o.ok]
         result.written = len(targets) - len(refused)
         if all(self.stale_outcome(ref, o.existing) == "newer" for o in refused):
