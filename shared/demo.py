@@ -1,9 +1,11 @@
 """`dynashift demo`: the migration told as a story on the embedded engine.
 
 Every step is real: it starts AWS's DynamoDB Local, creates the tables from
-template.yaml, seeds legacy data with bad rows and runs the transform over
-it. Steps that later parts of the project add (mirror, backfill, verify,
-cutover) join the story as they are built; none is faked.
+template.yaml, seeds legacy data with bad rows, starts the mirror (the local
+stream runner) and a live application workload, dry-runs the transform,
+backfills the history while the workload keeps writing, drains, and checks
+convergence against the transform of every legacy item. Steps not built yet
+(the verifier, cutover, rollback, backups) are not shown; none is faked.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from rich.table import Table
 
 from shared import aws, local_engine
 from shared.codec import to_native
-from shared.commands import create_tables, progress_bar, run_seed
+from backfill.run import BackfillRequest, run_backfill
+from shared.commands import create_tables, run_seed
+from shared.convergence import check_tables
+from shared.errors import DynashiftError
 from shared.definition import get_definition
 from shared.dryrun import DryRun
 from shared.live import MirrorThread, WorkloadThread
@@ -28,7 +33,6 @@ ACCOUNTS_PER_SCALE = 1000
 REPOS_PER_SCALE = 3000
 BAD_FRACTION = 0.02
 WORKLOAD_RATE = 50  # application writes per second, per unit of --scale
-WORKLOAD_SECONDS = 10
 
 
 def count_items(settings: Settings, table: str) -> int:
@@ -62,25 +66,30 @@ def run_demo(overrides: dict[str, Any], *, port: int | None, scale: int, keep: b
         console.print("4. starting the mirror (from the streams' LATEST) and a live application workload")
         mirror_thread = MirrorThread(settings, start_from="latest").start()
         workload = WorkloadThread(settings, Workload(seed=21), rate_per_s=WORKLOAD_RATE * scale).start()
-        with progress_bar(console) as progress:
-            task = progress.add_task("live writes, mirrored", total=WORKLOAD_SECONDS, rate="")
-            for _ in range(WORKLOAD_SECONDS):
-                time.sleep(1)
-                progress.update(task, advance=1, rate=f"{len(workload.acknowledged)} writes, "
-                                f"{mirror_thread.records} mirrored")
-        workload.stop()
-        report = mirror_thread.stop()
-        target_items = count_items(settings, settings.target_table)
-        console.print(
-            f"   {len(workload.acknowledged)} application writes; the mirror applied {report.records} stream "
-            f"records; sc-main now holds {target_items} items (history is the backfill's job)"
-        )
+        time.sleep(2)
+        console.print(f"   {len(workload.acknowledged)} writes so far, {mirror_thread.records} mirrored")
         console.print("5. dry run: transforming every legacy item, writing nothing")
         definition = get_definition(settings.migration)
         dry = DryRun(definition)
         for source in definition.sources:
             dry.add_all(source.name, scan_native(settings, settings.physical_name(source.name)))
         render_dry_run(console, dry)
+        console.print("6. backfill of the history, while the application keeps writing and the mirror runs")
+        backfill_started = time.monotonic()
+        code = run_backfill(settings, overrides, BackfillRequest(table="all", segments=4), console)
+        backfill_s = time.monotonic() - backfill_started
+        console.print("7. stopping the workload and draining the mirror")
+        workload.stop()
+        report = mirror_thread.stop()
+        console.print(
+            f"   {len(workload.acknowledged)} application writes ({workload.errors} failed, none acknowledged "
+            f"and lost); the mirror applied {report.records} stream records"
+        )
+        console.print("8. convergence check: sc-main against the transform of every legacy item")
+        result = check_tables(settings)
+        render_result(console, result, dry, backfill_s, code)
+        if not result.ok or code:
+            raise DynashiftError(f"the demo did not converge: {result.summary()}")
     finally:
         if keep:
             console.print(f"the engine keeps running on {info.endpoint}; stop it with: dynashift local stop --port {port}")
@@ -88,6 +97,21 @@ def run_demo(overrides: dict[str, Any], *, port: int | None, scale: int, keep: b
             local_engine.stop(base.cache_dir, port)
             console.print("local engine stopped")
     console.print(f"demo finished in {time.monotonic() - started:.1f}s")
+
+
+def render_result(console: Console, result: Any, dry: DryRun, backfill_s: float, code: int) -> None:
+    table = Table(title="migration so far")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("source items", str(result.source_items))
+    table.add_row("target items", str(result.target_items))
+    table.add_row("missing / extra / mismatched / leftover",
+                  f"{len(result.missing)} / {len(result.extra)} / {len(result.mismatched)} / {len(result.leftover)}")
+    table.add_row("backfill time", f"{backfill_s:.1f}s (exit code {code})")
+    for reason, n in sorted(result.quarantined.items()):
+        table.add_row(f"quarantined: {reason}", str(n))
+    table.add_row("converged", "yes" if result.ok else "NO")
+    console.print(table)
 
 
 def render_dry_run(console: Console, dry: DryRun) -> None:
