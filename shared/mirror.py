@@ -242,6 +242,8 @@ class MirrorEngine:
                     ConditionExpression="attribute_not_exists(PK)",
                 )
             except Exception as exc:
+                if is_transient(exc):
+                    continue  # recorded on a later batch; never fail records for this
                 if error_code(exc) != "ConditionalCheckFailedException":
                     raise
             self._start_recorded.add(table)

@@ -65,6 +65,9 @@ class RaceHarness:
         self.faults = FaultyClient(applier.client)
         applier.client = self.faults
         self.definition = self.engine.definition
+        # The mirror's one-off "started at" record is not what these tests are
+        # about; mark it done so injected faults hit the records' own writes.
+        self.engine._start_recorded.update(s.name for s in self.definition.sources)
         self.backfill = Applier(settings, self.definition, applier.client.inner, ControlStore(
             applier.client.inner, settings.control_table))
         self.registry = StaleWriterRegistry(applier.client.inner, settings.control_table)
