@@ -130,6 +130,7 @@ def run_backfill(settings: Settings, overrides: dict[str, Any], request: Backfil
         write_mode=request.write_mode,
         rate_per_s=request.rate / request.workers if request.rate else None,
         units_in_flight=units_in_flight,
+        lease_s=settings.backfill_lease_s,
         export=export,
     )
     started = time.time()

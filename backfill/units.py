@@ -102,7 +102,12 @@ class UnitStore:
                     f"a backfill of {table} already exists with {existing.segments} units from {existing.source}; "
                     f"resume it with the same options, or start over with --restart"
                 )
-            return existing
+            if len(existing.units) == existing.segments:
+                return existing
+            # The planner died (kill -9) or is still at work between the run item
+            # and its last unit: create the missing units, or they would never run
+            # and the backfill would be declared complete without them.
+            return await self._plan_units(table, units=units, kind=kind, files=files)
         now = self.clock()
         run_item = {
             "PK": {"S": _pk(table)},
@@ -122,6 +127,10 @@ class UnitStore:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise translate(exc, f"plan backfill of {table}") from exc
             return await self.plan(table, units=units, kind=kind, source=source, write_mode=write_mode, files=files)
+        return await self._plan_units(table, units=units, kind=kind, files=files)
+
+    async def _plan_units(self, table: str, *, units: int, kind: str, files: list[str] | None) -> Run:
+        """Create every unit that does not exist yet (create-only: progress is never reset)."""
         for number in range(units):
             unit = Unit(table, number, kind, file=files[number] if files else None)
             item = {

@@ -112,9 +112,17 @@ class Worker:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.options.lease_s / 3)
-            await self.registry.register(self.owner, "backfill", self.options.lease_s)
-            for unit in list(self.active.values()):
-                if not await self.units.heartbeat(unit, self.owner, self.options.lease_s):
+            # All renewals at once: a round must cost one round trip however many
+            # units are in flight, or under load (slow or rate-limited requests)
+            # leases lapse while their workers are alive, and live workers keep
+            # taking units from each other, each losing its unsaved page.
+            units = list(self.active.values())
+            _, *renewed = await asyncio.gather(
+                self.registry.register(self.owner, "backfill", self.options.lease_s),
+                *(self.units.heartbeat(unit, self.owner, self.options.lease_s) for unit in units),
+            )
+            for unit, ok in zip(units, renewed, strict=True):
+                if not ok:
                     self.active.pop(unit.sk + unit.table, None)
 
     async def _unit_loop(self, run: Run) -> None:

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         2.0, gt=0, le=60, description="the mirror re-reads the stale-writer registry at least this often"
     )
 
+    # --- backfill -------------------------------------------------------------------
+    backfill_lease_s: float = Field(
+        30.0, gt=0, description="lease of a backfill unit; a dead worker's units resume this long after it stopped"
+    )
+
     # --- mirror ---------------------------------------------------------------------
     mirror_batch_size: int = Field(100, ge=1, le=10000, description="records per handler call")
     mirror_batching_window_s: float = Field(0.0, ge=0, le=300, description="like MaximumBatchingWindowInSeconds")
