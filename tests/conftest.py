@@ -46,6 +46,23 @@ def local_dynamodb() -> Iterator[str]:
 
 
 @pytest.fixture
+def fresh_sc_settings() -> Iterator[Settings]:
+    """Like `sc_settings`, on a DynamoDB Local of its own.
+
+    For the heavy tests: DynamoDB Local slows down with every item written to
+    it (even after the tables are dropped), so a long test on the shared
+    engine would run several times slower at the end of the session.
+    """
+    cache_dir = PROJECT_ROOT / ".cache" / "dynashift"
+    port = local_engine.free_port()
+    info = local_engine.start(cache_dir, port, quiet=True)
+    try:
+        yield load_settings(endpoint_url=info.endpoint)
+    finally:
+        local_engine.stop(cache_dir, port)
+
+
+@pytest.fixture
 def sc_settings(local_dynamodb: str) -> Iterator[Settings]:
     """Settings pointing at DynamoDB Local with tables unique to this test.
 

@@ -16,6 +16,7 @@ between two of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -52,15 +53,22 @@ TABLES = ("sc-accounts", "sc-repositories")
 ENGINE_CACHE = PROJECT_ROOT / ".cache" / "dynashift"
 
 # `dynashift backfill run` exactly as the console script runs it (`shared.cli:run`),
-# except that scan pages hold PAGE_ITEMS items instead of 500: with ~75 accounts
-# and ~300 repositories per unit, a unit would otherwise be a single page,
-# checkpointed only once it is done. WorkerOptions reach the worker processes
-# pickled, so they get the page size too.
-LAUNCHER = (
-    "import functools, backfill.run as run; "
-    f"run.WorkerOptions = functools.partial(run.WorkerOptions, page_items={PAGE_ITEMS}); "
-    "from shared.cli import run as cli; cli()"
-)
+# with two test knobs:
+# - scan pages hold PAGE_ITEMS items instead of 500: with ~75 accounts and ~300
+#   repositories per unit, a unit would otherwise be a single page, checkpointed
+#   only once it is done. WorkerOptions reach worker processes pickled, so they
+#   get the page size too.
+# - with START_AT_ENV set, everything is imported first and the command starts
+#   at that moment (a wall-clock time): processes "started together" then really
+#   begin together, not one interpreter start-up apart.
+START_AT_ENV = "BACKFILL_TEST_START_AT"
+LAUNCHER = f"""
+import functools, os, time
+import aiobotocore.session, backfill.run, backfill.worker, shared.cli
+backfill.run.WorkerOptions = functools.partial(backfill.run.WorkerOptions, page_items={PAGE_ITEMS})
+time.sleep(max(0.0, float(os.environ.get("{START_AT_ENV}", "0")) - time.time()))
+shared.cli.run()
+"""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -79,13 +87,14 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def _start(
-    started: list[subprocess.Popen[bytes]], settings: Settings, log: Path, workers: int
+    started: list[subprocess.Popen[bytes]], settings: Settings, log: Path, workers: int, start_at: float = 0.0
 ) -> subprocess.Popen[bytes]:
     """`backfill run` in a new session: its pid is the process group of it and its workers."""
     command = [sys.executable, "-c", LAUNCHER, "backfill", "run", "--table", "all", "--segments", str(SEGMENTS),
                "--workers", str(workers), "--allow-no-mirror"]
+    env = {**_env(settings), START_AT_ENV: repr(start_at)}
     with log.open("ab") as out:
-        process = subprocess.Popen(command, env=_env(settings), stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=PROJECT_ROOT)
     started.append(process)
     return process
@@ -100,9 +109,13 @@ def _finish(process: subprocess.Popen[bytes], log: Path, timeout: float = 150) -
         pytest.fail(f"backfill did not finish within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+_clients: dict[str | None, Any] = {}
+
+
 def _units(settings: Settings) -> list[dict[str, Any]]:
     """Every unit item of every table, read strongly from the control table."""
-    client = aws.dynamodb(settings)
+    endpoint = settings.effective_endpoint
+    client = _clients.get(endpoint) or _clients.setdefault(endpoint, aws.dynamodb(settings))
     units = []
     for table in TABLES:
         kwargs: dict[str, Any] = {
@@ -141,7 +154,7 @@ def _wait_until_writing(
             pytest.fail(f"backfill exited ({process.returncode}) before it was killed:\n{log.read_text()[-3000:]}")
         if _items_read(settings) > read_before:
             return
-        time.sleep(0.05)
+        time.sleep(0.1)
     pytest.fail(f"backfill checkpointed nothing within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
@@ -279,8 +292,9 @@ def backfills(fresh_settings: Callable[[], Settings]) -> Iterator[list[subproces
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None or _group_alive(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
@@ -325,14 +339,16 @@ def test_two_processes_started_together_split_the_units(fresh_settings, backfill
     # GIVEN seeded legacy tables and no backfill plan yet
     # WHEN two `backfill run --workers 1` start at the same moment against the same control table
     # THEN both exit 0, every unit is completed exactly once, and each process completed some units.
-    # Either process claims every free unit at once, so one that starts late may find nothing left;
-    # that is allowed once, and then the whole run is repeated on fresh tables.
+    # Both begin at one agreed moment, their interpreters started beforehand. Either process claims
+    # every free unit at once, so one that still begins late may find nothing left; that is allowed
+    # twice, and then the whole run is repeated on fresh tables.
     attempts = []
-    for attempt in range(2):
+    for attempt in range(3):
         settings = fresh_settings()
         asyncio.run(seed(settings, 300, 1200, 0.02, SEED + attempt))
         logs = [tmp_path / f"attempt{attempt}-first.log", tmp_path / f"attempt{attempt}-second.log"]
-        processes = [_start(backfills, settings, log, workers=1) for log in logs]
+        start_at = time.time() + 4.0
+        processes = [_start(backfills, settings, log, workers=1, start_at=start_at) for log in logs]
         codes = [_finish(p, log) for p, log in zip(processes, logs, strict=True)]
         assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
         _assert_complete(settings, 300, 1200)

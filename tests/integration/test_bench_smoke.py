@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     # GIVEN the quick configuration, shortened to a few seconds of writes per scenario
-    config = dataclasses.replace(quick_config(), rates=[100.0], duration_s=3.0, ceiling_s=2.0, quiet_wait_s=0.0)
+    config = dataclasses.replace(quick_config(), rates=[100.0], duration_s=2.0, ceiling_s=1.5, quiet_wait_s=0.0)
     started = time.monotonic()
     # WHEN the bench runs (ceiling, dynashift and naive, each on a fresh DynamoDB Local)
     report = run_bench(config, log=lambda _: None)
@@ -51,5 +51,5 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     assert all(isinstance(v["pass"], bool) and v["measured"] for v in summary["verdicts"])
     # AND the outputs are written
     json_path, md_path = write_outputs(report, tmp_path, "mirror")
-    assert json_path.exists() and "| 100 | dynashift |" in md_path.read_text()
+    assert json_path.exists() and "| 100 | dynashift" in md_path.read_text()
     assert "PASS" in render_markdown(report) or "FAIL" in render_markdown(report)
