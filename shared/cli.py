@@ -16,30 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from shared.errors import DynashiftError, UsageError
-from shared.settings import Settings, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+from shared.cli_context import Context, console, err_console, pass_ctx
 
-
-class Context:
-    """What every command needs: the settings built from the global options."""
-
-    def __init__(self, overrides: dict[str, Any]) -> None:
-        self.overrides = overrides
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(**self.overrides)
-        return self._settings
-
-
-pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -284,6 +265,11 @@ def demo(ctx: Context, port: int | None, scale: int, keep: bool) -> None:
     from shared.demo import run_demo
 
     run_demo(ctx.overrides, port=port, scale=scale, keep=keep, console=console)
+
+
+# ------------------------------------------------------------- component commands
+# Each component keeps its own commands beside it (built on shared.cli_context);
+# they are registered here, one line each.
 
 
 # ----------------------------------------------------------------------- entry point
