@@ -94,6 +94,7 @@ class RunnerReport:
     expired_iterators: int = 0
     shards_finished: int = 0
     tombstones_swept: int = 0
+    transient_faults: int = 0  # outages survived in follow mode
     lag_ms: list[float] = field(default_factory=list)
 
 
@@ -326,7 +327,7 @@ class StreamRunner:
             if self.max_seconds is not None and self.clock() - started > self.max_seconds:
                 break
             if self.clock() - self._last_describe > DESCRIBE_EVERY_S:
-                self._discover()
+                self._survive(self._discover)
             worked = False
             active = [s for s in self.shards.values() if self._eligible(s)]
             for shard in active:
@@ -334,18 +335,39 @@ class StreamRunner:
                     break
                 if shard.retry_at > self.clock():
                     continue
-                worked |= self._poll(shard)
+                try:
+                    worked |= self._poll(shard)
+                except Exception as exc:
+                    if not (self.follow and aws.is_transient(exc)):
+                        raise
+                    # An outage (engine restarting, network, 5xx storms) in the
+                    # middle of a batch. The in-memory checkpoint always names
+                    # the last record fully applied, so re-derive the iterator
+                    # from it (redelivery, never a skip) and back off.
+                    self.report.transient_faults += 1
+                    shard.iterator = None
+                    self._backoff(shard)
             if not self.ready.is_set():
                 self._record_start()
                 self.ready.set()
             all_drained = all(s.drained for s in self.shards.values() if self._eligible(s))
-            self._maybe_sweep(idle=not worked)
+            self._survive(lambda: self._maybe_sweep(idle=not worked))
             if not worked:
                 if all_drained and not self.follow and not any(s.failures for s in active):
                     break
                 time.sleep(IDLE_POLL_S)
         self._final_sweep()
         return self.report
+
+    def _survive(self, step: Any) -> None:
+        """Run a housekeeping step; in follow mode a transient fault only postpones it."""
+        try:
+            step()
+        except Exception as exc:
+            if not (self.follow and aws.is_transient(exc)):
+                raise
+            self.report.transient_faults += 1
+            self._last_describe = self.clock()
 
     def _poll(self, shard: ShardState) -> bool:
         """Read and deliver one batch from a shard. True if it did any work."""

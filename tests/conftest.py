@@ -21,6 +21,11 @@ from shared.settings import PROJECT_ROOT, Settings, load_settings
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="chaos scenarios: more faults, longer workloads (slow)")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's AWS config, endpoint or dynashift.toml."""
