@@ -171,7 +171,7 @@ def s3_client_kwargs(settings: Settings) -> dict[str, Any]:
         kwargs["config"] = kwargs["config"].merge(Config(s3={"addressing_style": "path"}))
         local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
         if local and botocore.session.get_session().get_credentials() is None:
-            kwargs.update(aws_access_key_id="dynashiftlocal", aws_secret_access_key="dynashiftlocal")
+            kwargs.update(aws_access_key_id="dynashiftlocal", aws_secret_access_key="dynashiftlocal")  # nosec B106  (dummy pair for a local endpoint only)
         break
     return kwargs
 

@@ -21,11 +21,7 @@ import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from backfill.units import Run, UnitStore
 from backfill.worker import WorkerOptions, new_owner, run_worker, worker_process
@@ -33,7 +29,11 @@ from shared import aws
 from shared.apply import sweep_tombstones
 from shared.definition import get_definition
 from shared.errors import StoreError, UsageError
+from shared.mode import Mode, read_mode_async
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # rich is the CLI's; the backfill Lambdas import this module without it
+    from rich.console import Console
 
 MIRROR_PK = "MIRROR"
 
@@ -83,6 +83,11 @@ async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[s
     """Check the preconditions and plan (or find) one run per table."""
     export = None
     async with aws.aio_dynamodb(settings) as client:
+        mode = await read_mode_async(client, settings.control_table)
+        if mode.mode is not Mode.OLD:
+            # After (or during) a cutover the application writes sc-main; a copy
+            # of the legacy tables would overwrite newer data with older.
+            raise UsageError(f"the backfill runs only in mode old, and the mode is {mode.describe()}")
         store = UnitStore(client, settings.control_table)
         if request.source.startswith("export:"):
             from backfill.export import check_export_time, open_export, parse_source
@@ -201,6 +206,8 @@ def _in_processes(
 
 
 async def _progress(settings: Settings, tables: list[str], console: Console, finished: Any) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -236,6 +243,8 @@ async def _progress(settings: Settings, tables: list[str], console: Console, fin
 
 
 def render_summary(console: Console, runs: list[Run], elapsed: float) -> None:
+    from rich.table import Table
+
     table = Table(title=f"backfill summary ({elapsed:.1f}s)")
     for column in ("table", "units done", "read", "written", "skipped (mirror first)", "quarantined", "items/s"):
         table.add_column(column, justify="right" if column != "table" else "left")
@@ -339,4 +348,4 @@ def status_json(settings: Settings) -> str:
     return json.dumps(status(settings), indent=2)
 
 
-__all__ = ["BackfillRequest", "run_backfill", "status", "status_json", "StoreError"]
+__all__ = ["BackfillRequest", "StoreError", "run_backfill", "status", "status_json"]

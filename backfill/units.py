@@ -16,6 +16,9 @@ renewing; once its lease expires another worker resumes the unit from its
 last checkpoint. Writes are create-only (see `shared.apply`), so redoing the
 pages after the last checkpoint is harmless. Completion is conditional on
 the lease too, and `completions` counts it, so no unit is completed twice.
+An invocation that stops early on purpose (a Lambda near its time limit)
+*releases* its unit: back to pending with its checkpoint, so the next claim
+need not wait for the lease to expire.
 """
 
 from __future__ import annotations
@@ -205,31 +208,67 @@ class UnitStore:
             u for u in units if u.status == "running" and u.lease_until < now
         ]
         for unit in candidates:
-            try:
-                response = await self.client.update_item(
-                    TableName=self.table,
-                    Key={"PK": {"S": _pk(run.table)}, "SK": {"S": unit.sk}},
-                    UpdateExpression=(
-                        "SET #s = :running, #o = :me, lease_until = :until, "
-                        "started_at = if_not_exists(started_at, :now), updated_at = :now"
-                    ),
-                    ConditionExpression="#s = :pending OR (#s = :running AND lease_until < :now)",
-                    ExpressionAttributeNames={"#s": "status", "#o": "owner"},
-                    ExpressionAttributeValues={
-                        ":running": {"S": "running"},
-                        ":pending": {"S": "pending"},
-                        ":me": {"S": owner},
-                        ":until": {"N": repr(now + lease_s)},
-                        ":now": {"N": repr(now)},
-                    },
-                    ReturnValues="ALL_NEW",
-                )
-            except Exception as exc:
-                if error_code(exc) == "ConditionalCheckFailedException":
-                    continue  # someone else took it first
-                raise translate(exc, "claim backfill unit") from exc
-            return self._unit(run.table, response["Attributes"])
+            claimed = await self._try_claim(run.table, unit.sk, owner, lease_s, now)
+            if claimed is not None:
+                return claimed
         return None
+
+    async def claim_unit(self, table: str, number: int, owner: str, lease_s: float) -> Unit | None:
+        """Take one given unit (pending, or its lease expired). None if done or leased to a live owner."""
+        return await self._try_claim(table, Unit(table, number, "segment").sk, owner, lease_s, self.clock())
+
+    async def _try_claim(self, table: str, sk: str, owner: str, lease_s: float, now: float) -> Unit | None:
+        try:
+            response = await self.client.update_item(
+                TableName=self.table,
+                Key={"PK": {"S": _pk(table)}, "SK": {"S": sk}},
+                UpdateExpression=(
+                    "SET #s = :running, #o = :me, lease_until = :until, "
+                    "started_at = if_not_exists(started_at, :now), updated_at = :now"
+                ),
+                ConditionExpression="#s = :pending OR (#s = :running AND lease_until < :now)",
+                ExpressionAttributeNames={"#s": "status", "#o": "owner"},
+                ExpressionAttributeValues={
+                    ":running": {"S": "running"},
+                    ":pending": {"S": "pending"},
+                    ":me": {"S": owner},
+                    ":until": {"N": repr(now + lease_s)},
+                    ":now": {"N": repr(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return None  # someone else took it first (or it is done, or absent)
+            raise translate(exc, "claim backfill unit") from exc
+        return self._unit(table, response["Attributes"])
+
+    async def release(self, unit: Unit, owner: str) -> bool:
+        """Give a running unit back (pending, no owner) so the next claim need not wait for the lease.
+
+        Conditional on still holding it; the checkpoint is kept. False if the lease was lost already.
+        """
+        try:
+            await self.client.update_item(
+                TableName=self.table,
+                Key={"PK": {"S": _pk(unit.table)}, "SK": {"S": unit.sk}},
+                UpdateExpression="SET #s = :pending, lease_until = :zero, updated_at = :now REMOVE #o",
+                ConditionExpression="#o = :me AND #s = :running",
+                ExpressionAttributeNames={"#o": "owner", "#s": "status"},
+                ExpressionAttributeValues={
+                    ":me": {"S": owner},
+                    ":running": {"S": "running"},
+                    ":pending": {"S": "pending"},
+                    ":zero": {"N": "0"},
+                    ":now": {"N": repr(self.clock())},
+                },
+            )
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, "release backfill unit") from exc
+        unit.status, unit.owner, unit.lease_until = "pending", None, 0.0
+        return True
 
     async def heartbeat(self, unit: Unit, owner: str, lease_s: float) -> bool:
         now = self.clock()

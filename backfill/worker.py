@@ -4,7 +4,10 @@ One worker process runs several units at once on one asyncio loop and one
 aiobotocore client. Before its first read it registers as a *stale writer*
 (so the mirror starts leaving tombstones) and waits out the fence; it keeps
 that registration and its unit leases alive with heartbeats, and removes the
-registration when it leaves.
+registration when it leaves. Each heartbeat also publishes `reads_since`, the
+read time of the oldest page still being written (a write issued within the
+horizon may land much later): the tombstone sweeper keeps every tombstone
+such a write could still need (`shared.apply`).
 
 A unit is a scan segment (eventually consistent `Scan` with `Segment` /
 `TotalSegments`, pages sized so they are written well within
@@ -33,6 +36,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +74,10 @@ class WorkerReport:
     read: int = 0
 
 
+async def _always_open() -> bool:
+    return True
+
+
 def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -89,6 +97,13 @@ class Worker:
         self.report = WorkerReport(self.owner)
         self.active: dict[str, Unit] = {}
         self.lost_lease = False
+        # Pages being read or written -> when their read began. The heartbeat
+        # publishes the oldest as the lease's `reads_since`: the tombstone
+        # sweeper keeps every tombstone a write of these pages could still need.
+        self._pages_in_flight: dict[object, float] = {}
+        # Asked before every page; False stops the unit after its last checkpoint
+        # (backfill.lambda_unit closes it near the Lambda's time limit).
+        self.page_gate: Callable[[], Awaitable[bool]] = _always_open
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> WorkerReport:
@@ -118,7 +133,7 @@ class Worker:
             # taking units from each other, each losing its unsaved page.
             units = list(self.active.values())
             _, *renewed = await asyncio.gather(
-                self.registry.register(self.owner, "backfill", self.options.lease_s),
+                self.registry.register(self.owner, "backfill", self.options.lease_s, reads_since=self._reads_since()),
                 *(self.units.heartbeat(unit, self.owner, self.options.lease_s) for unit in units),
             )
             for unit, ok in zip(units, renewed, strict=True):
@@ -139,14 +154,18 @@ class Worker:
                 continue
             self.active[unit.sk + unit.table] = unit
             try:
-                if unit.kind == "file":
-                    completed = await self._process_file(unit)
-                else:
-                    completed = await self._process_segment(run, unit)
+                completed = await self.process_unit(run, unit)
             finally:
                 self.active.pop(unit.sk + unit.table, None)
             if completed:
                 self.report.units_completed += 1
+
+    async def process_unit(self, run: Run, unit: Unit) -> bool:
+        """Work a claimed unit from its checkpoint. True once done; False if the
+        lease was lost or `page_gate` closed (the checkpoint is saved either way)."""
+        if unit.kind == "file":
+            return await self._process_file(unit)
+        return await self._process_segment(run, unit)
 
     # ---------------------------------------------------------------- segments
     async def _process_segment(self, run: Run, unit: Unit) -> bool:
@@ -154,6 +173,8 @@ class Worker:
         source = self.definition.source(unit.table)
         page_items = self._page_items()
         while True:
+            if not await self.page_gate():
+                return False
             kwargs: dict[str, Any] = {
                 "TableName": physical,
                 "Segment": unit.number,
@@ -162,12 +183,13 @@ class Worker:
             }
             if unit.cursor:
                 kwargs["ExclusiveStartKey"] = unit.cursor
-            page, read_at = await self._with_backoff(lambda: self.client.scan(**kwargs), f"scan {physical}")
-            items = [to_native(raw) for raw in page.get("Items", [])]
-            await self._acquire(len(items))
-            counts = await self._with_backoff(
-                lambda: self.writer.write([(source.ref(i), i) for i in items], read_at), f"write {physical}"
-            )
+            with self._page_in_flight():
+                page, read_at = await self._with_backoff(lambda: self.client.scan(**kwargs), f"scan {physical}")
+                items = [to_native(raw) for raw in page.get("Items", [])]
+                await self._acquire(len(items))
+                counts = await self._with_backoff(
+                    lambda: self.writer.write([(source.ref(i), i) for i in items], read_at), f"write {physical}"
+                )
             unit.cursor = page.get("LastEvaluatedKey")
             self._count(unit, len(items), counts[0])
             done = unit.cursor is None
@@ -185,11 +207,16 @@ class Worker:
         async for line, items in iter_file(
             self.options.export, unit.file, self.settings, start_line=start, chunk=self._page_items()
         ):
+            if not await self.page_gate():
+                return False
             await self._acquire(len(items))
-            fresh, read_at = await self._with_backoff(lambda: self._reread(unit.table, items), "re-read exported keys")
-            counts = await self._with_backoff(
-                lambda: self.writer.write([(source.ref(i), i) for i in fresh], read_at), "write export items"
-            )
+            with self._page_in_flight():
+                fresh, read_at = await self._with_backoff(
+                    lambda: self._reread(unit.table, items), "re-read exported keys"
+                )
+                counts = await self._with_backoff(
+                    lambda: self.writer.write([(source.ref(i), i) for i in fresh], read_at), "write export items"
+                )
             unit.cursor = line
             self._count(unit, len(items), counts[0])
             if not await self.units.checkpoint(unit, self.owner):
@@ -213,6 +240,20 @@ class Worker:
         return fresh
 
     # ----------------------------------------------------------------- helpers
+    @contextlib.contextmanager
+    def _page_in_flight(self) -> Iterator[None]:
+        """Around a page's read and all its writes (retries included)."""
+        token = object()
+        self._pages_in_flight[token] = time.time()  # no later than the read_at its writes use
+        try:
+            yield
+        finally:
+            del self._pages_in_flight[token]
+
+    def _reads_since(self) -> float:
+        """No write still to come from this worker rests on an older read than this."""
+        return min(self._pages_in_flight.values(), default=time.time())
+
     def _page_items(self) -> int:
         if self.options.rate_per_s:
             # A page must be written well within the horizon of being read.

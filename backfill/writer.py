@@ -23,7 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from shared.apply import Applier
+from shared.apply import Applier, gather_settled
 from shared.aws import error_code, translate
 from shared.codec import to_native, to_wire
 from shared.conditions import render
@@ -57,7 +57,7 @@ class BackfillWriter:
     async def write(self, items: list[tuple[SourceRef, Item]], read_at: float) -> WriteCounts:
         counts = WriteCounts()
         if self.mode == "put":
-            results = await asyncio.gather(*(self._put_one(ref, image, read_at) for ref, image in items))
+            results = await gather_settled(*(self._put_one(ref, image, read_at) for ref, image in items))
             for result in results:
                 counts.add(result)
             return counts
@@ -87,7 +87,7 @@ class BackfillWriter:
         if self.applier.clock() - read_at > self.applier.settings.stale_write_horizon_s:
             # Read too long ago to be trusted: each item is re-read and validated.
             refs = list(dict.fromkeys(ref for ref, _, _ in actions))
-            results = await asyncio.gather(*(self._validated(ref) for ref in refs))
+            results = await gather_settled(*(self._validated(ref) for ref in refs))
             for result in results:
                 counts.add(result)
             return counts
@@ -103,7 +103,7 @@ class BackfillWriter:
                     refused.setdefault(ref, []).append(None)
                 break
             chunks = _distinct_key_chunks(self.applier, pending)
-            outcomes = await asyncio.gather(*(self._send(chunk, condition) for chunk in chunks))
+            outcomes = await gather_settled(*(self._send(chunk, condition) for chunk in chunks))
             pending = []
             for chunk, (failed, retry) in zip(chunks, outcomes, strict=True):
                 for index, existing in failed.items():
@@ -122,7 +122,7 @@ class BackfillWriter:
                 counts.skipped += 1
             else:
                 validated.append(ref)
-        for result in await asyncio.gather(*(self._validated(ref) for ref in validated)):
+        for result in await gather_settled(*(self._validated(ref) for ref in validated)):
             counts.add(result)
         return counts
 

@@ -33,9 +33,17 @@ the margin before its first read, so a removal made without a tombstone
 happened before it could read the removed item. The margin (setting
 `consistency_margin_s`) covers eventually consistent scan staleness and
 clock skew. A stale writer must issue its write within
-`stale_write_horizon_s` of its read (it re-reads otherwise), so a tombstone
-older than horizon + margin can no longer stop anything and the sweeper
-(`sweep_tombstones`) deletes it. `mirror run` sweeps while idle and when it
+`stale_write_horizon_s` of its read (it re-reads otherwise), so tombstones
+need not live much longer than horizon + margin. But *issued* is not
+*landed*: a request can reach the table seconds later (a loaded engine,
+botocore's own retries), and a tombstone swept in between lets the write
+create the removed key after all. So the sweeper (`sweep_tombstones`)
+deletes a tombstone only if it is older than horizon + margin **and** older
+than the oldest read any live stale writer may still write from, minus the
+margin (`StaleWriterRegistry.oldest_read`; writers publish it with their
+lease). Invariant: a tombstone is deleted only once no write that it could
+stop can still land. A stale writer therefore never leaves a write in
+flight behind its own back (`gather_settled`). `mirror run` sweeps while idle and when it
 drains, the backfill sweeps when its last worker is done and `finalize`
 sweeps everything, so none is left once the migration is finalised.
 Tombstones carry a TTL as a last safety net and sit in GSI1 under
@@ -62,6 +70,7 @@ is redelivered from the failed record on, in order.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 import zlib
@@ -74,7 +83,7 @@ from boto3.dynamodb.conditions import Attr
 from shared.aws import error_code, translate
 from shared.codec import to_native, to_wire
 from shared.conditions import image_unchanged, render
-from shared.control import ControlStore, QuarantineEntry
+from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey
 from shared.dryrun import check_target_items
 from shared.errors import KeyCollision, QuarantineError, TransformFailed, TransientError, WriteRejected
@@ -289,7 +298,7 @@ class Applier:
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return None  # absent, or held by another source item
-            raise translate(exc, f"delete from {self.target}") from exc
+            raise translate(exc, f"delete from {self.target}") from exc  # nosec B608  (an error message, not SQL)
         return key_item
 
     # =============================================================== collisions
@@ -560,7 +569,7 @@ class Applier:
                 return _PutOutcome(False, None)  # handled below as "not ours": validated
             return await self._conditional_put(target, condition)
 
-        outcomes = await asyncio.gather(*(put(t) for t in targets))
+        outcomes = await gather_settled(*(put(t) for t in targets))
         refused = [o for o in outcomes if not o.ok]
         result.written = len(targets) - len(refused)
         if all(self.stale_outcome(ref, o.existing) == "newer" for o in refused):
@@ -570,11 +579,33 @@ class Applier:
         validated.written += result.written
         return validated
 
+async def gather_settled(*awaitables: Any) -> list[Any]:
+    """`asyncio.gather` that returns, or raises the first error, only once every
+    awaitable has finished: a failed write never leaves its siblings in flight
+    unseen (the tombstone sweeper relies on writers knowing what is in flight)."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 async def sweep_tombstones(
     settings: Settings, definition: MigrationDefinition, client: Any, *, older_than_s: float, clock: Clock = time.time
 ) -> int:
-    """Delete tombstones older than `older_than_s` (0 = all, for finalize)."""
+    """Delete tombstones older than `older_than_s` (0 = all, for finalize), but
+    never one that a live stale writer's write in flight could still need:
+    those from `oldest_read - margin` on stay (see the module note)."""
     cutoff_ms = int((clock() - older_than_s) * 1000)
+    oldest_read = await StaleWriterRegistry(client, settings.control_table, clock).oldest_read()
+    if oldest_read is not None:
+        if not math.isfinite(oldest_read):
+            return 0  # a live writer that does not say what it may still write: keep them all
+        # A stale write read at r is stopped by tombstones from r - margin on: those stay.
+        margin_ms = int(settings.consistency_margin_s * 1000)
+        cutoff_ms = min(cutoff_ms, math.floor(oldest_read * 1000) - margin_ms - 1)
+    if cutoff_ms <= 0:
+        return 0
     removed = 0
     for bucket in range(TOMB_BUCKETS):
         kwargs: dict[str, Any] = {

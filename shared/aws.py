@@ -47,7 +47,8 @@ TRANSIENT_CODES = frozenset(
     }
 )
 
-_DUMMY_CREDENTIALS = {"aws_access_key_id": "dynashiftlocal", "aws_secret_access_key": "dynashiftlocal"}
+# nosec B105: a dummy pair, used only against a local endpoint when no credentials are configured.
+_DUMMY_CREDENTIALS = {"aws_access_key_id": "dynashiftlocal", "aws_secret_access_key": "dynashiftlocal"}  # nosec B105
 
 
 def client_kwargs(

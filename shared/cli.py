@@ -17,10 +17,8 @@ from typing import Any
 
 import click
 
-from shared.errors import DynashiftError, UsageError
-
 from shared.cli_context import Context, console, err_console, pass_ctx
-
+from shared.errors import DynashiftError, UsageError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -152,15 +150,24 @@ def mirror() -> None:
     help="Where to start a shard that has no checkpoint yet.",
 )
 @click.option("--max-seconds", type=click.FloatRange(min=0), help="Stop after this long (for scripts).")
+@click.option(
+    "--direction",
+    type=click.Choice(["forward", "reverse"]),
+    default="forward",
+    show_default=True,
+    help="forward: legacy streams -> sc-main; reverse: sc-main's stream -> legacy (writes only after cutover).",
+)
 @pass_ctx
-def mirror_run(ctx: Context, follow: bool, start_from: str, max_seconds: float | None) -> None:
+def mirror_run(ctx: Context, follow: bool, start_from: str, max_seconds: float | None, direction: str) -> None:
     """Poll the legacy tables' streams and apply every record through the mirror handler.
 
     It calls the same handler function Lambda calls, with Lambda-shaped events,
     keeps a checkpoint per shard in the control table and resumes from it.
-    Without --follow it stops once every shard is drained.
+    Without --follow it stops once every shard is drained. With --direction
+    reverse it polls sc-main's stream through the reverse replication handler
+    instead, which writes the legacy tables only after cutover.
     """
-    from shared.stream_runner import run_forward_mirror
+    from shared.stream_runner import run_mirror
 
     settings = ctx.settings
     with console.status("mirroring") as status:
@@ -168,8 +175,8 @@ def mirror_run(ctx: Context, follow: bool, start_from: str, max_seconds: float |
         def show(report: Any) -> None:
             status.update(f"mirroring: {report.records} records in {report.batches} batches")
 
-        report = run_forward_mirror(
-            settings, follow=follow, start_from=start_from, max_seconds=max_seconds, install_signals=True,
+        report = run_mirror(
+            settings, direction, follow=follow, start_from=start_from, max_seconds=max_seconds, install_signals=True,
             on_batch=show,
         )
     console.print(
@@ -270,6 +277,22 @@ def demo(ctx: Context, port: int | None, scale: int, keep: bool) -> None:
 # ------------------------------------------------------------- component commands
 # Each component keeps its own commands beside it (built on shared.cli_context);
 # they are registered here, one line each.
+from shared.backup_cli import backup as backup_group  # noqa: E402
+from shared.backup_cli import enable_streams_command  # noqa: E402
+
+cli.add_command(backup_group)
+cli.add_command(enable_streams_command)
+from shared.cutover_cli import cutover, finalize, mode, rollback  # noqa: E402
+
+cli.add_command(mode)
+cli.add_command(cutover)
+cli.add_command(rollback)
+cli.add_command(finalize)
+from shared.verify_cli import quarantine, status, verify  # noqa: E402
+
+cli.add_command(verify)
+cli.add_command(status)
+cli.add_command(quarantine)
 
 
 # ----------------------------------------------------------------------- entry point
@@ -316,4 +339,4 @@ def run() -> None:
     sys.exit(main())
 
 
-__all__ = ["cli", "main", "run", "UsageError"]
+__all__ = ["UsageError", "cli", "main", "run"]

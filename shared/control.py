@@ -8,6 +8,7 @@ Layout (hash key PK, range key SK, TTL attribute `expires_at`):
 | `WAIT#<target key>`        | `<source ref>`      | a source item waiting for a key to be free   |
 | `CHECKPOINT#<stream arn>`  | `<shard id>`        | last sequence number fully applied           |
 | `MODE`                     | `MODE`              | the cutover flag                             |
+| `REVERSE#<source ref>`     | `STATE`             | reverse replication: version + held keys     |
 
 Quarantine is spread over a few buckets so listing it is a handful of
 queries, not a scan, and no single partition takes every write. An entry
@@ -23,6 +24,7 @@ key collisions (see `shared.apply`) depends on it.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 import zlib
@@ -258,6 +260,15 @@ class StaleWriterRegistry:
     `fence_s` = refresh + margin after registering before its first read:
     any removal the mirror made without a tombstone happened before the
     writer could read the removed item.
+
+    A lease also says what its writer may still write: `reads_since` is a
+    lower bound on the read time of every stale write the writer has in
+    flight or will still issue (the registration time for a writer that has
+    not read yet; the oldest page still being written, at each heartbeat).
+    A write *issued* within the horizon of its read can *land* much later (a
+    slow engine, botocore's retries), so the tombstone sweeper keeps every
+    tombstone such a write could still need (`oldest_read`). A live lease
+    without `reads_since` protects every tombstone.
     """
 
     PK = "STALE_WRITERS"
@@ -267,8 +278,13 @@ class StaleWriterRegistry:
         self.table = table
         self.clock = clock
 
-    async def register(self, writer_id: str, kind: str, lease_s: float) -> float:
-        until = self.clock() + lease_s
+    async def register(self, writer_id: str, kind: str, lease_s: float, *, reads_since: float | None = None) -> float:
+        """Take or renew the lease. `reads_since`: no write still to come from this
+        writer rests on a read older than this (default: now, right only for a
+        writer that has not read yet; a renewal must pass its oldest page in flight)."""
+        now = self.clock()
+        until = now + lease_s
+        since = now if reads_since is None else min(reads_since, now)
         try:
             await self.client.put_item(
                 TableName=self.table,
@@ -277,6 +293,7 @@ class StaleWriterRegistry:
                     "SK": {"S": writer_id},
                     "kind": {"S": kind},
                     "lease_until": {"N": repr(round(until, 3))},
+                    "reads_since": {"N": repr(math.floor(since * 1000) / 1000)},
                     "expires_at": {"N": str(int(until) + 3600)},
                 },
             )
@@ -291,14 +308,31 @@ class StaleWriterRegistry:
             raise translate(exc, "deregister stale writer") from exc
 
     async def active(self) -> bool:
+        return bool(await self._live())
+
+    async def oldest_read(self) -> float | None:
+        """The oldest read a live stale writer may still write from (None: no live
+        writer; -inf: one that does not say, so every tombstone must stay)."""
+        live = await self._live()
+        if not live:
+            return None
+        return min(float(i["reads_since"]["N"]) if "reads_since" in i else -math.inf for i in live)
+
+    async def _live(self) -> list[dict[str, Any]]:
         now = self.clock()
-        try:
-            page = await self.client.query(
-                TableName=self.table,
-                KeyConditionExpression="PK = :pk",
-                ExpressionAttributeValues={":pk": {"S": self.PK}},
-                ConsistentRead=True,
-            )
-        except Exception as exc:
-            raise translate(exc, "read stale writer registry") from exc
-        return any(float(i["lease_until"]["N"]) > now for i in page.get("Items", []))
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "PK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": self.PK}},
+            "ConsistentRead": True,
+        }
+        while True:
+            try:
+                page = await self.client.query(**kwargs)
+            except Exception as exc:
+                raise translate(exc, "read stale writer registry") from exc
+            items.extend(i for i in page.get("Items", []) if float(i["lease_until"]["N"]) > now)
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

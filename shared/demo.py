@@ -17,14 +17,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from backfill.run import BackfillRequest, run_backfill
 from shared import aws, local_engine
 from shared.codec import to_native
-from backfill.run import BackfillRequest, run_backfill
 from shared.commands import create_tables, run_seed
 from shared.convergence import check_tables
-from shared.errors import DynashiftError
 from shared.definition import get_definition
 from shared.dryrun import DryRun
+from shared.errors import DynashiftError
 from shared.live import MirrorThread, WorkloadThread
 from shared.settings import Settings, load_settings
 from shared.workload import Workload

@@ -113,3 +113,34 @@ class TransformFailed(QuarantineError):
     or an input nobody foresaw); quarantined so the shard is not blocked."""
 
     reason = "transform_failed"
+
+
+class NotSupportedHere(DynashiftError):
+    """The endpoint does not implement an operation (DynamoDB Local has no
+    backups, PITR or exports); the message says where to run it instead."""
+
+    exit_code = 2
+
+
+class BackfillIncomplete(DynashiftError):
+    """A backfill step found units that are not done yet (the run cannot be finished)."""
+
+
+class ModeConflict(DynashiftError):
+    """The cutover flag changed since it was read (another writer won the race):
+    read it again and decide again."""
+
+
+class InvalidModeTransition(UsageError):
+    """A mode change the cutover protocol does not allow (e.g. old -> new without freeze)."""
+
+
+class WritesFrozen(TransientError):
+    """The application tried to write while the mode is `freeze` (a cutover or
+    rollback is switching tables). Retry after a short backoff."""
+
+    retryable = True
+
+
+class DrainTimeout(TransientError):
+    """A stream consumer did not reach the end of its shards in time."""

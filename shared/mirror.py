@@ -20,6 +20,12 @@ Design:
   per-record template method is kept: `_prepare` applies the coalesced batch
   once, and the record handler only reports each record's outcome.
 
+* Mode gate: the flag (`shared.mode`) is read strongly once per batch. The
+  forward mirror applies only in `old` and while freezing towards `new`;
+  otherwise every record is reported processed and nothing is written (those
+  records were written by reverse replication). Why this cannot lose or echo
+  a write is explained in `shared.mode`.
+
 The engine owns one event loop and one aiobotocore client for its lifetime
 (a Lambda container, or a runner process), created lazily on first use.
 """
@@ -42,6 +48,7 @@ from shared.codec import from_stream_image
 from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.errors import TransientError
+from shared.mode import forward_applies, read_mode_async
 from shared.settings import Settings
 
 
@@ -73,6 +80,7 @@ class BatchStats:
     cleared: int = 0
     woken: int = 0
     failed_records: int = 0
+    mode_skipped: int = 0  # records not applied because the mode belongs to reverse replication
     lag_ms: list[float] = field(default_factory=list)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -188,6 +196,18 @@ class MirrorEngine:
             created = record["dynamodb"].get("ApproximateCreationDateTime")
             if created is not None:
                 stats.lag_ms.append(max(0.0, (now - float(created)) * 1000))
+        try:
+            mode = await read_mode_async(applier.client, self.settings.control_table)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            stats.failed_records = len(records)
+            self.last_stats = stats
+            return {r["dynamodb"]["SequenceNumber"] for r in records}
+        if not forward_applies(mode):
+            stats.mode_skipped = len(records)
+            self.last_stats = stats
+            return set()
         chains = self._chains(records)
         stats.chains = len(chains)
         await self._record_start({c.ref.table for c in chains.values()}, records)

@@ -15,6 +15,7 @@ Credentials come from the usual botocore chain.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -81,14 +82,60 @@ class Settings(BaseSettings):
     backfill_lease_s: float = Field(
         30.0, gt=0, description="lease of a backfill unit; a dead worker's units resume this long after it stopped"
     )
+    backfill_deadline_margin_s: float = Field(
+        45.0,
+        gt=0,
+        le=600,
+        description=(
+            "a backfill Lambda takes no new page once less than this is left of its time limit: one page "
+            "(scan, write within stale_write_horizon_s, throttling back-off) plus checkpoint and release must fit"
+        ),
+    )
 
     # --- mirror ---------------------------------------------------------------------
     mirror_batch_size: int = Field(100, ge=1, le=10000, description="records per handler call")
     mirror_batching_window_s: float = Field(0.0, ge=0, le=300, description="like MaximumBatchingWindowInSeconds")
     mirror_concurrency: int = Field(32, ge=1, le=512, description="concurrent writes per batch")
 
+    # --- verify ---------------------------------------------------------------------
+    verify_settle_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="verify re-checks a difference after this long (well above the mirror lag) before reporting it",
+    )
+    verify_recheck_limit: int = Field(
+        100_000, ge=0, description="at most this many differences are re-checked (and diffed) per verify run"
+    )
+
     # --- cutover --------------------------------------------------------------------
     mode_cache_age_s: float = Field(5.0, gt=0, le=300, description="max age of a cached mode flag")
+    cutover_timeout_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="hard limit on a switch's freeze (cache wait + drain); exceeded, it returns to where it started",
+    )
+    cutover_inflight_grace_s: float = Field(
+        0.5, ge=0, le=60,
+        description="after the mode cache age, also wait this long for legacy writes already in flight",
+    )
+    cutover_max_lag_s: float = Field(
+        5.0, gt=0, le=3600, description="the cutover gate wants the mirror to catch up with its streams within this"
+    )
+    verify_max_age_s: float = Field(
+        3600.0, gt=0, description="the cutover gate wants a clean `dynashift verify` result at most this old"
+    )
+
+    # --- backups (shared/backup.py) -------------------------------------------------
+    backup_bucket: str | None = Field(
+        None, description="S3 bucket that receives the PITR exports of `backup create` (required for exports)"
+    )
+    backup_prefix: str = Field(
+        "dynashift-backups", description="S3 key prefix of the exports; `backup prune` deletes only below it"
+    )
+    backup_retention_days: int = Field(
+        7, ge=1, le=3650, description="`backup prune` removes backups and exports older than this many days"
+    )
+    backup_max_age_s: float = Field(
+        86400.0, gt=0, description="the cutover gate wants a completed backup of every legacy table this recent"
+    )
 
     @field_validator("endpoint_url")
     @classmethod
@@ -103,6 +150,25 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"{value!r} has a malformed port") from exc
         return value
+
+    @field_validator("backup_bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not _BUCKET_NAME.fullmatch(value) or ".." in value:
+            raise ValueError(f"{value!r} is not a valid S3 bucket name (3-63 of a-z 0-9 . -, starting and ending "
+                             "with a letter or digit)")
+        return value
+
+    @field_validator("backup_prefix")
+    @classmethod
+    def _backup_prefix(cls, value: str) -> str:
+        prefix = value.strip("/")
+        if not prefix or len(prefix) > 512 or ".." in prefix.split("/") or "//" in prefix:
+            raise ValueError(f"{value!r} is not a usable S3 prefix (non-empty, at most 512 characters, no empty or "
+                             "'..' parts)")
+        return prefix
 
     @field_validator("target_table", "control_table")
     @classmethod
@@ -158,6 +224,7 @@ class Settings(BaseSettings):
         return f"http://127.0.0.1:{port or self.local_port}"
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _TABLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 

@@ -155,6 +155,7 @@ class StreamRunner:
         max_seconds: float | None = None,
         on_batch: Callable[[RunnerReport], None] | None = None,
         source_tables: list[str] | None = None,
+        record_mirror_start: bool = True,
         streams_client: Any = None,
         dynamodb_client: Any = None,
     ) -> None:
@@ -171,6 +172,9 @@ class StreamRunner:
         self.max_seconds = max_seconds
         self.on_batch = on_batch
         self.source_tables = source_tables or [settings.physical_name(s.name) for s in self.definition.sources]
+        # The forward mirror records since when it covers each legacy table (the
+        # backfill checks it); the reverse runner reads sc-main and records nothing.
+        self.record_mirror_start = record_mirror_start
         # Injectable so unit tests can hand in fakes; default: clients from the settings.
         self.streams = streams_client if streams_client is not None else aws.streams(settings)
         self.dynamodb = dynamodb_client if dynamodb_client is not None else aws.dynamodb(settings)
@@ -181,6 +185,7 @@ class StreamRunner:
         self._last_describe = 0.0
         self._last_sweep = 0.0
         self._discovered = False
+        self._start_recorded: set[str] = set()
 
     # ---------------------------------------------------------------- control
     def request_stop(self, *_: Any) -> None:
@@ -229,10 +234,17 @@ class StreamRunner:
         except Exception as exc:
             raise translate(exc, "save stream checkpoint") from exc
 
-    def _record_start(self) -> None:
-        """Once every shard has an iterator, the mirror covers each table from now on."""
+    def _record_start(self) -> bool:
+        """Once every shard has an iterator, the mirror covers each table from now on.
+
+        True once every table's start is recorded. In follow mode a transient
+        fault only postpones a table's record to the next loop (the backfill
+        refuses to start until it exists, so it must not be skipped).
+        """
         physical_to_logical = {self.settings.physical_name(s.name): s.name for s in self.definition.sources}
         for table in self.source_tables:
+            if table in self._start_recorded:
+                continue
             try:
                 self.dynamodb.put_item(
                     TableName=self.settings.control_table,
@@ -242,7 +254,12 @@ class StreamRunner:
                 )
             except Exception as exc:
                 if error_code(exc) != "ConditionalCheckFailedException":
+                    if self.follow and aws.is_transient(exc):
+                        self.report.transient_faults += 1
+                        return False
                     raise translate(exc, "record mirror start") from exc
+            self._start_recorded.add(table)
+        return True
 
     # ---------------------------------------------------------------- shards
     def _stream_arn(self, table: str) -> str:
@@ -347,8 +364,7 @@ class StreamRunner:
                     self.report.transient_faults += 1
                     shard.iterator = None
                     self._backoff(shard)
-            if not self.ready.is_set():
-                self._record_start()
+            if not self.ready.is_set() and (not self.record_mirror_start or self._record_start()):
                 self.ready.set()
             all_drained = all(s.drained for s in self.shards.values() if self._eligible(s))
             self._survive(lambda: self._maybe_sweep(idle=not worked))
@@ -551,4 +567,70 @@ def run_forward_mirror(
         mirror_handler.use_engine(None)  # type: ignore[arg-type]
 
 
-__all__ = ["StreamRunner", "RunnerReport", "LocalContext", "lambda_record", "run_forward_mirror"]
+def run_reverse_mirror(
+    settings: Settings,
+    *,
+    follow: bool = False,
+    start_from: str = "trim-horizon",
+    max_seconds: float | None = None,
+    install_signals: bool = False,
+    on_batch: Callable[[RunnerReport], None] | None = None,
+    stop_event: threading.Event | None = None,
+    ready_event: threading.Event | None = None,
+) -> RunnerReport:
+    """Run reverse replication locally: sc-main's stream through the reverse Lambda handler.
+
+    Same runner, same checkpoints (`CHECKPOINT#<sc-main stream arn>` / shard id);
+    the mode gate makes it write only after cutover, so it can run all the time.
+    """
+    import os
+
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    from handlers import reverse_mirror as reverse_handler
+    from shared.reverse_mirror import ReverseEngine
+
+    engine = ReverseEngine(settings)
+    reverse_handler.use_engine(engine)
+    runner = StreamRunner(
+        settings,
+        reverse_handler.lambda_handler,
+        follow=follow,
+        start_from=start_from,
+        definition=engine.definition,
+        max_seconds=max_seconds,
+        on_batch=on_batch,
+        source_tables=[settings.target_table],
+        record_mirror_start=False,
+    )
+    if stop_event is not None:
+        runner.stop_requested = stop_event
+    if ready_event is not None:
+        runner.ready = ready_event
+    if install_signals:
+        runner.install_signal_handlers()
+    try:
+        return runner.run()
+    finally:
+        engine.close()
+        reverse_handler.use_engine(None)
+
+
+def run_mirror(settings: Settings, direction: str = "forward", **kwargs: Any) -> RunnerReport:
+    """`forward` (legacy -> sc-main) or `reverse` (sc-main -> legacy)."""
+    runners = {"forward": run_forward_mirror, "reverse": run_reverse_mirror}
+    if direction not in runners:
+        raise UsageError(f"--direction must be forward or reverse, not {direction!r}")
+    return runners[direction](settings, **kwargs)
+
+
+__all__ = [
+    "LocalContext",
+    "RunnerReport",
+    "StreamRunner",
+    "lambda_record",
+    "run_forward_mirror",
+    "run_mirror",
+    "run_reverse_mirror",
+]

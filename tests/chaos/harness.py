@@ -164,13 +164,14 @@ class Stage:
         return process
 
     def _wait_mirror_started(self, timeout: float = 60) -> None:
-        client = aws.dynamodb(self.settings)
+        s = self.settings
+        client = aws.dynamodb(s)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with _quiet():
                 found = client.query(TableName=self.settings.control_table, KeyConditionExpression="PK = :pk",
                                      ExpressionAttributeValues={":pk": {"S": "MIRROR"}}, ConsistentRead=True)
-                if found["Items"]:
+                if len(found["Items"]) >= len(s.table_names):
                     return
             time.sleep(0.2)
         raise AssertionError(f"mirror did not start:\n{self.log_tail('mirror.log')}")

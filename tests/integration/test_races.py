@@ -11,10 +11,14 @@ re-checking).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from shared.apply import sweep_tombstones
 from shared.definition import SourceRef
 from shared.settings import load_settings
 from tests.conftest import drop_tables
@@ -244,3 +248,55 @@ def test_tombstones_only_while_a_backfill_may_write(harness):
     assert harness.target("ACCOUNT#a1", "REPO#tools")["entity"] == "_dynashift_tombstone"
     assert harness.finish_backfill() == 1
     assert harness.target_keys() == set()
+
+
+class HeldPuts:
+    """Delegates to an aiobotocore client; every put_item is held until released
+    (a request the engine is slow to apply, or one botocore retries later)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sent = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def put_item(self, **kwargs: Any) -> Any:
+        self.sent.set()
+        await self.release.wait()
+        return await self.inner.put_item(**kwargs)
+
+
+def test_race3_stale_write_landing_after_an_idle_sweep_is_still_stopped_by_its_tombstone(harness):
+    # GIVEN a repository read by the backfill under its old key, then renamed, and the rename mirrored
+    harness.put(REPO, repo(name="Old"))
+    harness.start_backfill()
+    v1, read_at = harness.read(REPO, {"repoId": "r1"})
+    harness.mirror([harness.put(REPO, repo(name="New"))])
+    assert harness.target("ACCOUNT#a1", "REPO#old")["entity"] == "_dynashift_tombstone"
+    settings = harness.settings
+    life = settings.stale_write_horizon_s + settings.consistency_margin_s
+    held = HeldPuts(harness.backfill.client)
+    harness.backfill.client = held
+
+    async def late_landing() -> int:
+        # WHEN the backfill sends its write within the horizon, but the request
+        # reaches the table only after the mirror's idle sweep ran at a moment
+        # when the tombstone was older than horizon + margin
+        write = asyncio.ensure_future(harness.backfill.write_stale(SourceRef(REPO, ("r1",)), v1, read_at))
+        await asyncio.wait_for(held.sent.wait(), timeout=30)
+        later = time.time() + life + 1.0
+        swept = await sweep_tombstones(settings, harness.definition, held.inner, older_than_s=life,
+                                       clock=lambda: later)
+        held.release.set()
+        await write
+        return swept
+
+    swept = harness.run(late_landing())
+    harness.finish_backfill()
+    # THEN the old key did not come back: the sweep kept the tombstone the in-flight write needed
+    assert harness.target_keys() == {("ACCOUNT#a1", "REPO#new")}
+    assert swept == 0
+    assert harness.converged().ok
+

@@ -22,7 +22,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
 from shared.definition import get_definition
-from shared.settings import load_settings
+from shared.settings import PROJECT_ROOT, load_settings
 from shared.tables import TEMPLATE_PATH
 
 LEGACY_TABLE_PARAMS = ("AccountsTableName", "RepositoriesTableName")
@@ -40,13 +40,30 @@ EXPECTED_GRANTS = {
     "stream:RepositoriesStreamArn": {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"},
     # conditional Put/Delete (also as TransactWriteItems actions), GetItem after a collision
     "TargetTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
-    # quarantine, key waiters, stale-writer registry
-    "ControlTable": {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem"},
+    # quarantine (UpdateItem), key waiters, stale-writer registry, the mode flag (GetItem, once per batch)
+    "ControlTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                     "dynamodb:Query", "dynamodb:BatchGetItem"},
     # strong read + ConditionCheck of the validated write: read-only
     "table:AccountsTableName": {"dynamodb:GetItem", "dynamodb:ConditionCheckItem"},
     "table:RepositoriesTableName": {"dynamodb:GetItem", "dynamodb:ConditionCheckItem"},
     "MirrorFailureQueue": {"sqs:SendMessage"},
     "MirrorFunctionLogGroup": {"logs:CreateLogStream", "logs:PutLogEvents"},
+    "*": {"xray:PutTraceSegments", "xray:PutTelemetryRecords"},
+}
+
+# Reverse replication's exact grants (ReverseMirrorFunctionRole).
+REVERSE_EXPECTED_GRANTS = {
+    "stream:TargetTable": {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"},
+    # strongly consistent reads of an owner's target items; GSI1 to find memberships / a moved repository
+    "TargetTable": {"dynamodb:BatchGetItem"},
+    "index:TargetTable/GSI1": {"dynamodb:Query"},
+    # the rebuilt legacy item (Put/Delete inside TransactWriteItems) and its strong read
+    "table:AccountsTableName": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
+    "table:RepositoriesTableName": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
+    # mode flag, per-owner version (Update in the transaction), quarantine
+    "ControlTable": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchGetItem"},
+    "MirrorFailureQueue": {"sqs:SendMessage"},
+    "ReverseMirrorFunctionLogGroup": {"logs:CreateLogStream", "logs:PutLogEvents"},
     "*": {"xray:PutTraceSegments", "xray:PutTelemetryRecords"},
 }
 
@@ -70,6 +87,8 @@ def _translated() -> dict[str, Any]:
     for resource in source["Resources"].values():
         if resource["Type"] == "AWS::Serverless::Function":
             resource["Properties"]["CodeUri"] = "s3://dynashift-artifacts/mirror.zip"  # what `sam package` does
+        if resource["Type"] == "AWS::Serverless::StateMachine":
+            resource["Properties"]["DefinitionUri"] = "s3://dynashift-artifacts/backfill.asl.json"  # likewise
 
     def no_managed_policies() -> dict[str, str]:
         raise AssertionError("SAM asked for managed policies: a function uses a SAM-generated role")
@@ -115,17 +134,32 @@ def resource_label(resource: Any) -> str:
         return "stream:" + resource["Ref"]
     if isinstance(resource, dict) and "Fn::GetAtt" in resource:
         target = resource["Fn::GetAtt"]
-        return (target if isinstance(target, list) else target.split("."))[0]
+        name, attribute = target if isinstance(target, list) else target.split(".", 1)
+        return f"stream:{name}" if attribute == "StreamArn" else name
     if isinstance(resource, dict) and "Fn::Sub" in resource:
+        index = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/(\w+)", resource["Fn::Sub"])
+        if index:
+            return f"index:{index.group(1)}/{index.group(2)}"
         for param in LEGACY_TABLE_PARAMS:
             if resource["Fn::Sub"].endswith(":table/${" + param + "}"):
                 return "table:" + param
+        s3 = re.fullmatch(r"arn:\$\{AWS::Partition\}:s3:::\$\{(\w+)\}(/\*)?", resource["Fn::Sub"])
+        if s3:
+            return f"s3:{s3.group(1)}{s3.group(2) or ''}"
+        states = re.fullmatch(
+            r"arn:\$\{AWS::Partition\}:states:\$\{AWS::Region\}:\$\{AWS::AccountId\}:(\w+):(\S+)", resource["Fn::Sub"]
+        )
+        if states:
+            return f"states:{states.group(1)}:{states.group(2)}"
     raise AssertionError(f"unrecognised policy resource {resource!r}")
 
 
-def grants(doc: dict[str, Any]) -> dict[str, set[str]]:
+def grants(doc: dict[str, Any], role: str | None = None) -> dict[str, set[str]]:
+    """Actions per resource label, of one role (or of every policy in the template)."""
     result: dict[str, set[str]] = {}
-    for _, statement in policy_statements(doc):
+    for owner, statement in policy_statements(doc):
+        if role is not None and owner != role:
+            continue
         assert statement["Effect"] == "Allow"
         for resource in as_list(statement["Resource"]):
             result.setdefault(resource_label(resource), set()).update(as_list(statement["Action"]))
@@ -181,7 +215,8 @@ def test_sam_transform_builds_two_partial_failure_mappings_to_the_queue():
     # GIVEN the SAM transform of template.yaml
     doc = translated()
     # WHEN we look at the event source mappings
-    mappings = resources_of(doc, "AWS::Lambda::EventSourceMapping")
+    mappings = {name: m for name, m in resources_of(doc, "AWS::Lambda::EventSourceMapping").items()
+                if m["Properties"]["FunctionName"] == {"Ref": "MirrorFunction"}}
     # THEN there is one per legacy stream, each with the poison-record settings
     assert sorted(m["Properties"]["EventSourceArn"]["Ref"] for m in mappings.values()) == sorted(LEGACY_STREAM_PARAMS)
     for mapping in mappings.values():
@@ -204,8 +239,11 @@ def test_sam_transform_uses_our_role_and_adds_no_managed_policy():
     roles = resources_of(doc, "AWS::IAM::Role")
     # THEN the function runs as MirrorFunctionRole, and SAM attached nothing to it
     assert function["Role"] == {"Fn::GetAtt": ["MirrorFunctionRole", "Arn"]}
-    assert list(roles) == ["MirrorFunctionRole"]
-    assert not roles["MirrorFunctionRole"]["Properties"].get("ManagedPolicyArns")
+    assert set(roles) == set(resources_of(template(), "AWS::IAM::Role")), "SAM generated a role"
+    assert not any(role["Properties"].get("ManagedPolicyArns") for role in roles.values())
+    declared = set(resources_of(template(), "AWS::IAM::Role"))
+    for name, other in resources_of(doc, "AWS::Lambda::Function").items():
+        assert other["Properties"]["Role"]["Fn::GetAtt"][0] in declared, name
     assert function["TracingConfig"] == {"Mode": "Active"}
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "MirrorFunctionLogGroup"}}
 
@@ -247,12 +285,12 @@ def test_star_check_catches_broad_grants():
 def test_mirror_grants_are_exactly_what_it_calls():
     # GIVEN the mirror role's statements / WHEN grouped by resource
     # THEN they are exactly the calls listed (with reasons) in EXPECTED_GRANTS
-    assert grants(template()) == EXPECTED_GRANTS
+    assert grants(template(), "MirrorFunctionRole") == EXPECTED_GRANTS
 
 
 def test_legacy_tables_and_streams_are_read_only():
     # GIVEN every statement that names a legacy table or stream
-    legacy = {label: actions for label, actions in grants(template()).items()
+    legacy = {label: actions for label, actions in grants(template(), "MirrorFunctionRole").items()
               if label.startswith(("table:", "stream:"))}
     assert set(legacy) == {"table:" + p for p in LEGACY_TABLE_PARAMS} | {"stream:" + p for p in LEGACY_STREAM_PARAMS}
     # THEN tables get only the strong read and the ConditionCheck, streams only stream reads
@@ -260,6 +298,47 @@ def test_legacy_tables_and_streams_are_read_only():
         allowed = LEGACY_READ_ACTIONS if label.startswith("table:") else STREAM_READ_ACTIONS
         assert actions <= allowed, f"{label} gets {sorted(actions - allowed)}"
         assert not any(re.search(r"Put|Delete|Update|BatchWrite|Transact|PartiQL", a) for a in actions)
+
+
+# ------------------------------------------------------- reverse replication
+def test_reverse_mirror_reads_sc_mains_stream_with_the_poison_record_settings():
+    # GIVEN the SAM transform / WHEN we look at the reverse function's event source mapping
+    doc = translated()
+    (mapping,) = [m["Properties"] for m in resources_of(doc, "AWS::Lambda::EventSourceMapping").values()
+                  if m["Properties"]["FunctionName"] == {"Ref": "ReverseMirrorFunction"}]
+    # THEN it reads sc-main's stream from the start, with partial batch responses and the shared queue
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["TargetTable", "StreamArn"]}
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"  # it must drain (skip) what came before cutover
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ParallelizationFactor"] == 1
+    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["MirrorFailureQueue", "Arn"]}
+    # AND sc-main's stream carries both images (the engine needs the old owner of a moved key)
+    stream = template()["Resources"]["TargetTable"]["Properties"]["StreamSpecification"]
+    assert stream["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+
+
+def test_reverse_mirror_grants_are_exactly_what_it_calls():
+    # GIVEN the reverse role's statements / WHEN grouped by resource
+    # THEN they are exactly the calls listed (with reasons) in REVERSE_EXPECTED_GRANTS
+    assert grants(template(), "ReverseMirrorFunctionRole") == REVERSE_EXPECTED_GRANTS
+
+
+def test_reverse_mirror_never_writes_sc_main_and_writes_legacy_only_item_by_item():
+    reverse = grants(template(), "ReverseMirrorFunctionRole")
+    writes = re.compile(r"Put|Delete|Update|BatchWrite|Transact|PartiQL")
+    # THEN sc-main (table, index, stream) gets no write action
+    for label in ("TargetTable", "index:TargetTable/GSI1", "stream:TargetTable"):
+        assert not any(writes.search(a) for a in reverse[label]), label
+    # AND the legacy tables get only GetItem/PutItem/DeleteItem (no batch, no update, no PartiQL)
+    for param in LEGACY_TABLE_PARAMS:
+        assert reverse["table:" + param] == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"}
+
+
+def test_reverse_handler_path_resolves_to_the_lambda_handler():
+    handler = template()["Resources"]["ReverseMirrorFunction"]["Properties"]["Handler"]
+    module_path, _, function = handler.rpartition(".")
+    module = importlib.import_module(module_path.replace("/", "."))
+    assert callable(getattr(module, function))
 
 
 # ------------------------------------------------------- function wiring
@@ -324,3 +403,298 @@ def test_stream_arn_parameters_accept_only_dynamodb_stream_arns(arn, ok):
         pattern = template()["Parameters"][name]["AllowedPattern"]
         # WHEN / THEN a DynamoDB stream ARN passes and anything else is refused
         assert bool(re.fullmatch(pattern, arn)) is ok, (name, arn)
+
+
+# ------------------------------------------------- deployability (issue 7)
+RESOURCE_POLICY_TYPES = {
+    "AWS::SNS::TopicPolicy": "PolicyDocument",
+    "AWS::SQS::QueuePolicy": "PolicyDocument",
+    "AWS::S3::BucketPolicy": "PolicyDocument",
+    "AWS::KMS::Key": "KeyPolicy",
+}
+# Lambda functions are started by an event source mapping (alarm on lag) or
+# by Step Functions (alarm on errors only).
+STREAM_EVENT_TYPES = {"DynamoDB", "Kinesis"}
+
+
+def functions() -> dict[str, dict[str, Any]]:
+    return resources_of(template(), "AWS::Serverless::Function")
+
+
+def alarms_on(metric: str, dimension_value: Any) -> list[str]:
+    """Names of the alarms on `metric` whose dimensions (or metric-math inputs) include `dimension_value`."""
+    found = []
+    for name, alarm in resources_of(template(), "AWS::CloudWatch::Alarm").items():
+        props = alarm["Properties"]
+        stats = [props] + [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+        for stat in stats:
+            if stat.get("MetricName") == metric and any(d["Value"] == dimension_value for d in stat.get("Dimensions", [])):
+                found.append(name)
+    return found
+
+
+def test_every_function_is_built_by_the_makefile_and_logs_to_a_retained_group():
+    # GIVEN every function of the template
+    doc = template()
+    assert functions(), "no functions found"
+    for name, function in functions().items():
+        # THEN `sam build` builds it with the Makefile's build-<Function> target (not the whole repo)
+        assert function.get("Metadata", {}).get("BuildMethod") == "makefile", name
+        # AND it logs to a log group of this stack, with the retention parameter
+        group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert doc["Resources"][group]["Type"] == "AWS::Logs::LogGroup", name
+        assert doc["Resources"][group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+
+
+def test_every_function_has_an_errors_alarm_and_stream_functions_a_lag_alarm():
+    # GIVEN every function / WHEN we look for alarms on its metrics
+    for name, function in functions().items():
+        # THEN its invocation errors alarm
+        assert alarms_on("Errors", {"Ref": name}), f"{name}: no Errors alarm"
+        # AND a function reading a stream alarms when it falls behind
+        events = function["Properties"].get("Events", {}).values()
+        if any(event["Type"] in STREAM_EVENT_TYPES for event in events):
+            assert alarms_on("IteratorAge", {"Ref": name}), f"{name}: no IteratorAge alarm"
+
+
+def test_alarms_cover_the_failure_queue_quarantine_and_target_throttles():
+    # GIVEN the alarms / THEN the issue's list is covered
+    assert alarms_on("ApproximateNumberOfMessagesVisible", {"Fn::GetAtt": ["MirrorFailureQueue", "QueueName"]})
+    assert alarms_on("RecordsQuarantined", "mirror")  # EMF: namespace dynashift, dimension service=mirror
+    assert alarms_on("WriteThrottleEvents", {"Ref": "TargetTable"})
+    assert alarms_on("ReadThrottleEvents", {"Ref": "TargetTable"})
+    # AND every alarm notifies the alarm topic (created, or given as a parameter)
+    topic = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
+    for name, alarm in resources_of(template(), "AWS::CloudWatch::Alarm").items():
+        assert alarm["Properties"]["AlarmActions"] == [topic], name
+
+
+def test_quarantine_alarm_watches_what_the_handler_emits():
+    # GIVEN the EMF names the mirror handler publishes (namespace, service, metric)
+    import handlers.mirror as handler
+
+    alarm = template()["Resources"]["QuarantineAlarm"]["Properties"]
+    # THEN the alarm reads the same namespace and service dimension
+    assert handler.metrics.namespace == alarm["Namespace"]
+    assert handler.metrics.service == alarm["Dimensions"][0]["Value"]
+    assert "RecordsQuarantined" in (PROJECT_ROOT / "handlers" / "mirror.py").read_text()
+
+
+def _resolve_sub(text: str, doc: dict[str, Any]) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name.startswith("AWS::"):
+            return {"AWS::Region": "eu-west-1", "AWS::StackName": "dynashift"}[name]
+        base = name.split(".")[0]
+        assert base in doc["Resources"] or base in doc["Parameters"], f"dashboard names unknown {name}"
+        if doc["Parameters"].get(base, {}).get("Type") == "Number":
+            return str(doc["Parameters"][base]["Default"])
+        return f"resolved-{name}"
+    return re.sub(r"\$\{([^}]+)\}", value, text)
+
+
+def test_dashboard_is_valid_json_and_shows_every_alarm():
+    # GIVEN the dashboard body with its ${...} resolved
+    doc = template()
+    body = json.loads(_resolve_sub(doc["Resources"]["MigrationDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"], doc))
+    # THEN its alarm widget lists every alarm of the stack
+    shown = {a for w in body["widgets"] if w["type"] == "alarm" for a in w["properties"]["alarms"]}
+    assert shown == {f"resolved-{name}.Arn" for name in resources_of(doc, "AWS::CloudWatch::Alarm")}
+    # AND every function appears in it
+    text = json.dumps(body)
+    for name in functions():
+        assert f"resolved-{name}" in text, name
+
+
+def test_no_wildcards_in_resource_policies():
+    # GIVEN every resource policy of the template (topic, queue, bucket and key policies)
+    for name, resource in template()["Resources"].items():
+        key = RESOURCE_POLICY_TYPES.get(resource["Type"])
+        if key is None:
+            continue
+        for statement in as_list(resource["Properties"][key]["Statement"]):
+            # THEN no wildcard action; "*" as Resource is how a resource policy names its own resource
+            assert not any("*" in action for action in as_list(statement.get("Action", []))), name
+            assert statement.get("Principal") != "*", f"{name}: policy open to everyone"
+
+
+def _pins(path: str) -> dict[str, str]:
+    pins = {}
+    for line in (PROJECT_ROOT / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_lambda_requirements_are_pinned_as_in_the_lock_and_leave_out_the_cli():
+    # GIVEN the Lambda runtime requirements and the project lock
+    lambda_pins, lock = _pins("requirements-lambda.txt"), _pins("requirements.lock")
+    # THEN each is pinned exactly as in the lock
+    assert lambda_pins and all(version for version in lambda_pins.values())
+    assert {n: v for n, v in lambda_pins.items() if lock.get(n) != v} == {}
+    # AND nothing only the CLI, the tests or the tools use ships to Lambda
+    assert not set(lambda_pins) & {"rich", "click", "cfn-flip", "moto", "pytest", "hypothesis", "cfn-lint"}
+
+
+def test_makefile_builds_for_the_templates_runtime_and_architecture():
+    # GIVEN the Makefile's Lambda platform and the template's Globals
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    function = template()["Globals"]["Function"]
+    platform = re.search(r"^LAMBDA_PLATFORM\s*:=\s*(\S+)", makefile, re.M).group(1)
+    python = re.search(r"^LAMBDA_PYTHON\s*:=\s*(\S+)", makefile, re.M).group(1)
+    # THEN pip fetches wheels for the runtime and architecture Lambda runs
+    assert function["Runtime"] == "python" + python
+    assert platform.endswith({"x86_64": "x86_64", "arm64": "aarch64"}[function["Architectures"][0]])
+
+
+# ------------------------------------------- backfill in AWS (Step Functions)
+BACKFILL_ASL = PROJECT_ROOT / "backfill" / "statemachine.asl.json"
+BACKFILL_FUNCTIONS = ("BackfillPlanFunction", "BackfillUnitFunction", "BackfillFinishFunction")
+LOG_WRITES = {"logs:CreateLogStream", "logs:PutLogEvents"}
+XRAY_WRITES = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+STATE_MACHINE_NAME = "${AWS::StackName}-backfill"
+
+# Each backfill role's exact grants. Changing what a step calls must change this map and the template together.
+BACKFILL_EXPECTED_GRANTS = {
+    "BackfillPlanFunctionRole": {
+        # approximate ItemCount per table
+        "table:AccountsTableName": {"dynamodb:DescribeTable"},
+        "table:RepositoriesTableName": {"dynamodb:DescribeTable"},
+        # mode flag and mirror marker, the run and its units, the run's stale-writer registration
+        "ControlTable": {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                         "dynamodb:DeleteItem"},
+        # an export source's manifests, found below a prefix
+        "s3:BackupBucketName/*": {"s3:GetObject"},
+        "s3:BackupBucketName": {"s3:ListBucket"},
+        "BackfillPlanFunctionLogGroup": LOG_WRITES,
+        "*": XRAY_WRITES,
+    },
+    "BackfillUnitFunctionRole": {
+        # scan pages, re-read of exported keys, the validated write's read and ConditionCheck
+        "table:AccountsTableName": {"dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:GetItem",
+                                    "dynamodb:ConditionCheckItem"},
+        "table:RepositoriesTableName": {"dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:GetItem",
+                                        "dynamodb:ConditionCheckItem"},
+        # create-only puts, validated transactions (Put/Delete actions), GetItem after a collision
+        "TargetTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
+        # units, registration, quarantine, key waiters
+        "ControlTable": {"dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                         "dynamodb:BatchGetItem"},
+        "s3:BackupBucketName/*": {"s3:GetObject"},
+        "BackfillUnitFunctionLogGroup": LOG_WRITES,
+        "*": XRAY_WRITES,
+    },
+    "BackfillFinishFunctionRole": {
+        "ControlTable": {"dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:UpdateItem"},
+        # the tombstone sweep
+        "TargetTable": {"dynamodb:DeleteItem"},
+        "index:TargetTable/GSI1": {"dynamodb:Query"},
+        "BackfillFinishFunctionLogGroup": LOG_WRITES,
+        "*": XRAY_WRITES,
+    },
+    "BackfillStateMachineRole": {
+        **{name: {"lambda:InvokeFunction"} for name in BACKFILL_FUNCTIONS},
+        # the Distributed Map's child executions
+        f"states:stateMachine:{STATE_MACHINE_NAME}": {"states:StartExecution"},
+        f"states:execution:{STATE_MACHINE_NAME}/*": {"states:DescribeExecution", "states:StopExecution"},
+    },
+}
+
+
+def backfill_definition() -> dict[str, Any]:
+    return json.loads(BACKFILL_ASL.read_text())
+
+
+@pytest.mark.parametrize("role", sorted(BACKFILL_EXPECTED_GRANTS))
+def test_backfill_roles_grant_exactly_what_each_step_calls(role):
+    # GIVEN one backfill role's statements / WHEN grouped by resource
+    # THEN they are exactly the calls listed (with reasons) in BACKFILL_EXPECTED_GRANTS
+    assert grants(template(), role) == BACKFILL_EXPECTED_GRANTS[role]
+
+
+def test_backfill_never_writes_the_legacy_tables():
+    # GIVEN every backfill role / WHEN we look at what it may do to a legacy table
+    writes = re.compile(r"Put|Delete|Update|BatchWrite|Transact|PartiQL|Import|Restore")
+    for role in BACKFILL_EXPECTED_GRANTS:
+        for label, actions in grants(template(), role).items():
+            if label.startswith("table:"):
+                # THEN nothing that writes
+                assert not any(writes.search(a) for a in actions), f"{role} may write {label}: {sorted(actions)}"
+
+
+def test_backfill_functions_run_as_their_own_roles_and_resolve():
+    doc = template()
+    for name in BACKFILL_FUNCTIONS:
+        props = doc["Resources"][name]["Properties"]
+        # GIVEN each backfill function / THEN it runs as its own role and logs to its own group
+        assert props["Role"] == {"Fn::GetAtt": [f"{name}Role", "Arn"]}
+        assert props["LoggingConfig"] == {"LogGroup": {"Ref": f"{name}LogGroup"}}
+        # AND its handler imports the way the Lambda runtime does
+        module_path, _, function = props["Handler"].rpartition(".")
+        assert callable(getattr(importlib.import_module(module_path.replace("/", ".")), function)), name
+    # AND a unit invocation has room for many pages before its deadline margin
+    timeout = doc["Resources"]["BackfillUnitFunction"]["Properties"]["Timeout"]
+    assert timeout == 900
+    assert load_settings().backfill_deadline_margin_s * 4 < timeout
+
+
+def test_state_machine_definition_is_a_distributed_map_with_every_substitution_defined():
+    # GIVEN the ASL file and the state machine resource
+    text = BACKFILL_ASL.read_text()
+    definition = json.loads(text)  # valid JSON
+    props = template()["Resources"]["BackfillStateMachine"]["Properties"]
+    # THEN the resource points at the file, and every ${...} in it is substituted (and nothing more)
+    assert props["DefinitionUri"] == "backfill/statemachine.asl.json"
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == set(props["DefinitionSubstitutions"])
+    assert props["DefinitionSubstitutions"] == {f"{n}Arn": {"Fn::GetAtt": [n, "Arn"]} for n in BACKFILL_FUNCTIONS}
+    # AND Plan -> a Distributed Map over the plan's units -> Finish
+    states = definition["States"]
+    assert definition["StartAt"] == "Plan" and states["Plan"]["Next"] == "Units"
+    units = states["Units"]
+    assert units["Type"] == "Map" and units["ItemsPath"] == "$.units"
+    assert units["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert 0 < units["MaxConcurrency"] <= 1000
+    assert units["ResultPath"] is None  # results of thousands of items must not reach the 256 KiB payload limit
+    assert units["Next"] == "Finish" and states["Finish"]["End"] is True
+    # AND each unit loops ProcessUnit -> Choice on $.done, back to ProcessUnit until done
+    inner = units["ItemProcessor"]["States"]
+    choice = inner[inner["ProcessUnit"]["Next"]]
+    assert choice["Type"] == "Choice" and choice["Default"] == "ProcessUnit"
+    done_rule = next(r for r in choice["Choices"] if r["Variable"] == "$.done")
+    assert done_rule["BooleanEquals"] is True and inner[done_rule["Next"]]["Type"] == "Succeed"
+    # AND every Lambda task retries Lambda's transient service errors
+    tasks = [states["Plan"], inner["ProcessUnit"], states["Finish"]]
+    for task in tasks:
+        retried = {e for rule in task["Retry"] for e in rule["ErrorEquals"]}
+        assert {"Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+                "Lambda.TooManyRequestsException"} <= retried, task["Parameters"]["FunctionName"]
+
+
+def _lint_definition(definition: dict[str, Any]) -> list[str]:
+    """cfn-lint's Step Functions schema (E3601) on the definition, inlined with made-up ARNs."""
+    text = re.sub(r"\$\{(\w+)\}", r"arn:aws:lambda:us-east-1:123456789012:function:\1", json.dumps(definition))
+    doc = {"Resources": {"Machine": {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+        "RoleArn": "arn:aws:iam::123456789012:role/backfill", "Definition": json.loads(text)}}}}
+    return [str(m) for m in lint(json.dumps(doc))]
+
+
+def test_state_machine_definition_passes_the_states_language_schema():
+    # GIVEN the definition / WHEN cfn-lint validates it against the States Language schema / THEN it is clean
+    assert _lint_definition(backfill_definition()) == []
+    # AND the check is real: a Choice rule comparing with a string is reported
+    broken = backfill_definition()
+    broken["States"]["Units"]["ItemProcessor"]["States"]["UnitDone?"]["Choices"][0]["BooleanEquals"] = "yes"
+    assert any("E3601" in m for m in _lint_definition(broken))
+
+
+def test_sam_transform_builds_the_state_machine_with_our_role():
+    # GIVEN the SAM transform / WHEN we look at the state machine
+    doc = translated()
+    machine = resources_of(doc, "AWS::StepFunctions::StateMachine")["BackfillStateMachine"]["Properties"]
+    # THEN it runs as BackfillStateMachineRole (no SAM-generated role) with the substitutions
+    assert machine["RoleArn"] == {"Fn::GetAtt": ["BackfillStateMachineRole", "Arn"]}
+    assert set(machine["DefinitionSubstitutions"]) == {f"{n}Arn" for n in BACKFILL_FUNCTIONS}
+    assert machine["StateMachineName"] == {"Fn::Sub": STATE_MACHINE_NAME}
+    assert machine["StateMachineType"] == "STANDARD"

@@ -1,0 +1,164 @@
+"""`dynashift backup create|list|prune` and `dynashift enable-streams`.
+
+Thin: options in, `shared.backup` / `shared.streams_setup` do the work, rich
+renders. Registered in `shared.cli`, one line per command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.backup import EXPORT, KINDS, ON_DEMAND, BackupManager, BackupRecord, iso_ms
+from shared.cli_context import Context, console, pass_ctx
+from shared.errors import DynashiftError, UsageError
+from shared.settings import load_settings
+
+
+def stdin_is_interactive() -> bool:
+    """Whether a person can answer a question (patched in tests)."""
+    return sys.stdin.isatty()
+
+
+@click.group("backup")
+def backup() -> None:
+    """On-demand backups and PITR exports of the legacy tables (migration plan, phase 2)."""
+
+
+@backup.command("create")
+@click.option("--kind", type=click.Choice(["both", ON_DEMAND, EXPORT]), default="both", show_default=True,
+              help="on_demand: CreateBackup; export: ExportTableToPointInTime to S3; both.")
+@click.option("--bucket", help="S3 bucket for the exports (default: setting backup_bucket).")
+@click.option("--enable-pitr", is_flag=True, help="Turn on point-in-time recovery where an export needs it.")
+@click.option("--no-wait", is_flag=True, help="Start the backups and return; `backup list` shows their progress.")
+@pass_ctx
+def backup_create(ctx: Context, kind: str, bucket: str | None, enable_pitr: bool, no_wait: bool) -> None:
+    """Back up every legacy table, record it in the control table, and wait until it is done.
+
+    Checks everything first (tables, point-in-time recovery, bucket), so a
+    refused run starts nothing. After a completed export it prints the dry
+    run that tests the migration against that backup data.
+    """
+    settings = load_settings(**{**ctx.overrides, "backup_bucket": bucket}) if bucket else ctx.settings
+    manager = BackupManager(settings)
+    kinds = list(KINDS) if kind == "both" else [kind]
+    with console.status("checking the tables and starting the backups"):
+        records = manager.start(kinds, enable_pitr=enable_pitr)
+    for record in records:
+        console.print(f"started {_label(record)}: {record.arn}", markup=False, highlight=False, soft_wrap=True)
+    if no_wait:
+        console.print("not waiting: `dynashift backup list` shows how they are doing")
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        tasks = {r.sk: progress.add_task(f"{_label(r)}: {r.status}", total=None) for r in records}
+
+        def show(record: BackupRecord) -> None:
+            progress.update(tasks[record.sk], description=f"{_label(record)}: {record.status}")
+
+        final = manager.wait(records, on_update=show)
+    console.print(_records_table(final, time.time()))
+    for record in final:
+        if record.kind == EXPORT and record.completed:
+            console.print(f"test the migration against this export of {record.source or record.table}:")
+            console.print(f"  dynashift backfill run --dry-run --table {record.source or record.table} "
+                          f"--source export:{record.s3_uri}", markup=False, highlight=False, soft_wrap=True)
+    failed = [r for r in final if not r.completed]
+    if failed:
+        raise DynashiftError(
+            f"{len(failed)} of {len(final)} backups did not complete: "
+            + "; ".join(f"{_label(r)} {r.status}" + (f" ({r.failure})" if r.failure else "") for r in failed)
+        )
+
+
+@backup.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_ctx
+def backup_list(ctx: Context, as_json: bool) -> None:
+    """The recorded backups, newest first (unfinished ones are re-read from AWS)."""
+    records = BackupManager(ctx.settings).records(refresh=True)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        return
+    if not records:
+        console.print("no backups recorded yet: `dynashift backup create` makes them")
+        return
+    console.print(_records_table(records, time.time()))
+
+
+@backup.command("prune")
+@click.option("--retention-days", type=click.IntRange(min=1), help="Keep this many days (default: setting "
+              "backup_retention_days, 7).")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
+@pass_ctx
+def backup_prune(ctx: Context, retention_days: int | None, yes: bool) -> None:
+    """Delete backups and exports older than the retention, and their records.
+
+    Never anything newer than the retention, never a table. Without --yes it
+    shows what it would delete and asks (and refuses when nobody can answer).
+    """
+    days = retention_days or ctx.settings.backup_retention_days
+    manager = BackupManager(ctx.settings)
+    cutoff, candidates = manager.prune_candidates(days)
+    if not candidates:
+        console.print(f"nothing is older than {days} days (before {iso_ms(cutoff)})")
+        return
+    console.print(f"older than {days} days (before {iso_ms(cutoff)}), to be deleted:")
+    console.print(_records_table(candidates, time.time()))
+    if not yes:
+        if not stdin_is_interactive():
+            raise UsageError("backup prune: not confirmed and stdin is not a terminal; add --yes to delete")
+        if not click.confirm(f"delete these {len(candidates)} backups?", default=False):
+            raise UsageError("backup prune: not confirmed; nothing deleted")
+    report = manager.prune(candidates, cutoff)
+    console.print(f"deleted {len(report.backups_deleted)} on-demand backups and {report.objects_deleted} export "
+                  f"objects; removed {report.records_removed} records")
+    for record, why in report.kept:
+        console.print(f"kept {_label(record)} from {iso_ms(record.created_at)}: {why}", markup=False)
+
+
+@click.command("enable-streams")
+@pass_ctx
+def enable_streams_command(ctx: Context) -> None:
+    """Turn on NEW_AND_OLD_IMAGES streams on the legacy tables and print the `sam deploy` line.
+
+    Idempotent. Refuses (exit 2) a table whose stream has another view type.
+    """
+    from shared.streams_setup import enable_streams, sam_deploy_command
+
+    with console.status("reading the legacy tables") as status:
+        results = enable_streams(ctx.settings, on_progress=status.update)
+    for result in results:
+        console.print(f"{result.table} ({result.physical}): {result.outcome}, stream {result.stream_arn}",
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print("deploy the mirror with:")
+    console.print("  " + sam_deploy_command(ctx.settings, results), markup=False, highlight=False, soft_wrap=True)
+
+
+def _label(record: BackupRecord) -> str:
+    return f"{record.kind.replace('_', '-')} of {record.table}"
+
+
+def _records_table(records: list[BackupRecord], now: float) -> Table:
+    view = Table(title="backups")
+    for column in ("created", "age", "table", "kind", "status"):
+        view.add_column(column, no_wrap=column == "created")
+    view.add_column("where", overflow="fold")  # ARNs and URIs are copied whole, never cut
+    for r in records:
+        where = r.s3_uri if r.kind == EXPORT else r.arn
+        status = r.status + (f" ({r.failure})" if r.failure else "")
+        view.add_row(iso_ms(r.created_at), _age(now - r.created_at), r.table, r.kind, status, where)
+    return view
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{max(seconds, 0) / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

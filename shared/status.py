@@ -1,0 +1,186 @@
+"""`dynashift status` and the quarantine operations: read the control table, say where things stand.
+
+`gather` collects one screen's worth, each part read the cheapest way (a
+GetItem or a Query; never a scan of a data table):
+
+* the cutover mode: control item ``MODE`` / ``MODE``, attribute ``mode``;
+  ``old`` when absent (the mode module owns the writes; only the raw item is
+  read here);
+* backfill progress per table (`backfill.run.status`);
+* the mirror's checkpoints: per source table, its latest stream ARN, then
+  the items ``CHECKPOINT#<arn>`` / ``<shard id>`` written by
+  `shared.stream_runner` (``updated_at``, ``finished``, ``sequence_number``);
+  age = now - updated_at. A runner only writes a checkpoint when it applied
+  something, so on an idle table the age grows although nothing is behind;
+* quarantine counts by reason (`ControlStore.quarantine_list`);
+* the last verify result (`shared.verify.last_verify`);
+* the last backup: items ``BACKUP`` / ``<ISO timestamp>...`` (written by the
+  backup module), newest first; None when there is none yet.
+
+`retry_quarantine` re-reads each quarantined source item strongly and
+applies it again through the validated write (`Applier.apply_validated`):
+for when a collision cleared or the transform was fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import aws
+from shared.apply import Applier
+from shared.aws import translate
+from shared.codec import to_native
+from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
+from shared.definition import get_definition
+from shared.settings import Settings
+from shared.verify import jsonable, last_verify, preflight
+
+MODE_DEFAULT = "old"
+
+
+def read_mode(client: Any, settings: Settings) -> str:
+    try:
+        response = client.get_item(TableName=settings.control_table, Key={"PK": {"S": "MODE"}, "SK": {"S": "MODE"}},
+                                   ConsistentRead=True)
+    except Exception as exc:
+        raise translate(exc, f"read the mode from {settings.control_table}") from exc
+    item = response.get("Item") or {}
+    return item.get("mode", {}).get("S", MODE_DEFAULT)
+
+
+def _query_all(client: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    while True:
+        page = client.query(**kwargs)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def mirror_checkpoints(client: Any, settings: Settings, now: float) -> list[dict[str, Any]]:
+    rows = []
+    for source in get_definition(settings.migration).sources:
+        physical = settings.physical_name(source.name)
+        try:
+            arn = client.describe_table(TableName=physical)["Table"].get("LatestStreamArn")
+        except Exception as exc:
+            raise translate(exc, f"describe {physical}") from exc
+        if not arn:
+            rows.append({"table": source.name, "stream_arn": None, "shard_id": None, "age_s": None,
+                         "finished": None, "note": "no stream"})
+            continue
+        try:
+            items = _query_all(client, TableName=settings.control_table, KeyConditionExpression="PK = :pk",
+                               ExpressionAttributeValues={":pk": {"S": f"CHECKPOINT#{arn}"}})
+        except Exception as exc:
+            raise translate(exc, "read mirror checkpoints") from exc
+        if not items:
+            rows.append({"table": source.name, "stream_arn": arn, "shard_id": None, "age_s": None,
+                         "finished": None, "note": "no checkpoint yet (the mirror has not applied anything)"})
+        for raw in items:
+            updated = float(raw["updated_at"]["N"]) if "updated_at" in raw else None
+            rows.append({
+                "table": source.name,
+                "stream_arn": arn,
+                "shard_id": raw["SK"]["S"],
+                "age_s": round(now - updated, 1) if updated is not None else None,
+                "finished": raw.get("finished", {}).get("BOOL", False),
+                "sequence_number": raw.get("sequence_number", {}).get("S"),
+            })
+    return rows
+
+
+def last_backup(client: Any, settings: Settings) -> dict[str, Any] | None:
+    try:
+        page = client.query(TableName=settings.control_table, KeyConditionExpression="PK = :pk",
+                            ExpressionAttributeValues={":pk": {"S": "BACKUP"}}, ScanIndexForward=False, Limit=1,
+                            ConsistentRead=True)
+    except Exception as exc:
+        raise translate(exc, "read the last backup") from exc
+    items = page.get("Items", [])
+    if not items:
+        return None
+    item = jsonable(to_native(items[0]))
+    return {name: item.get(name) for name in ("SK", "table", "kind", "created_at", "status")}
+
+
+async def quarantine_entries(settings: Settings, reason: str | None = None) -> list[QuarantineEntry]:
+    await asyncio.to_thread(preflight, settings, [settings.control_table])
+    async with aws.aio_dynamodb(settings) as client:
+        return await ControlStore(client, settings.control_table).quarantine_list(reason)
+
+
+def quarantine_counts(entries: list[QuarantineEntry]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.reason] = counts.get(entry.reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def entry_as_dict(entry: QuarantineEntry, *, with_image: bool = True) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "table": entry.ref.table,
+        "key": list(entry.ref.key),
+        "reason": entry.reason,
+        "message": entry.message,
+        "detected_at": entry.detected_at,
+        "held_keys": sorted(list(k) for k in entry.held_keys),
+        "collision_key": list(entry.collision_key) if entry.collision_key else None,
+    }
+    if with_image:
+        row["image"] = jsonable(entry.image)
+    return row
+
+
+def gather(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
+    """Everything `dynashift status` shows, as plain data."""
+    from backfill.run import status as backfill_status
+
+    now = clock()
+    client = aws.dynamodb(settings)
+    entries = asyncio.run(quarantine_entries(settings))
+    return {
+        "at": now,
+        "mode": read_mode(client, settings),
+        "backfill": backfill_status(settings),
+        "mirror": mirror_checkpoints(client, settings, now),
+        "quarantine": {"total": len(entries), "by_reason": quarantine_counts(entries)},
+        "verify": last_verify(settings),
+        "backup": last_backup(client, settings),
+    }
+
+
+@dataclass
+class RetryReport:
+    retried: int = 0
+    left: int = 0  # left quarantine
+    deleted: int = 0  # the source item is gone: the mirror's REMOVE clears its entry
+    still: dict[str, int] = field(default_factory=dict)
+
+
+async def retry_quarantine(settings: Settings, reason: str | None = None) -> RetryReport:
+    """Re-read each quarantined item (strongly) and apply it again, validated; report who left."""
+    report = RetryReport()
+    await asyncio.to_thread(preflight, settings, [settings.control_table])
+    definition = get_definition(settings.migration)
+    async with aws.aio_dynamodb(settings) as client:
+        control = ControlStore(client, settings.control_table)
+        applier = Applier(settings, definition, client, control)
+        applier.tombstones = await StaleWriterRegistry(client, settings.control_table).active()
+        for entry in await control.quarantine_list(reason):
+            report.retried += 1
+            image, _ = await applier.read_source(entry.ref)
+            if image is None:
+                report.deleted += 1
+                continue
+            result = await applier.apply_validated(entry.ref, held=entry.held_keys)
+            if result.quarantined is None and result.cleared_quarantine:
+                report.left += 1
+            else:
+                why = result.quarantined.reason if result.quarantined else entry.reason
+                report.still[why] = report.still.get(why, 0) + 1
+    return report

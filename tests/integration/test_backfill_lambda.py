@@ -1,0 +1,413 @@
+"""The backfill in AWS, on DynamoDB Local: the Lambda handlers driven by the real state machine.
+
+`AslDriver` runs `backfill/statemachine.asl.json` in Python: it follows the
+definition's own states (Task, Map, Choice, Wait, Succeed), its paths,
+ItemSelector, OutputPath and ResultPath, and calls the handler that each
+`${...FunctionArn}` substitution stands for, with a fake Lambda context. A
+construct it does not know fails the test, so a change to the definition is
+either understood here or noticed.
+
+The fake context gives each invocation a budget of pages: `run_unit` asks for
+the remaining time exactly once before each page, and after `pages` asks the
+time left falls below the margin, as a Lambda nearing its limit would see.
+
+Knobs for speed: a short fence (registry refresh and margin of 0.2 s), unit
+leases of 5 s, pages of 25 items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from backfill.lambda_unit import BackfillInput, RunSpec
+from backfill.run import status
+from backfill.units import UnitStore
+from handlers.backfill import finish_handler, plan_handler, unit_handler
+from shared import aws
+from shared.convergence import check_tables
+from shared.errors import UsageError
+from shared.live import MirrorThread, WorkloadThread
+from shared.seed import seed
+from shared.settings import PROJECT_ROOT, Settings, get_settings
+from shared.workload import Workload
+from tests.integration.helpers import make_tables
+
+pytestmark = pytest.mark.integration
+
+ASL_PATH = PROJECT_ROOT / "backfill" / "statemachine.asl.json"
+FUNCTIONS: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
+    "${BackfillPlanFunctionArn}": plan_handler,
+    "${BackfillUnitFunctionArn}": unit_handler,
+    "${BackfillFinishFunctionArn}": finish_handler,
+}
+PAGE_ITEMS = 25
+PAGES_PER_INVOCATION = 2
+MARGIN_S = 30.0
+
+
+class Killed(BaseException):
+    """The Lambda runtime stopping an invocation dead (not an exception the code may catch)."""
+
+
+class FakeContext:
+    """A Lambda context whose remaining time falls below the margin after `pages` asks."""
+
+    function_name = "dynashift-backfill-test"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:dynashift-backfill-test"
+
+    def __init__(self, pages: int = PAGES_PER_INVOCATION, on_ask: Callable[[int], None] | None = None) -> None:
+        self.pages = pages
+        self.asks = 0
+        self.on_ask = on_ask
+        self.aws_request_id = f"req-{id(self):x}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.asks += 1
+        if self.on_ask:
+            self.on_ask(self.asks)
+        return 900_000 if self.asks <= self.pages else int(MARGIN_S * 1000) - 1
+
+
+# ------------------------------------------------------------------ ASL driver
+class AslDriver:
+    """Runs the state machine definition the way Step Functions would, for the subset it uses."""
+
+    def __init__(self, definition: dict[str, Any], execution_name: str, map_threads: int = 4) -> None:
+        self.definition = definition
+        self.execution = {"Name": execution_name}
+        self.map_threads = map_threads
+        self.invocations: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+        self.waits: list[int] = []
+        self.lock = threading.Lock()
+
+    def run(self, execution_input: dict[str, Any]) -> Any:
+        return self._states(self.definition, execution_input, {"Execution": self.execution})
+
+    def _states(self, machine: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+        name = machine["StartAt"]
+        while True:
+            state = machine["States"][name]
+            kind = state["Type"]
+            if kind == "Choice":
+                name = self._choose(state, data)
+                continue
+            if kind == "Succeed":
+                return data
+            if kind == "Task":
+                data = self._task(state, data, context)
+            elif kind == "Map":
+                data = self._map(state, data, context)
+            elif kind == "Wait":
+                seconds = _path(data, state["SecondsPath"], context)
+                assert isinstance(seconds, int) and seconds >= 0, f"Wait.SecondsPath gave {seconds!r}"
+                with self.lock:
+                    self.waits.append(seconds)
+                time.sleep(seconds)
+            else:
+                raise AssertionError(f"the driver does not know state type {kind} ({name})")
+            if state.get("End"):
+                return data
+            name = state["Next"]
+
+    def _task(self, state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+        assert state["Resource"] == "arn:aws:states:::lambda:invoke"
+        known = {"Type", "Resource", "Parameters", "OutputPath", "Retry", "Next", "End", "Comment"}
+        assert set(state) <= known, f"unsupported Task fields {set(state) - known}"
+        params = _resolve(state["Parameters"], data, context)
+        handler = FUNCTIONS[params["FunctionName"]]
+        payload = json.loads(json.dumps(params["Payload"]))  # what crosses the wire is JSON
+        result = handler(payload, FakeContext())
+        json.dumps(result)  # must be JSON-able
+        with self.lock:
+            self.invocations.append((params["FunctionName"], payload, result))
+        return _path({"Payload": result, "StatusCode": 200}, state.get("OutputPath", "$"), context)
+
+    def _map(self, state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+        processor = state["ItemProcessor"]
+        assert processor["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+        items = _path(data, state["ItemsPath"], context)
+
+        def child(index: int, item: Any) -> Any:
+            item_context = {**context, "Map": {"Item": {"Index": index, "Value": item}}}
+            selected = _resolve(state["ItemSelector"], data, item_context)
+            return self._states(processor, selected, {"Execution": {"Name": f"{self.execution['Name']}/{index}"}})
+
+        workers = min(self.map_threads, state["MaxConcurrency"])
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(child, range(len(items)), items))
+        assert "ResultPath" in state and state["ResultPath"] is None, "the Map must not carry its results on"
+        del results
+        return data
+
+    @staticmethod
+    def _choose(state: dict[str, Any], data: Any) -> str:
+        for rule in state["Choices"]:
+            value = _path(data, rule["Variable"], {})  # a missing variable is a runtime error, as in AWS
+            if "BooleanEquals" in rule:
+                matched = value is rule["BooleanEquals"]
+            elif "NumericGreaterThan" in rule:
+                matched = isinstance(value, int | float) and value > rule["NumericGreaterThan"]
+            else:
+                raise AssertionError(f"the driver does not know the Choice rule {rule}")
+            if matched:
+                return rule["Next"]
+        return state["Default"]
+
+
+def _path(data: Any, path: str, context: dict[str, Any]) -> Any:
+    if path.startswith("$$"):
+        data, path = context, path[1:]
+    assert path == "$" or path.startswith("$."), f"unsupported path {path}"
+    for part in path[2:].split(".") if path != "$" else []:
+        assert isinstance(data, dict) and part in data, f"path {path}: no {part!r} (States.Runtime in AWS)"
+        data = data[part]
+    return data
+
+
+def _resolve(template: Any, data: Any, context: dict[str, Any]) -> Any:
+    if isinstance(template, dict):
+        out = {}
+        for key, value in template.items():
+            if key.endswith(".$"):
+                out[key[:-2]] = copy.deepcopy(_path(data, value, context))
+            else:
+                out[key] = _resolve(value, data, context)
+        return out
+    return template
+
+
+# -------------------------------------------------------------------- fixtures
+@pytest.fixture
+def lambda_env(sc_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The handlers read settings from the environment, as in Lambda (Globals in template.yaml)."""
+    env = {
+        "DYNASHIFT_ENDPOINT_URL": sc_settings.effective_endpoint or "",
+        "DYNASHIFT_TABLE_NAMES": json.dumps(sc_settings.table_names),
+        "DYNASHIFT_TARGET_TABLE": sc_settings.target_table,
+        "DYNASHIFT_CONTROL_TABLE": sc_settings.control_table,
+        "DYNASHIFT_STALE_WRITER_REFRESH_S": "0.2",
+        "DYNASHIFT_CONSISTENCY_MARGIN_S": "0.2",
+        "DYNASHIFT_BACKFILL_LEASE_S": "5",
+        "DYNASHIFT_BACKFILL_DEADLINE_MARGIN_S": str(MARGIN_S),
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    make_tables(settings)
+    yield settings
+    get_settings.cache_clear()
+
+
+def _seed(settings: Settings, accounts: int, repos: int) -> int:
+    asyncio.run(seed(settings, accounts, repos, 0.03, 5))
+    client = aws.dynamodb(settings)
+    return sum(
+        client.describe_table(TableName=settings.physical_name(t))["Table"]["ItemCount"]
+        for t in ("sc-accounts", "sc-repositories")
+    )
+
+
+def _unit(settings: Settings, table: str, number: int) -> Any:
+    async def load() -> Any:
+        async with aws.aio_dynamodb(settings) as client:
+            run = await UnitStore(client, settings.control_table).load(table)
+        return next(u for u in run.units if u.number == number)
+
+    return asyncio.run(load())
+
+
+def _registry(settings: Settings) -> list[dict[str, Any]]:
+    return aws.dynamodb(settings).query(
+        TableName=settings.control_table, KeyConditionExpression="PK = :pk",
+        ExpressionAttributeValues={":pk": {"S": "STALE_WRITERS"}}, ConsistentRead=True,
+    )["Items"]
+
+
+def _plan(settings: Settings, **request: Any) -> dict[str, Any]:
+    body = {"segments": 2, "page_items": PAGE_ITEMS, "allow_no_mirror": True, **request}
+    return plan_handler({"request": body, "execution": "exec-1"}, FakeContext())
+
+
+# ------------------------------------------------------------------------ tests
+def test_state_machine_backfills_while_the_application_writes(lambda_env):
+    # GIVEN seeded legacy tables, the mirror running and a live workload
+    settings = lambda_env
+    _seed(settings, 40, 160)
+    mirror = MirrorThread(settings, start_from="latest").start()
+    workload = WorkloadThread(settings, Workload(seed=3), rate_per_s=20).start()
+    try:
+        # WHEN the state machine runs, each unit invocation getting time for two pages
+        driver = AslDriver(json.loads(ASL_PATH.read_text()), "exec-live")
+        result = driver.run({"table": "all", "segments": 2, "page_items": PAGE_ITEMS})
+    finally:
+        workload.stop()
+        mirror.stop()
+    # THEN the Finish step reports both tables, and the run's stale-writer registration is gone
+    assert result["run_id"] == "exec-live" and set(result["tables"]) == {"sc-accounts", "sc-repositories"}
+    assert _registry(settings) == []
+    # AND units were worked over several invocations, each stopping at its page budget
+    unit_calls = [(p, r) for f, p, r in driver.invocations if f == "${BackfillUnitFunctionArn}"]
+    per_unit = Counter((r["table"], r["unit"]) for _, r in unit_calls)
+    assert len(per_unit) == 4 and max(per_unit.values()) >= 2
+    assert all(r["pages"] == PAGES_PER_INVOCATION for _, r in unit_calls if not r["done"] and r["wait_s"] == 0)
+    # AND every unit was completed exactly once, and sc-main equals the transform of the legacy tables
+    rows = status(settings)
+    assert all(r["units_done"] == r["units_total"] == 2 and r["max_completions_per_unit"] == 1 for r in rows)
+    assert all(r["finished"] for r in rows)
+    assert len(workload.acknowledged) > 10
+    convergence = check_tables(settings)
+    assert convergence.ok, convergence.summary()
+
+
+def test_unit_invocations_resume_and_a_racing_invocation_does_nothing(lambda_env, monkeypatch):
+    # GIVEN a planned run over a quiet, seeded table, with leases long enough to outlast the racer
+    # (it runs while the first invocation's event loop is blocked, heartbeats included)
+    monkeypatch.setenv("DYNASHIFT_BACKFILL_LEASE_S", "10")
+    get_settings.cache_clear()
+    settings = get_settings()
+    total = _seed(settings, 40, 160)
+    plan = _plan(settings)
+    run = plan["run"]
+    assert {"table": "sc-repositories", "unit": 1} in plan["units"]
+    item = {"run": run, "table": "sc-repositories", "unit": 1}
+
+    # WHEN a second "Lambda" is invoked on the unit while the first holds it (at the first page)
+    raced: dict[str, Any] = {}
+
+    def race(ask: int) -> None:
+        if ask == 1:
+            thread = threading.Thread(target=lambda: raced.update(unit_handler(dict(item), FakeContext())))
+            thread.start()
+            thread.join()
+
+    first = unit_handler(dict(item), FakeContext(on_ask=race))
+    # THEN the racer did no work and was told to wait for the lease
+    assert raced["done"] is False and raced["pages"] == 0 and raced["wait_s"] >= 1 and raced["read"] == 0
+    # AND the first stopped after its two pages with a checkpoint, and gave the unit back
+    assert first["done"] is False and first["pages"] == PAGES_PER_INVOCATION and first["wait_s"] == 0
+    assert first["read"] == PAGES_PER_INVOCATION * PAGE_ITEMS
+    unit = _unit(settings, "sc-repositories", 1)
+    assert unit.status == "pending" and unit.cursor is not None and unit.owner is None
+
+    # WHEN invoked again (as the Choice loop does) until done
+    outputs = [first]
+    while not outputs[-1]["done"]:
+        outputs.append(unit_handler(outputs[-1], FakeContext()))
+        assert len(outputs) < 20
+    # THEN each invocation continued where the last one stopped, and the unit completed once
+    reads = [o["read"] for o in outputs]
+    assert reads == sorted(reads) and len(outputs) >= 3
+    assert outputs[-1]["completions"] == 1
+    # AND an invocation on a done unit returns done at once
+    again = unit_handler(dict(item), FakeContext())
+    assert again["done"] is True and again["pages"] == 0 and again["completions"] == 1
+
+    # WHEN the other units run and the run is finished
+    for other in plan["units"]:
+        out = {"run": run, **other}
+        while not out.get("done"):
+            out = unit_handler(out, FakeContext(pages=1000))
+    finished = finish_handler({"run": run}, FakeContext())
+    # THEN every source item was read exactly once over all the invocations, and sc-main converged
+    assert sum(v["read"] for v in finished["totals"].values()) == total
+    convergence = check_tables(settings)
+    assert convergence.ok, convergence.summary()
+
+
+def test_a_killed_invocation_is_resumed_from_its_checkpoint(lambda_env):
+    # GIVEN a planned run
+    settings = lambda_env
+    _seed(settings, 40, 200)
+    plan = _plan(settings)
+    item = {"run": plan["run"], "table": "sc-repositories", "unit": 0}
+
+    # WHEN an invocation is killed dead before its third page (after two checkpoints)
+    def kill(ask: int) -> None:
+        if ask == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        unit_handler(dict(item), FakeContext(pages=1000, on_ask=kill))
+    # THEN the unit stays leased to the dead invocation, with the checkpoint of its two pages
+    unit = _unit(settings, "sc-repositories", 0)
+    assert unit.status == "running" and unit.read == 2 * PAGE_ITEMS and unit.cursor is not None
+
+    # WHEN the next invocation comes while that lease still runs
+    early = unit_handler(dict(item), FakeContext())
+    # THEN it does nothing and says how long to wait
+    assert early["done"] is False and early["pages"] == 0 and 1 <= early["wait_s"] <= 6
+    assert early["read"] == 2 * PAGE_ITEMS
+
+    # WHEN it comes again after the wait (the state machine's WaitForLease)
+    time.sleep(early["wait_s"])
+    resumed = unit_handler(dict(item), FakeContext(pages=1000))
+    # THEN it resumes from the checkpoint and finishes: nothing read twice, completed once
+    assert resumed["done"] is True and resumed["completions"] == 1
+    segment_items = _count_segment(settings, "sc-repositories", 0, 2)
+    assert resumed["read"] == segment_items
+    # AND once the other units are done too, finishing converges
+    for other in plan["units"]:
+        out = {"run": plan["run"], **other}
+        while not out.get("done"):
+            out = unit_handler(out, FakeContext(pages=1000))
+    finish_handler({"run": plan["run"]}, FakeContext())
+    convergence = check_tables(settings)
+    assert convergence.ok, convergence.summary()
+
+
+def test_finish_refuses_while_units_are_not_done(lambda_env):
+    # GIVEN a planned run whose units never ran
+    plan = _plan(lambda_env, table="sc-accounts")
+    # WHEN Finish is invoked / THEN it fails with one line naming the run, and keeps the registration
+    from shared.errors import BackfillIncomplete
+
+    with pytest.raises(BackfillIncomplete, match="exec-1 is not finished"):
+        finish_handler({"run": plan["run"]}, FakeContext())
+    assert len(_registry(lambda_env)) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ({"segments": 0}, "segments"),
+        ({"write_mode": "batch"}, "write_mode"),
+        ({"tabel": "all"}, "tabel"),
+        ({"page_items": "many"}, "page_items"),
+    ],
+)
+def test_bad_execution_input_is_one_clear_usage_error(raw, problem):
+    # GIVEN a malformed execution input / WHEN parsed / THEN a UsageError names the field
+    with pytest.raises(UsageError, match=problem):
+        BackfillInput.parse(raw)
+
+
+def test_unit_event_without_a_run_is_refused():
+    # GIVEN a unit event that lost its run / WHEN handled / THEN a UsageError says so
+    with pytest.raises(UsageError, match="malformed run"):
+        RunSpec.from_json({"run_id": "x"})
+
+
+def _count_segment(settings: Settings, table: str, segment: int, total: int) -> int:
+    client = aws.dynamodb(settings)
+    count, kwargs = 0, {"TableName": settings.physical_name(table), "Segment": segment, "TotalSegments": total,
+                        "Select": "COUNT"}
+    while True:
+        page = client.scan(**kwargs)
+        count += page["Count"]
+        if "LastEvaluatedKey" not in page:
+            return count
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+

@@ -1,0 +1,162 @@
+"""`enable-streams` with moto, the `sam deploy` line, and the example samconfig.toml."""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from shared.cli import main
+from shared.errors import ConfigError, StoreError, UsageError
+from shared.settings import PROJECT_ROOT, Settings, load_settings
+from shared.streams_setup import SAM_PARAMETERS, StreamResult, enable_streams, sam_deploy_command
+from shared.tables import load_template
+
+LEGACY = ("sc-accounts", "sc-repositories")
+
+
+def ddb() -> Any:
+    return boto3.client("dynamodb", region_name="us-east-1")
+
+
+def create_legacy(name: str, key: str, stream_view: str | None = None) -> None:
+    extra = {"StreamSpecification": {"StreamEnabled": True, "StreamViewType": stream_view}} if stream_view else {}
+    ddb().create_table(TableName=name, AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+                       KeySchema=[{"AttributeName": key, "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST",
+                       **extra)
+
+
+def stream_of(name: str) -> tuple[str | None, str | None]:
+    table = ddb().describe_table(TableName=name)["Table"]
+    spec = table.get("StreamSpecification") or {}
+    return (spec.get("StreamViewType") if spec.get("StreamEnabled") else None), table.get("LatestStreamArn")
+
+
+@pytest.fixture
+def settings() -> Iterator[Settings]:
+    with mock_aws():
+        yield load_settings()
+
+
+def test_enables_new_and_old_images_and_is_idempotent(settings):
+    # GIVEN legacy tables without streams
+    create_legacy("sc-accounts", "accountId")
+    create_legacy("sc-repositories", "repoId")
+    # WHEN enabling
+    first = enable_streams(settings, sleep=lambda _s: None)
+    # THEN both stream NEW_AND_OLD_IMAGES, and the results carry the tables' stream ARNs
+    assert [(r.table, r.outcome) for r in first] == [("sc-accounts", "enabled"), ("sc-repositories", "enabled")]
+    for result in first:
+        view, arn = stream_of(result.physical)
+        assert view == "NEW_AND_OLD_IMAGES" and arn == result.stream_arn
+        assert f":table/{result.physical}/stream/" in result.stream_arn
+    # WHEN enabling again / THEN nothing changes and it says so
+    again = enable_streams(settings, sleep=lambda _s: None)
+    assert [(r.outcome, r.stream_arn) for r in again] == [("already enabled", r.stream_arn) for r in first]
+
+
+def test_a_stream_with_another_view_type_is_refused_before_anything_changes(settings, capsys):
+    # GIVEN sc-accounts without a stream, sc-repositories with a KEYS_ONLY stream
+    create_legacy("sc-accounts", "accountId")
+    create_legacy("sc-repositories", "repoId", "KEYS_ONLY")
+    # WHEN enabling through the CLI / THEN exit 2 with one line naming the table and the view type
+    assert main(["enable-streams"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "sc-repositories" in err[0] and "KEYS_ONLY" in err[0]
+    # AND the other table was left alone
+    assert stream_of("sc-accounts") == (None, None)
+    assert stream_of("sc-repositories")[0] == "KEYS_ONLY"
+
+
+def test_a_missing_legacy_table_is_one_line(settings, capsys):
+    create_legacy("sc-accounts", "accountId")
+    assert main(["enable-streams"]) == 2
+    err = capsys.readouterr().err
+    assert "legacy table sc-repositories (sc-repositories) not found" in err
+    with pytest.raises(StoreError):
+        enable_streams(settings)
+
+
+def test_cli_prints_the_sam_deploy_line_with_the_stream_arns(settings, capsys, monkeypatch):
+    # GIVEN physical names that differ from the logical ones
+    monkeypatch.setenv("DYNASHIFT_TABLE_NAMES", '{"sc-accounts": "prod-accounts", "sc-repositories": "prod-repos"}')
+    create_legacy("prod-accounts", "accountId")
+    create_legacy("prod-repos", "repoId")
+    assert main(["enable-streams"]) == 0
+    out = capsys.readouterr().out
+    line = next(line.strip() for line in out.splitlines() if line.strip().startswith("sam deploy"))
+    overrides = dict(word.split("=", 1) for word in shlex.split(line)[3:])
+    # THEN the line names exactly the template's parameters, with the real ARNs
+    assert overrides == {
+        "AccountsTableName": "prod-accounts", "AccountsStreamArn": stream_of("prod-accounts")[1],
+        "RepositoriesTableName": "prod-repos", "RepositoriesStreamArn": stream_of("prod-repos")[1],
+    }
+
+
+def test_sam_line_adds_non_default_target_and_control_names_and_checks_the_template():
+    settings = load_settings(target_table="main-v2")
+    results = [StreamResult("sc-accounts", "sc-accounts", "arn:a", "enabled"),
+               StreamResult("sc-repositories", "sc-repositories", "arn:r", "enabled")]
+    line = sam_deploy_command(settings, results)
+    assert "TargetTableName=main-v2" in line and "ControlTableName" not in line
+    # GIVEN a template that lacks a parameter / THEN the gap is named instead of a line sam would reject
+    template = load_template()
+    del template["Parameters"]["RepositoriesStreamArn"]
+    with pytest.raises(ConfigError, match="RepositoriesStreamArn"):
+        sam_deploy_command(settings, results, template)
+
+
+def test_every_parameter_we_print_is_in_the_template():
+    parameters = load_template()["Parameters"]
+    for name_param, arn_param in SAM_PARAMETERS.values():
+        assert name_param in parameters and arn_param in parameters
+
+
+def test_waits_until_the_table_is_active_again():
+    # GIVEN sc-accounts reports UPDATING twice after UpdateTable (as AWS does)
+    class FakeClient:
+        def __init__(self) -> None:
+            # describes of sc-accounts: first read, before the update, then three after it
+            self.statuses = {"sc-accounts": ["ACTIVE", "ACTIVE", "UPDATING", "UPDATING", "ACTIVE"]}
+            self.streaming: set[str] = set()
+
+        def describe_table(self, TableName: str) -> dict:  # noqa: N803 (boto3's casing)
+            queue = self.statuses.get(TableName, ["ACTIVE"])
+            table = {"TableName": TableName, "TableStatus": queue.pop(0) if len(queue) > 1 else queue[0]}
+            if TableName in self.streaming:
+                table["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+                table["LatestStreamArn"] = f"arn:aws:dynamodb:us-east-1:123456789012:table/{TableName}/stream/x"
+            return {"Table": table}
+
+        def update_table(self, TableName: str, **kwargs: Any) -> None:  # noqa: N803
+            self.streaming.add(TableName)
+
+    sleeps: list[float] = []
+    results = enable_streams(load_settings(), client=FakeClient(), sleep=sleeps.append, clock=lambda: 0.0)
+    # THEN it polled sc-accounts, with backoff, until ACTIVE, before reporting its ARN
+    assert sleeps == [0.5, 1.0]
+    assert [(r.outcome, r.stream_arn.rsplit("/", 3)[-3]) for r in results] == [
+        ("enabled", "sc-accounts"), ("enabled", "sc-repositories")]
+
+
+def test_refusal_is_a_usage_error(settings):
+    create_legacy("sc-accounts", "accountId", "NEW_IMAGE")
+    create_legacy("sc-repositories", "repoId")
+    with pytest.raises(UsageError, match="NEW_IMAGE"):
+        enable_streams(settings)
+
+
+def test_samconfig_example_is_valid_and_matches_the_template():
+    config = tomllib.loads((PROJECT_ROOT / "samconfig.toml").read_text())
+    deploy = config["default"]["deploy"]["parameters"]
+    assert deploy["stack_name"] and deploy["confirm_changeset"] is True
+    assert "CAPABILITY_IAM" in deploy["capabilities"]
+    overrides = dict(word.split("=", 1) for word in shlex.split(deploy["parameter_overrides"]))
+    parameters = load_template()["Parameters"]
+    assert set(overrides) <= set(parameters)
+    assert {"AccountsStreamArn", "RepositoriesStreamArn"} <= set(overrides)

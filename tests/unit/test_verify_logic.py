@@ -1,0 +1,246 @@
+"""The verifier's pure parts: canonical digests, attribute diffs, the per-key judgement, the
+settle re-check rounds, and the report's JSON shape. No engine: reads come from dicts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shared.apply import TOMBSTONE, Applier, tombstone_item
+from shared.control import QuarantineEntry, key_text
+from shared.definition import SourceRef, get_definition
+from shared.settings import load_settings
+from shared.verify import (
+    KINDS,
+    Difference,
+    LiveView,
+    SourceState,
+    SpillStore,
+    VerifyRun,
+    attribute_diff,
+    canonical,
+    digest,
+    judge_key,
+    judge_ref,
+    make_request,
+)
+
+SC = get_definition("sc")
+
+
+def repo(repo_id: str, name: str, account: str = "a1", **extra: Any) -> dict[str, Any]:
+    return {"repoId": repo_id, "accountId": account, "name": name, "visibility": "public",
+            "createdAt": Decimal(1700000000), **extra}
+
+
+def account(account_id: str, **extra: Any) -> dict[str, Any]:
+    return {"accountId": account_id, "email": f"{account_id}@example.com", "createdAt": Decimal(1700000000), **extra}
+
+
+class DictView(LiveView):
+    """A LiveView whose reads come from dicts: sources by ref, target items by key, quarantine by ref."""
+
+    def __init__(self, sources: dict[SourceRef, dict | None], target: list[dict], quarantine: dict[SourceRef, str]):
+        applier = Applier(load_settings(), SC, client=None, control=None)  # type: ignore[arg-type]
+        super().__init__(applier, SC)
+        self.sources = sources
+        self.items = {SC.target_key(i): i for i in target}
+        self.quarantine = quarantine
+
+    async def source(self, ref):
+        image = self.sources.get(ref)
+        if image is None:
+            return SourceState(None)
+        try:
+            return SourceState(image, self.applier.transform_checked(ref, image))
+        except Exception as exc:  # QuarantineError
+            return SourceState(image, error=exc)
+
+    async def target(self, key):
+        return self.items.get(key)
+
+    async def entry(self, ref):
+        reason = self.quarantine.get(ref)
+        return QuarantineEntry(ref, reason, "", None) if reason else None
+
+
+def R(table: str, key: str) -> SourceRef:
+    return SourceRef(table, (key,))
+
+
+def judge(view: DictView, key, hints=()) -> list[Difference]:
+    return asyncio.run(judge_key(view, key, hints))
+
+
+# ----------------------------------------------------------------------------- canonical form
+def test_canonical_form_is_insensitive_to_set_order_and_number_spelling_but_keeps_types():
+    # GIVEN values DynamoDB stores equally, and values it stores differently
+    assert digest({"s": {"b", "a"}, "n": Decimal("1536.0")}) == digest({"n": Decimal("1536"), "s": {"a", "b"}})
+    assert digest({"n": 0}) == digest({"n": Decimal("0.00")})
+    # THEN types are kept: a BOOL is not a number, a list is not a set, a string is not a number
+    assert digest({"x": True}) != digest({"x": Decimal(1)})
+    assert digest({"x": ["a"]}) != digest({"x": {"a"}})
+    assert digest({"x": "1"}) != digest({"x": Decimal(1)})
+    assert canonical({"m": {"k": None}}) == ["M", {"m": ["M", {"k": ["NULL"]}]}]
+
+
+def test_attribute_diff_names_only_what_differs():
+    expected = {"PK": "A", "plan": "pro", "topics": ["x"], "gone": "y"}
+    actual = {"PK": "A", "plan": "free", "topics": ["x"], "new": Decimal(2)}
+    assert attribute_diff(expected, actual) == {
+        "gone": {"expected": "y", "actual": "<absent>"},
+        "new": {"expected": "<absent>", "actual": 2},
+        "plan": {"expected": "pro", "actual": "free"},
+    }
+    assert attribute_diff(expected, dict(expected)) == {}
+
+
+# ----------------------------------------------------------------------------- judgement per key
+def test_judge_finds_each_kind_at_its_key():
+    acc = R("sc-accounts", "a1")
+    good = account("a1")
+    (profile,) = SC.transform("sc-accounts", good)
+    key = SC.target_key(profile)
+    # missing
+    (diff,) = judge(DictView({acc: good}, [], {}), key, [acc])
+    assert (diff.kind, diff.source, diff.target_key) == ("missing", acc.as_text(), key)
+    # mismatched, with an attribute diff
+    (diff,) = judge(DictView({acc: good}, [dict(profile, plan="pro")], {}), key, [acc])
+    assert diff.kind == "mismatched" and diff.diff == {"plan": {"expected": "free", "actual": "pro"}}
+    # equal: nothing
+    assert judge(DictView({acc: good}, [profile], {}), key, [acc]) == []
+    # extra: the owner no longer exists
+    (diff,) = judge(DictView({}, [profile], {}), key, [])
+    assert (diff.kind, diff.source) == ("extra", acc.as_text())
+    # leftover: a tombstone nobody needs
+    tomb = tombstone_item(SC, ("ACCOUNT#zz", "REPO#old"), 0)
+    (diff,) = judge(DictView({}, [tomb], {}), ("ACCOUNT#zz", "REPO#old"), [])
+    assert diff.kind == "leftover" and diff.source is None
+
+
+def test_a_stale_key_after_a_rename_is_extra_and_the_new_key_is_checked():
+    ref = R("sc-repositories", "r1")
+    (old_item,) = SC.transform("sc-repositories", repo("r1", "Old"))
+    view = DictView({ref: repo("r1", "New")}, [old_item], {})
+    (diff,) = judge(view, SC.target_key(old_item), [ref])
+    assert diff.kind == "extra" and diff.source == ref.as_text()
+    (diff,) = judge(view, ("ACCOUNT#a1", "REPO#new"), [ref])
+    assert diff.kind == "missing"
+
+
+def test_quarantined_items_keep_their_last_clean_items_and_a_collision_loser_owns_nothing():
+    acc = R("sc-accounts", "a1")
+    (profile,) = SC.transform("sc-accounts", account("a1"))
+    bad = account("a1", email="no-at-sign")
+    # GIVEN an account now bad, quarantined: its old profile is kept on purpose
+    assert judge(DictView({acc: bad}, [profile], {acc: "invalid_email"}), SC.target_key(profile), [acc]) == []
+    assert asyncio.run(judge_ref(DictView({acc: bad}, [profile], {acc: "invalid_email"}), acc)) == []
+    # AND not recorded in quarantine: quarantine_missing, with the reason expected
+    (diff,) = asyncio.run(judge_ref(DictView({acc: bad}, [profile], {}), acc))
+    assert diff.kind == "quarantine_missing" and diff.diff["reason"]["expected"] == "invalid_email"
+    # GIVEN two repositories whose names differ only in case: the holder keeps the key
+    r1, r2 = R("sc-repositories", "r1"), R("sc-repositories", "r2")
+    sources = {r1: repo("r1", "Tools"), r2: repo("r2", "tools")}
+    (held,) = SC.transform("sc-repositories", sources[r1])
+    key = SC.target_key(held)
+    assert judge(DictView(sources, [held], {r2: "key_collision"}), key, [r1, r2]) == []
+    # AND a loser that is not in quarantine is reported as such (not the key)
+    (diff,) = judge(DictView(sources, [held], {}), key, [r1, r2])
+    assert (diff.kind, diff.source) == ("quarantine_missing", r2.as_text())
+    # AND a collision entry whose holder went away is stale
+    (diff,) = asyncio.run(judge_ref(DictView({r2: sources[r2]}, [], {r2: "key_collision"}), r2))
+    assert diff.kind == "quarantine_stale"
+
+
+def test_a_tombstone_where_an_item_belongs_is_a_mismatch():
+    acc = R("sc-accounts", "a1")
+    (profile,) = SC.transform("sc-accounts", account("a1"))
+    tomb = tombstone_item(SC, SC.target_key(profile), 0)
+    (diff,) = judge(DictView({acc: account("a1")}, [tomb], {}), SC.target_key(profile), [acc])
+    assert diff.kind == "mismatched" and diff.diff["entity"] == {"expected": "account", "actual": TOMBSTONE}
+
+
+# ----------------------------------------------------------------------------- settle rounds
+
+def rounds_run(observations: list[tuple[list[Difference], bytes]], settle_s: float = 5.0):
+    """Run the re-check on one nominated key whose judgement returns `observations` in turn."""
+    settings = load_settings()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    run = VerifyRun(settings, make_request(settings, settle_s=settle_s), sleep=sleep)
+    store = SpillStore()
+    try:
+        store.db.execute("INSERT INTO act VALUES (?, NULL, ?, 0)", (key_text(("K", "S")), b"scan"))
+        store.index()
+        store.db.execute("INSERT INTO cand(subject, value, kind) VALUES ('k', ?, 'extra')", (key_text(("K", "S")),))
+        calls = iter(observations)
+
+        async def fake_judge(view, store_, subject, value):
+            return next(calls)
+
+        run._judge = fake_judge  # type: ignore[method-assign]
+        asyncio.run(run._recheck(Applier(settings, SC, client=None, control=None), store))  # type: ignore[arg-type]
+        return store.found_counts()[0], run.rounds, slept
+    finally:
+        store.close()
+
+
+def test_a_difference_gone_after_the_settle_is_not_reported():
+    counts, rounds, slept = rounds_run([([], b"x")])
+    assert counts["extra"] == 0 and rounds == 1 and slept == [5.0]
+
+
+def test_a_difference_that_keeps_moving_is_looked_at_again_then_reported():
+    extra = Difference("extra", None, ("K", "S"))
+    # GIVEN a difference whose inputs change between looks (the application is writing it)
+    counts, rounds, slept = rounds_run([([extra], b"one"), ([extra], b"two"), ([], b"three")])
+    # THEN it is re-checked after each settle, and not reported once it settled
+    assert rounds == 3 and slept == [5.0, 5.0, 5.0] and counts["extra"] == 0
+    # GIVEN a difference whose inputs stopped moving, THEN it is confirmed at the next look
+    counts, rounds, _ = rounds_run([([extra], b"one"), ([extra], b"one")])
+    assert rounds == 2 and counts["extra"] == 1
+
+
+# ----------------------------------------------------------------------------- report shape
+def test_report_json_has_every_documented_field(tmp_path):
+    settings = load_settings()
+    run = VerifyRun(settings, make_request(settings, settle_s=0))
+    store = SpillStore()
+    try:
+        store.db.execute("INSERT INTO src VALUES ('sc-accounts|a1', x'00', NULL)")
+        store.db.execute("INSERT INTO src VALUES ('sc-accounts|a2', x'01', 'invalid_email')")
+        store.db.execute("INSERT INTO act VALUES ('K', NULL, x'02', 0)")
+        store.add_found([Difference("extra", None, ("K", "S"), {"PK": {"expected": "<absent>", "actual": "K"}})] * 25
+                        + [Difference("extra", None, (f"K{i}", "S")) for i in range(24)], confirmed=True)
+        report = run._report(store, 100.0, None)
+    finally:
+        store.close()
+    expected = {"ok", "source_items", "target_items", "missing", "extra", "mismatched", "leftover", "quarantined",
+                "samples", "elapsed_s", "items_per_s", "started_at", "finished_at"}
+    assert expected <= set(report)
+    assert set(KINDS) <= set(report)
+    assert report["ok"] is False and report["extra"] == 25 and report["missing"] == 0
+    assert report["source_items"] == 2 and report["target_items"] == 1
+    assert report["quarantined"] == {"invalid_email": 1}
+    assert len(report["samples"]["extra"]) == 20
+    assert set(report["samples"]["extra"][0]) == {"kind", "source", "target_key", "diff"}
+    json.loads(json.dumps(report))  # JSON-able as it is
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [({"sample": 0}, "--sample"), ({"sample": 1.5}, "--sample"), ({"segments": 0}, "--segments"),
+     ({"settle_s": -1}, "--settle"), ({"table": "nope"}, "--table")],
+)
+def test_bad_options_name_themselves(options, named):
+    from shared.errors import UsageError
+
+    with pytest.raises(UsageError, match=named):
+        make_request(load_settings(), **options)
