@@ -64,23 +64,28 @@ sam-build: $(SAM_VENV)/.installed $(VENV)/.installed
 # The runtime dependencies, once for all functions: exactly requirements-lambda.txt
 # (--no-deps: the file is the complete closure), binary wheels for Lambda's platform.
 $(LAMBDA_DEPS)/.installed: requirements-lambda.txt $(VENV)/.installed
-	rm -rf $(LAMBDA_DEPS)
+	mkdir -p $(dir $(LAMBDA_DEPS))
+	set -e; staging=$$(mktemp -d $(LAMBDA_DEPS).XXXXXX); \
 	$(BIN)/python -m pip install --quiet --no-deps --only-binary=:all: --platform $(LAMBDA_PLATFORM) \
-		--implementation cp --python-version $(LAMBDA_PYTHON) --target $(LAMBDA_DEPS) -r requirements-lambda.txt
-	rm -rf $(LAMBDA_DEPS)/bin
-	touch $@
+		--implementation cp --python-version $(LAMBDA_PYTHON) --target $$staging -r requirements-lambda.txt; \
+	rm -rf $$staging/bin; find $$staging -name __pycache__ -prune -exec rm -rf {} +; \
+	$(BIN)/python -m compileall -q -f --invalidation-mode unchecked-hash $$staging; \
+	touch $$staging/.installed; rm -rf $(LAMBDA_DEPS); mv $$staging $(LAMBDA_DEPS)
 
 # Every function ships the same code: the three packages and the runtime
 # dependencies. /var/task is read-only in Lambda, so Python cannot cache
 # bytecode there: the artifact carries it, compiled in "unchecked-hash" mode
 # (valid whatever mtimes the zip keeps), which is most of a cold import.
+# The dependencies' bytecode is compiled once, above.
 build-%: $(LAMBDA_DEPS)/.installed
 	test -n "$(ARTIFACTS_DIR)"
 	cp -R $(LAMBDA_DEPS)/. $(ARTIFACTS_DIR)/
 	rm -f $(ARTIFACTS_DIR)/.installed
 	cp -R $(LAMBDA_SOURCES) $(ARTIFACTS_DIR)/
-	find $(ARTIFACTS_DIR) -name __pycache__ -prune -exec rm -rf {} +
-	$(BIN)/python -m compileall -q -f --invalidation-mode unchecked-hash $(ARTIFACTS_DIR)
+	for package in $(LAMBDA_SOURCES); do \
+		find $(ARTIFACTS_DIR)/$$package -name __pycache__ -prune -exec rm -rf {} + ; \
+		$(BIN)/python -m compileall -q -f --invalidation-mode unchecked-hash $(ARTIFACTS_DIR)/$$package || exit 1; \
+	done
 
 # Refresh the lock file from pyproject.toml (maintainers only).
 lock:

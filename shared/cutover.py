@@ -63,9 +63,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from decimal import Decimal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Protocol
 
 from shared.errors import DrainTimeout, DynashiftError, UsageError

@@ -114,7 +114,10 @@ def forward_applies(state: ModeState) -> bool:
 
 
 def reverse_applies(state: ModeState) -> bool:
-    """The reverse mirror applies records in new, and while freezing towards old."""
+    """The reverse mirror applies records in new, and while freezing towards old, until
+    `dynashift finalize` stopped reverse replication (``extra.reverse_replication``)."""
+    if state.extra.get("reverse_replication") == "stopped":
+        return False
     return state.mode is Mode.NEW or (state.mode is Mode.FREEZE and state.towards is Mode.OLD)
 
 
@@ -134,7 +137,9 @@ def state_from_item(item: dict[str, Any] | None) -> ModeState:
 
 
 def item_from_state(state: ModeState) -> dict[str, Any]:
-    native: dict[str, Any] = {**state.extra, "mode": str(state.mode), "version": state.version,
+    # DynamoDB takes no floats: extra values that are floats (times) are stored as Decimals.
+    extra = {k: _decimal(v) if isinstance(v, float) else v for k, v in state.extra.items()}
+    native: dict[str, Any] = {**extra, "mode": str(state.mode), "version": state.version,
                               "since": _decimal(state.since)}
     if state.towards is not None:
         native["towards"] = str(state.towards)

@@ -35,6 +35,7 @@ from typing import Any
 from shared import aws, local_engine
 from shared.codec import to_native, to_wire
 from shared.convergence import ConvergenceResult, check_tables, scan_all
+from shared.definition import get_definition
 from shared.seed import seed
 from shared.settings import PROJECT_ROOT, Settings, load_settings
 from shared.stream_runner import run_forward_mirror
@@ -171,7 +172,7 @@ class Stage:
             with _quiet():
                 found = client.query(TableName=self.settings.control_table, KeyConditionExpression="PK = :pk",
                                      ExpressionAttributeValues={":pk": {"S": "MIRROR"}}, ConsistentRead=True)
-                if len(found["Items"]) >= len(s.table_names):
+                if len(found["Items"]) >= len(get_definition(s.migration).sources):
                     return
             time.sleep(0.2)
         raise AssertionError(f"mirror did not start:\n{self.log_tail('mirror.log')}")

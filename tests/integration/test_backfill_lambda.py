@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -245,9 +247,9 @@ def _plan(settings: Settings, **request: Any) -> dict[str, Any]:
 def test_state_machine_backfills_while_the_application_writes(lambda_env):
     # GIVEN seeded legacy tables, the mirror running and a live workload
     settings = lambda_env
-    _seed(settings, 40, 160)
+    _seed(settings, 30, 120)
     mirror = MirrorThread(settings, start_from="latest").start()
-    workload = WorkloadThread(settings, Workload(seed=3), rate_per_s=20).start()
+    workload = WorkloadThread(settings, Workload(seed=3), rate_per_s=10).start()
     try:
         # WHEN the state machine runs, each unit invocation getting time for two pages
         driver = AslDriver(json.loads(ASL_PATH.read_text()), "exec-live")
@@ -267,7 +269,7 @@ def test_state_machine_backfills_while_the_application_writes(lambda_env):
     rows = status(settings)
     assert all(r["units_done"] == r["units_total"] == 2 and r["max_completions_per_unit"] == 1 for r in rows)
     assert all(r["finished"] for r in rows)
-    assert len(workload.acknowledged) > 10
+    assert len(workload.acknowledged) > 5
     convergence = check_tables(settings)
     assert convergence.ok, convergence.summary()
 
@@ -309,7 +311,7 @@ def test_unit_invocations_resume_and_a_racing_invocation_does_nothing(lambda_env
         assert len(outputs) < 20
     # THEN each invocation continued where the last one stopped, and the unit completed once
     reads = [o["read"] for o in outputs]
-    assert reads == sorted(reads) and len(outputs) >= 3
+    assert reads == sorted(reads) and reads[0] < reads[-1] and len(outputs) >= 2
     assert outputs[-1]["completions"] == 1
     # AND an invocation on a done unit returns done at once
     again = unit_handler(dict(item), FakeContext())
@@ -411,3 +413,16 @@ def _count_segment(settings: Settings, table: str, segment: int, total: int) -> 
             return count
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+
+
+def test_the_lambda_code_imports_without_the_cli_dependencies():
+    # GIVEN an interpreter where rich, click, cfn-flip and moto cannot be imported (they are not shipped to Lambda)
+    code = (
+        "import sys\n"
+        "for name in ('rich', 'click', 'cfn_flip', 'moto'):\n"
+        "    sys.modules[name] = None\n"
+        "import handlers.backfill, backfill.lambda_unit, backfill.run, backfill.export, backfill.worker\n"
+    )
+    # WHEN the backfill handlers and everything they import lazily are imported / THEN that works
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

