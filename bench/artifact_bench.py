@@ -36,7 +36,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
+import subprocess  # nosec B404  (starts fresh interpreters of this Python, fixed argv)
 import sys
 import time
 import zipfile
@@ -81,7 +81,7 @@ def artifact_sizes(directory: Path) -> tuple[int, int]:
 
 
 def cold_import_ms(directory: Path, module: str) -> float:
-    result = subprocess.run(
+    result = subprocess.run(  # nosec B603  (sys.executable with fixed flags, no shell)
         [sys.executable, "-I", "-S", "-B", "-c", IMPORT_TIMER, str(directory), module],
         cwd="/", capture_output=True, text=True, timeout=120, check=True,
         env={"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1"},

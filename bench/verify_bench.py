@@ -32,7 +32,9 @@ alternating order per round:
 * ``naive``: boto3 paginated scans of both legacy tables and of sc-main,
   every item deserialised into memory, every source item transformed, then
   dict comparison (missing / extra / mismatched). No quarantine, ownership or
-  leftover logic: it is the cost floor of "scan, transform, compare".
+  leftover logic: it is the cost floor of "scan, transform, compare". It
+  also cannot tell which of two case-colliding repositories holds their
+  shared key, so it reports those keys as mismatched (its ``ok`` is false).
 
 Throughput = (source items + target items) / wall time of the child. Ratios
 pair the two verifiers within a round. Targets (issue 5): dynashift at least
@@ -56,6 +58,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue
 import resource
 import statistics
 import sys
@@ -207,7 +210,13 @@ def measure(kind: str, endpoint: str, segments: int) -> dict[str, Any]:
     busy_before, at = _machine_busy_s(), time.monotonic()
     process = context.Process(target=_child, args=(kind, endpoint, segments, out))
     process.start()
-    result = out.get()
+    while True:  # a child that died without a result must not hang the bench
+        try:
+            result = out.get(timeout=5)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the {kind} verifier died (exit code {process.exitcode})") from None
     process.join()
     wall = time.monotonic() - at
     result["machine_load_cores"] = (_machine_busy_s() - busy_before) / max(wall, 1e-9)
@@ -305,12 +314,15 @@ def verdicts(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[d
         peak = row["peak_rss_mb"]["max"]
         out.append({"target": f"dynashift peak RSS < {TARGET_RSS_MB:.0f} MB at {size:,} items",
                     "measured": f"{peak:.0f} MB (max over rounds)", "pass": peak < TARGET_RSS_MB})
-    if 100_000 in mine and 1_000_000 in mine:
-        growth = mine[1_000_000]["peak_rss_mb"]["max"] / mine[100_000]["peak_rss_mb"]["max"]
-        out.append({"target": f"dynashift peak RSS flat from 100,000 to 1,000,000 items (x{FLAT_RATIO} at most)",
+    largest = max(mine, default=0)
+    if 100_000 in mine and largest > 100_000:
+        growth = mine[largest]["peak_rss_mb"]["max"] / mine[100_000]["peak_rss_mb"]["max"]
+        partial = "" if largest >= 1_000_000 else " (the issue asks up to 1,000,000: not measured)"
+        out.append({"target": f"dynashift peak RSS flat from 100,000 to {largest:,} items (x{FLAT_RATIO} at most)"
+                              + partial,
                     "measured": f"x{growth:.2f}", "pass": growth <= FLAT_RATIO})
-        if 100_000 in naive and 1_000_000 in naive:
-            naive_growth = naive[1_000_000]["peak_rss_mb"]["max"] / naive[100_000]["peak_rss_mb"]["max"]
+        if 100_000 in naive and largest in naive:
+            naive_growth = naive[largest]["peak_rss_mb"]["max"] / naive[100_000]["peak_rss_mb"]["max"]
             out.append({"target": "the naive verifier's peak RSS grows with the data (for contrast)",
                         "measured": f"x{naive_growth:.2f}", "pass": naive_growth > FLAT_RATIO, "informational": True})
     return out
@@ -365,15 +377,20 @@ def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Pat
     return json_path, md_path
 
 
-def merge_kept_million(report: dict[str, Any], out_dir: Path) -> None:
-    """Add the 1M runs kept from an earlier `--million` run, marked as such."""
-    kept = out_dir / "verify-million.json"
-    if not kept.exists() or any(r["size"] == 1_000_000 for r in report["runs"]):
-        return
-    earlier = json.loads(kept.read_text())
-    million = [dict(r, kept_from=earlier["started_at"]) for r in earlier["runs"] if r["size"] == 1_000_000]
-    report["runs"].extend(million)
-    report["loads"].update({k: v for k, v in earlier["loads"].items() if k == "1000000"})
+KEPT_STEMS = ("verify-million", "verify-extra")
+
+
+def merge_kept_runs(report: dict[str, Any], out_dir: Path) -> None:
+    """Add the runs of sizes this run did not measure, kept from earlier `--million` / `--sizes` runs."""
+    for stem in KEPT_STEMS:
+        kept = out_dir / f"{stem}.json"
+        if not kept.exists():
+            continue
+        earlier = json.loads(kept.read_text())
+        measured = {r["size"] for r in report["runs"]}
+        new_runs = [dict(r, kept_from=stem) for r in earlier["runs"] if r["size"] not in measured]
+        report["runs"].extend(new_runs)
+        report["loads"].update({k: v for k, v in earlier["loads"].items() if int(k) not in measured})
     report["summary"] = summarize(report["runs"])
 
 
@@ -387,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 items, 1 round")
     parser.add_argument("--million", action="store_true", help="also measure 1,000,000 source items (slow)")
     parser.add_argument("--only-million", action="store_true", help="measure only the 1,000,000 point")
+    parser.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")],
+                        help="measure only these sizes (1 round), kept in verify-extra.json for later reports")
     defaults = BenchConfig()
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--segments", type=int, default=defaults.segments)
@@ -395,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         config, stem = quick_config(), "verify-quick"
+    elif args.sizes:
+        config = BenchConfig(sizes=args.sizes, rounds=1, segments=args.segments, quiet_wait_s=args.quiet_wait_s)
+        stem = "verify-extra"
     else:
         sizes = [1_000_000] if args.only_million else [100_000] + ([1_000_000] if args.million else [])
         rounds = 1 if args.only_million else args.rounds
@@ -404,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if stem == "verify":
         if args.million:
             write_outputs(report, args.out_dir, "verify-million")
-        merge_kept_million(report, args.out_dir)
+        merge_kept_runs(report, args.out_dir)
     json_path, md_path = write_outputs(report, args.out_dir, stem)
     print()
     print(render_markdown(report))

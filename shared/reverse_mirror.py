@@ -24,8 +24,9 @@ and deletes the legacy item only if it is nowhere.
 
 **Finding every item an owner holds.** The target keys to read strongly are
 the union of: the keys in this batch's records, the keys the owner held at
-its last rebuild (kept in the control table, see below), the keys the
-current legacy item implies (`definition.candidate_keys`: bootstraps the
+its last rebuild (kept in the control table, see below), the keys its
+source key alone implies (an account's profile), the keys the current
+legacy item implies (`definition.candidate_keys`: bootstraps the
 first rebuild after cutover, when sc-main equals the transform of the legacy
 tables), and for sc the GSI1 entries (`ACCOUNT#a`/`TEAM#…` for memberships,
 `REPO#r` for a repository). GSI1 is only eventually consistent, so it is a
@@ -268,6 +269,8 @@ class ReverseEngine:
             version, held_before = await self._read_state(ref)
             legacy_now = await self._get(self.settings.physical_name(ref.table), self._legacy_key(ref))
             candidates = set(hints or ()) | held_before | await self._indexed_keys(ref)
+            # What the owner's key alone implies (an account's profile key).
+            candidates |= self.definition.candidate_keys(ref.table, self.definition.source(ref.table).key_of(ref))
             if legacy_now is not None:
                 candidates |= self.definition.candidate_keys(ref.table, legacy_now)
             owned = await self._read_owned(ref, candidates)

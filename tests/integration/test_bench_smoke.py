@@ -1,8 +1,9 @@
-"""Smoke test of the mirror benchmark: its quick mode's core function, shortened, on real engines."""
+"""Smoke tests of the benchmarks (mirror, backfill): their quick modes' core functions, shortened, on real engines."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -53,3 +54,39 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     json_path, md_path = write_outputs(report, tmp_path, "mirror")
     assert json_path.exists() and "| 100 | dynashift" in md_path.read_text()
     assert "PASS" in render_markdown(report) or "FAIL" in render_markdown(report)
+
+
+@pytest.mark.timeout(400)
+def test_quick_backfill_bench_reports_every_scenario_and_the_targets(tmp_path: Path) -> None:
+    # GIVEN the backfill bench's quick configuration, shrunk to a few hundred items
+    from bench import backfill_bench
+
+    config = dataclasses.replace(backfill_bench.quick_config(), items=100, quiet_wait_s=0.0)
+    # WHEN every scenario runs (put, transact, naive, ceiling), each on a fresh DynamoDB Local
+    report = backfill_bench.run_bench(config, log=lambda _: None)
+    json_path, md_path = backfill_bench.write_outputs(report, tmp_path, "backfill")
+    # THEN each scenario copied the seeded items and reports positive figures
+    assert {r["scenario"] for r in report["runs"]} == set(backfill_bench.SCENARIOS)
+    for run in report["runs"]:
+        assert run["items"] == 100 and run["source_items"] > 0, run["scenario"]
+        assert run["items_per_s"] > 0 and run["client_cpu_ms_per_item"] > 0 and run["peak_rss_mb"] > 0
+        if run["scenario"] in ("put", "transact"):
+            assert run["read"] == 100
+            accounted = run["written"] + run["skipped"] + run["quarantined"]
+            # transact does not count a source item whose transform yields no target item (see the bench report)
+            assert accounted == 100 if run["scenario"] == "put" else 90 <= accounted <= 100
+            assert run["quarantined"] >= 1  # the seeded bad rows
+        if run["scenario"] == "naive":
+            assert run["written"] == 100
+    # AND the ratios and targets are computed, and the outputs have the expected structure
+    summary = report["summary"]
+    assert summary["ratios"]["put/naive"]["median"] > 0 and summary["ratios"]["put/ceiling"]["median"] > 0
+    targets = [v["target"] for v in summary["verdicts"]]
+    assert any("naive" in t for t in targets) and any("ceiling" in t for t in targets)
+    assert any("RSS" in t for t in targets)
+    assert all(isinstance(v["pass"], bool) for v in summary["verdicts"])
+    saved = json.loads(json_path.read_text())
+    assert saved["bench"] == "backfill" and len(saved["runs"]) == 4
+    markdown = md_path.read_text()
+    assert "## Targets (issue 4)" in markdown and ("PASS" in markdown or "FAIL" in markdown)
+    assert "| dynashift put (default)" in markdown and "naive" in markdown

@@ -28,7 +28,7 @@ PHASE_S = 2.0
 
 def switch_settings(endpoint: str | None, **overrides: object) -> Settings:
     return load_settings(endpoint_url=endpoint, mode_cache_age_s=1.0, cutover_inflight_grace_s=0.3,
-                         cutover_timeout_s=60.0, cutover_max_lag_s=60.0, **overrides)
+                         cutover_timeout_s=90.0, cutover_max_lag_s=120.0, **overrides)
 
 
 @pytest.fixture

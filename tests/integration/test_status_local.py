@@ -30,7 +30,7 @@ def env(sc_settings, monkeypatch):
     return sc_settings
 
 
-def test_status_quarantine_list_and_retry(env, capsys):
+def test_status_quarantine_list_and_retry(env, capsys, tmp_path):
     # GIVEN a migrated seed with bad rows, before any verify or backup
     make_tables(env)
     asyncio.run(seed(env, 20, 40, 0.1, 9))
@@ -75,6 +75,15 @@ def test_status_quarantine_list_and_retry(env, capsys):
     assert f"retried {len(emails)}: 1 left quarantine" in out
     assert cli(env, "quarantine", "list", "--json", "--reason", "invalid_email") == 0
     assert len(json.loads(capsys.readouterr().out)) == len(emails) - 1
+    # WHEN a target item disappears, THEN verify exits 1 and its JSON report says why
+    profile = f"ACCOUNT#{fixed['key'][0]}"
+    client.delete_item(TableName=env.target_table, Key=to_wire({"PK": profile, "SK": "PROFILE"}))
+    with pytest.raises(SystemExit) as exited:
+        cli(env, "verify", "--settle", "0", "--json", str(tmp_path / "v.json"))
+    assert exited.value.code == 1
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["ok"] is False and report["missing"] == 1
+    assert report["samples"]["missing"][0]["target_key"] == [profile, "PROFILE"]
 
 
 def test_verify_on_a_missing_table_is_one_line_and_exit_2(env, capsys):
