@@ -63,7 +63,8 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,24 +240,39 @@ class BenchConfig:
     seed: int = 11
 
 
-def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+@contextmanager
+def loaded_engine(size: int, config: BenchConfig, reuse: str | None, log: Callable[[str], None]) -> Iterator[
+        tuple[str, dict[str, Any]]]:
+    """A fresh engine loaded with `size` source items; or, with `reuse`, an engine a previous
+    (interrupted) run of this bench already loaded with the same size and seed."""
+    if reuse:
+        log(f"{size:,} source items already loaded on {reuse}")
+        yield reuse, {"reused_engine": True}
+        return
+    with fresh_engine() as (info, settings):
+        log(f"{size:,} source items on {info.endpoint}")
+        create_tables_without_streams(settings)
+        load_started = time.monotonic()
+        loaded = load(settings, size, config.seed, log)
+        loaded["load_s"] = time.monotonic() - load_started
+        yield info.endpoint, loaded
+
+
+def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print, reuse: str | None = None) -> dict[str, Any]:
     started = time.time()
     runs: list[dict[str, Any]] = []
     loads: dict[int, dict[str, Any]] = {}
     for size in config.sizes:
-        with fresh_engine() as (info, settings):
-            log(f"{size:,} source items on {info.endpoint}")
-            create_tables_without_streams(settings)
-            load_started = time.monotonic()
-            loads[size] = load(settings, size, config.seed, log)
-            loads[size]["load_s"] = time.monotonic() - load_started
+        with loaded_engine(size, config, reuse, log) as (endpoint, loaded):
+            loads[size] = loaded
             for round_no in range(config.rounds):
                 order = VERIFIERS if round_no % 2 == 0 else tuple(reversed(VERIFIERS))
                 for kind in order:
                     waited, load_before = wait_for_quiet(config.quiet_wait_s)
-                    result = measure(kind, info.endpoint, config.segments)
+                    result = measure(kind, endpoint, config.segments)
                     result.update(size=size, round=round_no, waited_for_quiet_s=waited, load_before_cores=load_before)
                     runs.append(result)
+                    loads[size].setdefault("target_items", result["target_items"])
                     log(f"  round {round_no + 1} {kind:>9}: {result['elapsed_s']:6.1f}s, "
                         f"{result['items_per_s']:7.0f} items/s, peak RSS {result['peak_rss_mb']:6.0f} MB, "
                         f"ok={result['ok']} (machine load {result['machine_load_cores']:.2f} cores)")
@@ -411,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", type=int, default=defaults.segments)
     parser.add_argument("--quiet-wait-s", type=float, default=defaults.quiet_wait_s)
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    parser.add_argument("--reuse-endpoint", help="measure on an engine an interrupted run already loaded (one size)")
     args = parser.parse_args(argv)
     if args.quick:
         config, stem = quick_config(), "verify-quick"
@@ -422,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         rounds = 1 if args.only_million else args.rounds
         config = BenchConfig(sizes=sizes, rounds=rounds, segments=args.segments, quiet_wait_s=args.quiet_wait_s)
         stem = "verify-million" if args.only_million else "verify"
-    report = run_bench(config)
+    if args.reuse_endpoint and len(config.sizes) != 1:
+        parser.error("--reuse-endpoint: with exactly one size")
+    report = run_bench(config, reuse=args.reuse_endpoint)
     if stem == "verify":
         if args.million:
             write_outputs(report, args.out_dir, "verify-million")

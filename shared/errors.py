@@ -144,3 +144,7 @@ class WritesFrozen(TransientError):
 
 class DrainTimeout(TransientError):
     """A stream consumer did not reach the end of its shards in time."""
+
+
+class DemoFailed(DynashiftError):
+    """A step of `dynashift demo` failed its check (verify not clean, a lost write, ...); the message says which."""
