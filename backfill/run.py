@@ -83,11 +83,6 @@ async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[s
     """Check the preconditions and plan (or find) one run per table."""
     export = None
     async with aws.aio_dynamodb(settings) as client:
-        mode = await read_mode_async(client, settings.control_table)
-        if mode.mode is not Mode.OLD:
-            # After (or during) a cutover the application writes sc-main; a copy
-            # of the legacy tables would overwrite newer data with older.
-            raise UsageError(f"the backfill runs only in mode old, and the mode is {mode.describe()}")
         store = UnitStore(client, settings.control_table)
         if request.source.startswith("export:"):
             from backfill.export import check_export_time, open_export, parse_source
@@ -100,6 +95,12 @@ async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[s
                 check_export_time(info.export_time, await mirror_started_at(client, settings, tables[0]))
         elif request.source != "scan":
             raise UsageError(f"--source must be scan or export:PATH_OR_S3_URI, not {request.source!r}")
+        # Options are checked before anything is read from the control table.
+        mode = await read_mode_async(client, settings.control_table)
+        if mode.mode is not Mode.OLD:
+            # After (or during) a cutover the application writes sc-main; a copy
+            # of the legacy tables would overwrite newer data with older.
+            raise UsageError(f"the backfill runs only in mode old, and the mode is {mode.describe()}")
         runs = []
         for table in tables:
             physical = settings.physical_name(table)
