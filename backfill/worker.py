@@ -53,6 +53,10 @@ from shared.settings import Settings
 
 LEASE_S = 30.0
 MAX_PAGE_RETRIES = 8
+# Scan pages between their read and their last write, per worker (see `_page_slots`).
+PAGE_SLOTS = 2
+FIRST_PAGE_ITEMS = 100
+MIN_PAGE_ITEMS = 10
 
 
 @dataclass
@@ -104,6 +108,15 @@ class Worker:
         # Asked before every page; False stops the unit after its last checkpoint
         # (backfill.lambda_unit closes it near the Lambda's time limit).
         self.page_gate: Callable[[], Awaitable[bool]] = _always_open
+        # Reading must not outrun writing. An item written later than
+        # `stale_write_horizon_s` after its read costs a validated write (a
+        # source read, a 2x-WCU transaction and a control-table delete) instead
+        # of one conditional put; with every unit in flight reading a full page
+        # at once, most items of a run ended up there (bench/backfill_bench.py).
+        # So at most PAGE_SLOTS scan pages are between read and written, and the
+        # page size follows the measured write time (`_adapt_page`).
+        self._page_slots = asyncio.Semaphore(PAGE_SLOTS)
+        self._scan_page_items = float(min(options.page_items, FIRST_PAGE_ITEMS))
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> WorkerReport:
@@ -171,7 +184,6 @@ class Worker:
     async def _process_segment(self, run: Run, unit: Unit) -> bool:
         physical = self.settings.physical_name(unit.table)
         source = self.definition.source(unit.table)
-        page_items = self._page_items()
         while True:
             if not await self.page_gate():
                 return False
@@ -179,17 +191,19 @@ class Worker:
                 "TableName": physical,
                 "Segment": unit.number,
                 "TotalSegments": run.segments,
-                "Limit": page_items,
             }
             if unit.cursor:
                 kwargs["ExclusiveStartKey"] = unit.cursor
-            with self._page_in_flight():
-                page, read_at = await self._with_backoff(lambda: self.client.scan(**kwargs), f"scan {physical}")
-                items = [to_native(raw) for raw in page.get("Items", [])]
-                await self._acquire(len(items))
-                counts = await self._with_backoff(
-                    lambda: self.writer.write([(source.ref(i), i) for i in items], read_at), f"write {physical}"
-                )
+            async with self._page_slots:
+                kwargs["Limit"] = self._segment_page_items()  # sized when the page may start
+                with self._page_in_flight():
+                    page, read_at = await self._with_backoff(lambda: self.client.scan(**kwargs), f"scan {physical}")
+                    items = [to_native(raw) for raw in page.get("Items", [])]
+                    await self._acquire(len(items))
+                    counts = await self._with_backoff(
+                        lambda: self.writer.write([(source.ref(i), i) for i in items], read_at), f"write {physical}"
+                    )
+                    self._adapt_page(len(items), time.time() - read_at)
             unit.cursor = page.get("LastEvaluatedKey")
             self._count(unit, len(items), counts[0])
             done = unit.cursor is None
@@ -253,6 +267,17 @@ class Worker:
     def _reads_since(self) -> float:
         """No write still to come from this worker rests on an older read than this."""
         return min(self._pages_in_flight.values(), default=time.time())
+
+    def _segment_page_items(self) -> int:
+        return max(1, min(self._page_items(), int(self._scan_page_items)))
+
+    def _adapt_page(self, items: int, seconds: float) -> None:
+        """Size the next scan pages so that one is written within a third of the horizon."""
+        if items <= 0 or seconds <= 0:
+            return
+        wanted = items * (self.settings.stale_write_horizon_s / 3) / seconds
+        wanted = min(max(wanted, self._scan_page_items / 2), self._scan_page_items * 2)
+        self._scan_page_items = max(min(MIN_PAGE_ITEMS, self.options.page_items), min(wanted, self.options.page_items))
 
     def _page_items(self) -> int:
         if self.options.rate_per_s:

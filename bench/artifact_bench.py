@@ -16,7 +16,10 @@ Method
   site packages, no bytecode writes: /var/task is read-only in Lambda), with
   only the build directory on sys.path, times ``import <handler module>``
   with ``time.perf_counter`` inside the process (interpreter start-up itself is
-  not counted: Lambda's runtime is already up when it imports the handler).
+  not counted: Lambda's runtime is already up when it imports the handler),
+  and the process's CPU time for the same import (``time.process_time``),
+  which a busy machine inflates far less than the wall time. The target is
+  judged on the wall time.
   The artifact carries precompiled bytecode (the Makefile's build target), as
   the deployed zip does. Each cell is the median of the repeats, with min and
   max. Before each handler the bench waits (up to ``--quiet-wait-s``) until
@@ -52,9 +55,9 @@ TARGET_MS = 400.0
 IMPORT_TIMER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 __import__(sys.argv[2])
-print((time.perf_counter() - started) * 1000)
+print((time.perf_counter() - started) * 1000, (time.process_time() - cpu) * 1000)
 """
 
 
@@ -80,13 +83,15 @@ def artifact_sizes(directory: Path) -> tuple[int, int]:
     return unzipped, buffer.tell()
 
 
-def cold_import_ms(directory: Path, module: str) -> float:
+def cold_import_ms(directory: Path, module: str) -> tuple[float, float]:
+    """(wall ms, CPU ms) of one cold import."""
     result = subprocess.run(  # nosec B603  (sys.executable with fixed flags, no shell)
         [sys.executable, "-I", "-S", "-B", "-c", IMPORT_TIMER, str(directory), module],
         cwd="/", capture_output=True, text=True, timeout=120, check=True,
         env={"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1"},
     )
-    return float(result.stdout.strip().splitlines()[-1])
+    wall, cpu = result.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 def wait_quiet(max_wait_s: float) -> float:
@@ -108,9 +113,12 @@ def run(repeats: int, quiet_wait_s: float) -> dict:
         unzipped, zipped = artifact_sizes(directory)
         load = wait_quiet(quiet_wait_s)
         samples = [cold_import_ms(directory, module) for _ in range(repeats)]
+        wall = [w for w, _ in samples]
+        cpu = [c for _, c in samples]
         rows.append({
             "function": function, "module": module, "unzipped_bytes": unzipped, "zipped_bytes": zipped,
-            "import_ms": samples, "median_ms": statistics.median(samples), "load_avg_1m": load,
+            "import_ms": wall, "median_ms": statistics.median(wall),
+            "import_cpu_ms": cpu, "median_cpu_ms": statistics.median(cpu), "load_avg_1m": load,
         })
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -127,15 +135,15 @@ def markdown(report: dict) -> str:
         f"median (min-max). Target: under {report['target_ms']:.0f} ms. "
         f"Machine: {report['machine']['cpus']} CPUs, Python {report['machine']['python']}.",
         "",
-        "| function | handler | unzipped MB | zipped MB | cold import ms | load avg | target |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| function | handler | unzipped MB | zipped MB | cold import ms (wall) | CPU ms | load avg | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in report["rows"]:
         ok = "PASS" if row["median_ms"] < report["target_ms"] else "FAIL"
         lines.append(
             f"| {row['function']} | `{row['module']}` | {row['unzipped_bytes'] / 1e6:.1f} | "
             f"{row['zipped_bytes'] / 1e6:.1f} | {row['median_ms']:.0f} ({min(row['import_ms']):.0f}-"
-            f"{max(row['import_ms']):.0f}) | {row['load_avg_1m']:.1f} | {ok} |"
+            f"{max(row['import_ms']):.0f}) | {row['median_cpu_ms']:.0f} | {row['load_avg_1m']:.1f} | {ok} |"
         )
     return "\n".join(lines) + "\n"
 

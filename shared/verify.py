@@ -124,8 +124,9 @@ SAMPLES_PER_KIND = 20
 MAX_ROUNDS = 3
 RECHECK_CHUNK = 500
 SCAN_RETRIES = 8
+SCAN_PAGE_ITEMS = 250
 RECHECK_CONCURRENCY = 32
-SQLITE_CACHE_KB = 32_768
+SQLITE_CACHE_KB = 16_384
 VERIFY_PK = "VERIFY"
 HISTORY_TTL_S = 90 * 24 * 3600
 ABSENT = "<absent>"
@@ -449,7 +450,10 @@ async def scan_segments(client: Any, table: str, segments: int, on_page: Callabl
     """
 
     async def segment(number: int) -> None:
-        kwargs: dict[str, Any] = {"TableName": table, "Segment": number, "TotalSegments": segments}
+        # Pages of SCAN_PAGE_ITEMS, not DynamoDB's 1 MB: memory holds a few pages per segment in
+        # flight, and smaller pages keep that small (the read capacity is the same).
+        kwargs: dict[str, Any] = {"TableName": table, "Segment": number, "TotalSegments": segments,
+                                  "Limit": SCAN_PAGE_ITEMS}
         failures = 0
         while True:
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -19,13 +20,20 @@ from shared.workload import Workload
 from tests.chaos.fault_proxy import FaultPlan, FaultProxy
 from tests.chaos.harness import AppThread, Outcome, Stage
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(1200)]
 
 RATE = 25.0  # application writes per second
 
 
 def _seconds(soak: bool, quick: float) -> float:
     return quick * 4 if soak else quick
+
+
+def _until(condition: Callable[[], bool], timeout: float = 90.0) -> None:
+    """Keep the faults coming until enough were injected to mean something (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _check(outcome: Outcome, stage: Stage) -> None:
@@ -97,7 +105,7 @@ def test_dynamodb_local_restarted_mid_run(stage: Stage, soak: bool, record: list
 
 def test_throttling_and_5xx_errors_injected(stage: Stage, soak: bool, record: list[Outcome]) -> None:
     started = time.monotonic()
-    share = 0.25 if soak else 0.15
+    share = 0.2 if soak else 0.1
     plan = FaultPlan(throttle=share, error_5xx=share / 2, seed=31)
     proxy = FaultProxy(stage.engine.endpoint, plan).start()
     try:
@@ -106,6 +114,7 @@ def test_throttling_and_5xx_errors_injected(stage: Stage, soak: bool, record: li
         backfill = stage.spawn(["backfill", "run", "--table", "all", "--segments", "4"], "backfill.log",
                                proxy.endpoint)
         time.sleep(_seconds(soak, 8.0))
+        _until(lambda: sum(proxy.injected.values()) > 20 and any(k.startswith("5xx_after") for k in proxy.injected))
         stage.wait(backfill)
         injected = dict(proxy.injected)
     finally:
@@ -128,6 +137,7 @@ def test_stream_iterators_expire(stage: Stage, soak: bool, record: list[Outcome]
         app = AppThread(stage.settings, Workload(seed=25), RATE).start()
         mirror = stage.start_mirror(endpoint=proxy.endpoint)
         time.sleep(_seconds(soak, 8.0))
+        _until(lambda: proxy.injected["expired_iterator"] > 5)
         injected = proxy.injected["expired_iterator"]
     finally:
         proxy.stop()

@@ -26,7 +26,7 @@ from tests.integration.test_cutover_local import switch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
-RATE = 30.0
+RATE = 10.0
 
 
 @pytest.fixture

@@ -28,16 +28,16 @@ STEPS = [
     "Start DynamoDB Local",
     "Create sc-main and the control table",
     "Seed ",
-    "Start both mirrors",
+    "Start both mirrors and a live application",
     "Back up the legacy tables",
     "Dry run",
     "Backfill the history",
     "Verify sc-main against the legacy tables",
-    "Cutover through the gate",
+    "Cutover: gate, freeze",
     "Writes to the new schema flow back",
     "Rollback",
     "Cutover again",
-    "Stop the application, drain reverse replication, final verify, finalize",
+    "Stop the application; final verify; finalize",
 ]
 
 

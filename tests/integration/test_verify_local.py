@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -200,7 +201,10 @@ def test_a_difference_the_mirror_settles_during_the_wait_is_not_reported(sc_sett
 
         def phase(self, text):
             if text.startswith("settling") and not self.drained:
-                self.drained = run_forward_mirror(sc_settings).records  # the mirror catches up meanwhile
+                # the mirror catches up meanwhile (in a thread: it runs an event loop of its own)
+                drain = threading.Thread(target=lambda: setattr(self, "drained", run_forward_mirror(sc_settings).records))
+                drain.start()
+                drain.join()
 
     observer = MirrorDuringSettle()
     # WHEN verify runs: its scans see the writes in the legacy table only

@@ -208,3 +208,10 @@ def test_a_timeout_shorter_than_the_cache_wait_is_refused() -> None:
 def test_unknown_crash_point_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unknown step"):
         switch(FakePorts(), crash_after="nowhere")
+
+
+def test_after_finalize_the_reverse_mirror_no_longer_applies() -> None:
+    from shared.mode import reverse_applies
+
+    assert reverse_applies(ModeState(Mode.NEW))
+    assert not reverse_applies(ModeState(Mode.NEW, extra={"reverse_replication": "stopped"}))
