@@ -6,7 +6,8 @@ reverse replication, rollback, cutover again, final verify, finalize) and
 stops the engine. The test checks the exit code, that every step announced
 itself, that the final table reports zero lost writes, and that the port is
 closed afterwards. It is the longest test of the suite (the demo's own
-budget is 3 minutes on this machine), hence `slow`.
+budget is 3 minutes on this machine), hence `slow`. A fast test checks the
+lost-write check itself: it must see a write missing from the side it reads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import pytest
 
 from shared import local_engine
-from shared.settings import PROJECT_ROOT
+from shared.settings import PROJECT_ROOT, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,3 +80,36 @@ def test_demo_tells_the_whole_story_loses_no_write_and_stops_the_engine() -> Non
     # AND the engine it started is stopped
     assert f"local engine on port {port} stopped" in result.stdout
     assert not port_open(port)
+
+
+def test_lost_write_check_finds_a_write_missing_from_the_side_it_looks_at(sc_settings: Settings) -> None:
+    from shared import aws
+    from shared.codec import to_wire
+    from shared.definition import get_definition
+    from shared.demo import check_landed
+    from shared.mode import Mode
+    from shared.workload import Workload
+    from tests.integration.helpers import make_tables
+
+    # GIVEN two acknowledged account writes (one an update), and a delete of a third account
+    make_tables(sc_settings)
+    definition = get_definition(sc_settings.migration)
+    workload = Workload(seed=5, bad_fraction=0)
+    first, second, gone = workload.new_account(), workload.new_account(), workload.new_account()
+    updated = {**first, "plan": "pro"}
+    ref = definition.source("sc-accounts").ref
+    acked = {ref(first): updated, ref(second): second, ref(gone): None}
+    client = aws.dynamodb(sc_settings)
+    # AND the legacy table holds the older version of the first, the second, and still the deleted one;
+    # sc-main holds the transform of both acknowledged versions and nothing of the deleted one
+    for item in (first, second, gone):
+        client.put_item(TableName=sc_settings.physical_name("sc-accounts"), Item=to_wire(item))
+    for item in (updated, second):
+        for target in definition.transform("sc-accounts", item):
+            client.put_item(TableName=sc_settings.target_table, Item=to_wire(target))
+    # WHEN each side is checked against the acknowledged writes
+    on_target = check_landed(sc_settings, acked, Mode.NEW)
+    on_legacy = check_landed(sc_settings, acked, Mode.OLD)
+    # THEN sc-main has every write, and the legacy tables miss the update and the delete
+    assert on_target.items_written == 3 and on_target.lost == []
+    assert on_legacy.lost == sorted([ref(first), ref(gone)])
