@@ -29,9 +29,17 @@ is compared with the expected state built from every acknowledged write
   (here ``--cache-age`` and ``--grace``): the wait that makes sure no
   application instance still writes the table being left. The rest is the
   two exact drains (each a poll of every shard's end every 0.1 s).
-* ``delayed writes``: application operations that met ``freeze`` at least
-  once during the switch (they were retried and acknowledged afterwards,
-  none was lost: see the comparison), and the median delay of each.
+* ``outcome``: ``switched``; ``aborted`` (it froze, the drains did not finish
+  within the timeout, and it went back by itself: the protocol working, but
+  the mirrors could not keep up); ``refused`` (the gate said no, e.g. a mirror
+  lagging more than ``cutover_max_lag_s``; nothing froze). Medians are over
+  completed switches only.
+* ``delayed writes``: application operations that met ``freeze`` (and were
+  retried every 50 ms) or waited in their worker's queue behind one that did,
+  during the switch; all were acknowledged afterwards, none lost (see the
+  comparison). The delay of each: from meeting the freeze (or from arrival)
+  to its acknowledgement; it includes up to one cache age after the flip,
+  until the worker's cached flag shows the new mode.
 * ``other load``: CPU (cores) used on the machine by other programs during
   the switch; above 0.25 the row is flagged ``†`` (the 2 cores were shared).
 
@@ -145,7 +153,7 @@ def _cpus() -> int:
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
-    runs = [r for r in report["runs"] if r["freeze_window_s"] is not None]
+    runs = [r for r in report["runs"] if r["outcome"] == "switched"]  # aborted/refused ones are counted apart
     by_op = {
         op: {
             "freeze_window_s": _stats([r["freeze_window_s"] for r in runs if r["op"] == op]),
@@ -155,16 +163,25 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         for op in ("cutover", "rollback")
     }
     windows = _stats([r["freeze_window_s"] for r in runs])
-    delayed = _stats([r["delayed_writes"] for r in report["runs"]])
+    delayed = _stats([r["delayed_writes"] for r in runs])
+    outcomes = {name: sum(1 for r in report["runs"] if r["outcome"] == name) for name in ("switched", "aborted", "refused")}
     consistent = all(r["consistent"] and r["outcome"] == "switched" for r in report["runs"])
     verdict = {
         "target": f"median freeze window <= {TARGET_FREEZE_S:g} s",
         "pass": bool(windows) and windows["median"] <= TARGET_FREEZE_S and consistent,
         "measured": (f"{windows['median']:.2f} s over {windows['n']} switches" if windows else "no switch")
-        + ("" if consistent else "; NOT every switch completed consistently"),
+        + ("" if consistent else f"; NOT every switch completed ({summary_outcomes(report)})"),
     }
     return {"freeze_window_s": windows, "delayed_writes": delayed, "by_op": by_op, "consistent": consistent,
+            "outcomes": outcomes,
             "verdict": verdict}
+
+
+def summary_outcomes(report: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for run in report["runs"]:
+        counts[run["outcome"]] = counts.get(run["outcome"], 0) + 1
+    return ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -184,6 +201,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {op} | {_cell(row['freeze_window_s'], 2)} | {_cell(row['delayed_writes'])} | "
                      f"{_cell(row['median_delay_s'], 2)} |")
     lines.append(f"| all | {_cell(summary['freeze_window_s'], 2)} | {_cell(summary['delayed_writes'])} | |")
+    lines += ["", f"Outcomes: {summary_outcomes(report)} (freeze windows and delays above: completed switches only; "
+              "`aborted` = froze, hit the timeout and went back by itself; `refused` = the gate said no, no freeze)."]
     lines += [
         "",
         "| # | switch | outcome | freeze s | cache wait s | drains s | delayed | consistent | app ops/s | other load |",

@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
+import subprocess  # nosec B404 - runs our own benchmark modules with sys.executable, no shell
 import sys
 import time
 from datetime import UTC, datetime
@@ -55,7 +55,7 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     full, smoke, _ = BENCHMARKS[name]
     command = [sys.executable, "-m", f"bench.{name}_bench", *(smoke if quick else full)]
     started = time.monotonic()
-    completed = subprocess.run(command, cwd=ROOT, check=False)
+    completed = subprocess.run(command, cwd=ROOT, check=False)  # nosec B603 - fixed argv, no shell
     return {
         "name": name,
         "command": " ".join(["python", "-m", f"bench.{name}_bench", *(smoke if quick else full)]),

@@ -75,7 +75,7 @@ class AppStats:
     rejected: int = 0  # lost an ownership condition in `new` (not acknowledged)
     skipped: int = 0  # operations the simulated application would never attempt (bad data, collisions)
     errors: int = 0  # transient faults that made an operation give up (not acknowledged)
-    delayed: int = 0  # operations that met `freeze` at least once
+    delayed: int = 0  # operations that met `freeze`, or waited behind one that did
     delays_s: list[float] = field(default_factory=list)
 
 
@@ -212,18 +212,19 @@ class AppSimulator:
     def _worker(self, tasks: queue.Queue[_Task | None]) -> None:
         # One router per worker: each worker is an application instance with its own cache.
         client, router = aws.dynamodb(self.settings, max_attempts=2), self.router_factory()
+        blocked_until = [0.0]  # when this worker's last frozen write got through
         while True:
             task = tasks.get()
             if task is None:
                 return
             try:
-                self._perform(client, router, task)
+                self._perform(client, router, task, blocked_until)
             finally:
                 with self._idle:
                     self._inflight -= 1
                     self._idle.notify_all()
 
-    def _perform(self, client: Any, router: Any, task: _Task) -> None:
+    def _perform(self, client: Any, router: Any, task: _Task, blocked_until: list[float]) -> None:
         first_frozen: float | None = None
         used: list[Mode] = []
 
@@ -257,9 +258,13 @@ class AppSimulator:
                 self.stats.errors += 1
                 return
             break
+        now = time.monotonic()
         if first_frozen is not None:
+            blocked_until[0] = now
+        if first_frozen is not None or task.created < blocked_until[0]:
+            # It met the freeze, or arrived while this worker was held by it: delayed either way.
             self.stats.delayed += 1
-            self.stats.delays_s.append(time.monotonic() - first_frozen)
+            self.stats.delays_s.append(now - (first_frozen if first_frozen is not None else task.created))
         self.acked[task.ref] = _wire_round_trip(task.op.item) if task.op.action == "put" else None
         self.stats.acknowledged += 1
         self.stats.acknowledged_by_mode[str(used[-1])] += 1
@@ -573,11 +578,12 @@ class SwitchRig:
         try:
             report = run_switch(self.settings, which, ports=self.ports(), **kwargs)
             op, outcome, window, timings = report.op, report.outcome, report.freeze_window_s, report.timings
-        except (SwitchAborted, CutoverError) as exc:
-            state = read_flag(self.settings)
-            window = state.extra.get("freeze_window_s")
+        except SwitchAborted as exc:  # froze, then went back: the freeze happened and is measured
+            window = read_flag(self.settings).extra.get("freeze_window_s")
             op, outcome, error = which.op, "aborted", str(exc)
             window = None if window is None else float(window)
+        except CutoverError as exc:  # refused before freezing: no freeze at all
+            op, outcome, window, error = which.op, "refused", None, str(exc)
         # Writes delayed by this freeze finish once the application's cache shows the new mode.
         time.sleep(self.settings.mode_cache_age_s + 0.2)
         mode = read_flag(self.settings).mode
