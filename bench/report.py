@@ -44,11 +44,11 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], str]] = {
 }
 
 
-def result_name(name: str, quick: bool) -> str:
-    """The result file stem a benchmark writes in the given mode."""
-    if quick and (OUT / f"{name}-quick.json").exists():
-        return f"{name}-quick"
-    return name
+def result_stems(name: str, quick: bool) -> list[str]:
+    """The result files to report for a benchmark: the mode just run first, then any other present."""
+    preferred = [f"{name}-quick", name] if quick else [name, f"{name}-quick"]
+    present = [stem for stem in preferred if (OUT / f"{stem}.json").exists() or (OUT / f"{stem}.md").exists()]
+    return present or [preferred[0]]
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
@@ -64,14 +64,13 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def load(name: str, quick: bool) -> tuple[dict[str, Any] | None, str | None, str]:
-    stem = result_name(name, quick)
+def load(stem: str) -> tuple[dict[str, Any] | None, str | None]:
     data = None
     json_path, md_path = OUT / f"{stem}.json", OUT / f"{stem}.md"
     if json_path.exists():
         data = json.loads(json_path.read_text())
     table = md_path.read_text() if md_path.exists() else None
-    return data, table, stem
+    return data, table
 
 
 def verdict_rows(name: str, data: dict[str, Any] | None) -> list[str]:
@@ -105,9 +104,10 @@ def render(names: list[str], runs: list[dict[str, Any]], quick: bool) -> str:
     ]
     engines = set()
     for name in names:
-        data, _, _ = load(name, quick)
-        if data and (data.get("machine") or {}).get("engine"):
-            engines.add(data["machine"]["engine"])
+        for stem in result_stems(name, quick):
+            data, _ = load(stem)
+            if data and (data.get("machine") or {}).get("engine"):
+                engines.add(data["machine"]["engine"])
     for engine in sorted(engines):
         lines.append(f"- {engine}")
     lines += ["", "## Commands", ""]
@@ -118,16 +118,18 @@ def render(names: list[str], runs: list[dict[str, Any]], quick: bool) -> str:
         lines.append("(report rebuilt from existing result files; see each section for when it ran)")
     lines += ["", "## Targets", "", "| benchmark | target | measured | result |", "|---|---|---|---|"]
     for name in names:
-        lines += verdict_rows(name, load(name, quick)[0])
+        for stem in result_stems(name, quick):
+            lines += verdict_rows(stem, load(stem)[0])
     for name in names:
-        data, table, stem = load(name, quick)
-        lines += ["", f"## {name}: {BENCHMARKS[name][2]}", ""]
-        if data and data.get("started_at"):
-            lines.append(f"Run started {data['started_at']}; raw data: `bench/out/{stem}.json`.")
-            lines.append("")
-        body = table or "(no result: the benchmark did not produce bench/out/{stem}.md)"
-        # demote the benchmark's own headings one level under this section
-        lines += [("#" + line) if line.startswith("#") else line for line in body.strip().splitlines()]
+        for stem in result_stems(name, quick):
+            data, table = load(stem)
+            lines += ["", f"## {stem}: {BENCHMARKS[name][2]}", ""]
+            if data and data.get("started_at"):
+                lines.append(f"Run started {data['started_at']}; raw data: `bench/out/{stem}.json`.")
+                lines.append("")
+            body = table or f"(no result: the benchmark did not produce bench/out/{stem}.md)"
+            # demote the benchmark's own headings one level under this section
+            lines += [("##" + line) if line.startswith("#") else line for line in body.strip().splitlines()]
     return "\n".join(lines) + "\n"
 
 

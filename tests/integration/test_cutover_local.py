@@ -28,7 +28,7 @@ from shared.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
-RATE = 10.0  # measured: see the module note
+RATE = 50.0  # measured: see the module note
 PHASE_S = 2.0
 
 
