@@ -440,6 +440,15 @@ def check_verify(settings: Settings, now: float) -> GateCheck:
     if age > settings.verify_max_age_s:
         return GateCheck("verify", False,
                          f"the last clean verify is {age:.0f}s old (limit verify_max_age_s={settings.verify_max_age_s:g})")
+    from shared.definition import get_definition
+
+    every_table = {source.name for source in get_definition(settings.migration).sources}
+    covered = set(last.get("tables") or [])
+    if not every_table <= covered or float(last.get("sample", 1.0)) < 1.0:
+        # A clean partial run proves nothing about the rest: the gate wants all of it.
+        return GateCheck("verify", False,
+                         f"the last clean verify covered {', '.join(sorted(covered)) or 'no table'}"
+                         f" at sample {float(last.get('sample', 1.0)):g}; run a full `dynashift verify`")
     return GateCheck("verify", True, f"clean, {age:.0f}s ago")
 
 
