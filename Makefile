@@ -59,7 +59,7 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.lock
 # directory), with ARTIFACTS_DIR set to .aws-sam/build/<Function>.
 sam-build: $(SAM_VENV)/.installed $(VENV)/.installed
 	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam build --build-in-source --template-file template.yaml \
-		--build-dir .aws-sam/build $(ARGS)
+		--build-dir .aws-sam/build $(SAM_BUILD_ARGS)
 
 # The runtime dependencies, once for all functions: exactly requirements-lambda.txt
 # (--no-deps: the file is the complete closure), binary wheels for Lambda's platform.

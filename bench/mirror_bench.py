@@ -400,7 +400,13 @@ class WriterProcess:
                 break
             except queue.Empty:
                 if not self.process.is_alive():
-                    raise RuntimeError(f"writer process died (exit code {self.process.exitcode})") from None
+                    # Its last answer may still be in the pipe (a loaded machine):
+                    # look once more before calling it dead.
+                    try:
+                        kind, value = self.out.get(timeout=5.0)
+                        break
+                    except queue.Empty:
+                        raise RuntimeError(f"writer process died (exit code {self.process.exitcode})") from None
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"writer process gave no answer within {timeout:.0f} s") from None
         if kind == "error":

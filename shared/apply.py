@@ -74,7 +74,7 @@ import math
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,8 +148,21 @@ class Applier:
     control: ControlStore
     clock: Clock = time.time
     sleep: Callable[[float], Any] = asyncio.sleep
-    tombstones: bool = True  # the mirror sets this per batch from the stale-writer registry
+    tombstones: bool = True  # the last answer of `tombstone_source` (or fixed, without one)
     last_tombstone_at: float = 0.0
+    # Asked right before every removal: may a stale writer be about? The
+    # mirror answers from the stale-writer registry, re-read whenever its last
+    # read is older than `stale_writer_refresh_s`. Deciding per removal, not
+    # per batch, is what the fence relies on: a removal made without a
+    # tombstone lands less than refresh + margin after a registry read that
+    # saw no stale writer, so before any stale writer's first read, even when
+    # a batch takes longer than the refresh period (a loaded engine).
+    tombstone_source: Callable[[], Awaitable[bool]] | None = None
+
+    async def _tombstones_now(self) -> bool:
+        if self.tombstone_source is not None:
+            self.tombstones = await self.tombstone_source()
+        return self.tombstones
 
     @property
     def target(self) -> str:
@@ -285,7 +298,8 @@ class Applier:
         condition = self.definition.owner_condition(ref)
         now = self.clock()
         key_item: Item = dict(zip(self.definition.target_key_attrs, key, strict=True))
-        if self.tombstones:
+        if await self._tombstones_now():
+            now = self.clock()
             tomb = tombstone_item(self.definition, key, now)
             condition = Attr(self.definition.target_key_attrs[0]).not_exists() | Attr("entity").eq(TOMBSTONE) | condition
             outcome = await self._conditional_put(tomb, condition)
@@ -434,9 +448,10 @@ class Applier:
                          "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **fresh}}
             )
         released: list[Item] = []
+        tombstoning = bool(removals) and await self._tombstones_now()
         now = self.clock()
         for key in removals:
-            if self.tombstones:
+            if tombstoning:
                 tomb = tombstone_item(self.definition, key, now)
                 actions.append({"Put": {"TableName": self.target, "Item": to_wire(tomb), **fresh}})
                 released.append(tomb)
@@ -461,7 +476,7 @@ class Applier:
             if any(c in ("ThrottlingError", "TransactionConflict", "ProvisionedThroughputExceeded") for c in codes):
                 raise TransientError(f"transaction on {self.target} cancelled: {codes}") from exc
             return "changed", None  # a removal lost its key meanwhile: read again
-        if self.tombstones and removals:
+        if tombstoning:
             self.last_tombstone_at = max(self.last_tombstone_at, now)
         return "ok", released
 

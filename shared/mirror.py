@@ -103,6 +103,8 @@ class MirrorEngine:
         self._stack: contextlib.AsyncExitStack | None = None
         self.applier: Applier | None = None
         self._registry_read_at = -1e9
+        self._stale_writers = True  # until the registry says otherwise
+        self._registry_lock = asyncio.Lock()
         self._start_recorded: set[str] = set()
         self.last_stats = BatchStats()
         physical = {settings.physical_name(s.name): s.name for s in self.definition.sources}
@@ -121,11 +123,25 @@ class MirrorEngine:
         return self.applier
 
     async def _refresh_tombstone_mode(self, applier: Applier) -> None:
-        """Tombstones only while a stale writer (backfill) may be about."""
-        now = time.monotonic()
-        if now - self._registry_read_at >= self.settings.stale_writer_refresh_s:
-            applier.tombstones = await self.registry.active()
-            self._registry_read_at = now
+        """Tombstones only while a stale writer (backfill) may be about.
+
+        The applier asks `_stale_writers_about` right before each removal; this
+        per-batch call only surfaces a registry failure early, as a transient
+        fault of the whole batch.
+        """
+        applier.tombstone_source = self._stale_writers_about
+        applier.tombstones = await self._stale_writers_about()
+
+    async def _stale_writers_about(self) -> bool:
+        """The registry's answer, never older than `stale_writer_refresh_s` (measured from
+        when the read was sent, so the answer is at least as fresh as it claims)."""
+        if time.monotonic() - self._registry_read_at >= self.settings.stale_writer_refresh_s:
+            async with self._registry_lock:
+                sent_at = time.monotonic()
+                if sent_at - self._registry_read_at >= self.settings.stale_writer_refresh_s:
+                    self._stale_writers = await self.registry.active()
+                    self._registry_read_at = sent_at
+        return self._stale_writers
 
     def close(self) -> None:
         if self._stack is not None:

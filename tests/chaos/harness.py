@@ -110,8 +110,8 @@ class Stage:
         self.data_dir = workdir / "engine-data"
         self.port = local_engine.free_port()
         self.engine = local_engine.start(ENGINE_CACHE, self.port, self.data_dir, quiet=True)
-        self.settings = load_settings(endpoint_url=self.engine.endpoint, stale_writer_refresh_s=0.5,
-                                      consistency_margin_s=0.5, backfill_lease_s=4)
+        self.settings = load_settings(endpoint_url=self.engine.endpoint, stale_writer_refresh_s=1.0,
+                                      consistency_margin_s=2.0, backfill_lease_s=4)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.runner_starts = 0
         make_tables(self.settings)
