@@ -57,7 +57,9 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.lock
 # (Metadata: BuildMethod: makefile), in the source tree (--build-in-source:
 # otherwise SAM first copies the whole project, .venv included, to a scratch
 # directory), with ARTIFACTS_DIR set to .aws-sam/build/<Function>.
-sam-build: $(SAM_VENV)/.installed $(VENV)/.installed
+# The runtime dependencies are installed first, once: SAM runs the functions'
+# build-<Function> targets concurrently, and each of them only copies them.
+sam-build: $(SAM_VENV)/.installed $(VENV)/.installed $(LAMBDA_DEPS)/.installed
 	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam build --build-in-source --template-file template.yaml \
 		--build-dir .aws-sam/build $(SAM_BUILD_ARGS)
 
