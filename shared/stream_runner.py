@@ -554,17 +554,7 @@ def run_forward_mirror(
         max_seconds=max_seconds,
         on_batch=on_batch,
     )
-    if stop_event is not None:
-        runner.stop_requested = stop_event
-    if ready_event is not None:
-        runner.ready = ready_event
-    if install_signals:
-        runner.install_signal_handlers()
-    try:
-        return runner.run()
-    finally:
-        engine.close()
-        mirror_handler.use_engine(None)  # type: ignore[arg-type]
+    return _drive(runner, engine, mirror_handler, stop_event, ready_event, install_signals)
 
 
 def run_reverse_mirror(
@@ -604,6 +594,18 @@ def run_reverse_mirror(
         source_tables=[settings.target_table],
         record_mirror_start=False,
     )
+    return _drive(runner, engine, reverse_handler, stop_event, ready_event, install_signals)
+
+
+def _drive(
+    runner: StreamRunner,
+    engine: Any,
+    handler_module: Any,
+    stop_event: threading.Event | None,
+    ready_event: threading.Event | None,
+    install_signals: bool,
+) -> RunnerReport:
+    """Run a runner to its end, then release the engine its handler module was given."""
     if stop_event is not None:
         runner.stop_requested = stop_event
     if ready_event is not None:
@@ -614,7 +616,7 @@ def run_reverse_mirror(
         return runner.run()
     finally:
         engine.close()
-        reverse_handler.use_engine(None)
+        handler_module.use_engine(None)
 
 
 def run_mirror(settings: Settings, direction: str = "forward", **kwargs: Any) -> RunnerReport:
