@@ -72,6 +72,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from backfill.lease import LeaseLapsed, install_page_gate
 from backfill.units import Unit, UnitStore
 from backfill.worker import Worker, WorkerOptions
 from shared import aws
@@ -159,6 +160,7 @@ class RunRegistration:
         self.fence_s = settings.stale_writer_refresh_s + settings.consistency_margin_s
         self.valid_until = 0.0
         self.fence_until = float("inf")
+        self.epoch = 0  # moves on with each fresh registration (the old one lapsed)
 
     @property
     def key(self) -> dict[str, Any]:
@@ -199,6 +201,8 @@ class RunRegistration:
                 )
             except Exception as put_exc:
                 raise translate(put_exc, "register the backfill as a stale writer") from put_exc
+        if fence_until != self.fence_until:
+            self.epoch += 1
         self.valid_until = until
         self.fence_until = fence_until
 
@@ -210,6 +214,17 @@ class RunRegistration:
         now = self.clock()
         horizon = self.settings.stale_write_horizon_s + self.settings.consistency_margin_s
         return now >= self.fence_until and self.valid_until - now > horizon
+
+    async def ready(self) -> int:
+        """The epoch a page read now belongs to (`page_gate` has waited out the fence)."""
+        return self.epoch
+
+    async def gate(self, epoch: int) -> None:
+        """Every attempt of a page's requests: only under the registration it was read in,
+        and only while that will outlive the request by the margin (botocore's retries
+        can send a write long after the page's horizon check)."""
+        if epoch != self.epoch or self.clock() + self.settings.consistency_margin_s >= self.valid_until:
+            raise LeaseLapsed(f"the stale-writer registration of {self.writer_id} may have lapsed")
 
     async def remove(self) -> None:
         await self.registry.deregister(self.writer_id)
@@ -324,6 +339,8 @@ async def run_unit(
             return True
 
         worker.page_gate = page_gate
+        worker.lease = registration
+        install_page_gate(client, registration.gate)
         heartbeat = asyncio.create_task(lease.keep())
         try:
             done = await worker.process_unit(run, unit)

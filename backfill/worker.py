@@ -36,10 +36,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from backfill.lease import PAGE_EPOCH, LeaseLapsed, PageLease, StaleWriterLease
 from backfill.ratelimit import RateLimiter
 from backfill.units import Run, Unit, UnitStore
 from backfill.writer import BackfillWriter, WriteCounts
@@ -76,6 +77,7 @@ class WorkerReport:
     units_completed: int = 0
     counts: WriteCounts = field(default_factory=WriteCounts)
     read: int = 0
+    lease_lapses: int = 0  # pages dropped and re-read because the lease came close to lapsing
 
 
 async def _always_open() -> bool:
@@ -100,7 +102,9 @@ class Worker:
         self.limiter = RateLimiter(options.rate_per_s)
         self.report = WorkerReport(self.owner)
         self.active: dict[str, Unit] = {}
-        self.lost_lease = False
+        # The stale-writer lease every page request is held to: `run` takes its
+        # own; a Lambda unit sets its run's registration (`backfill.lambda_unit`).
+        self.lease: PageLease | None = None
         # Pages being read or written -> when their read began. The heartbeat
         # publishes the oldest as the lease's `reads_since`: the tombstone
         # sweeper keeps every tombstone a write of these pages could still need.
@@ -120,11 +124,19 @@ class Worker:
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> WorkerReport:
-        await self.registry.register(self.owner, "backfill", self.options.lease_s)
-        # The fence: the mirror re-reads the registry at least this often, so
-        # after it every removal the mirror makes leaves a tombstone.
-        await asyncio.sleep(self.settings.stale_writer_refresh_s + self.settings.consistency_margin_s)
-        heartbeat = asyncio.create_task(self._heartbeats())
+        # Registering starts the fence: the mirror re-reads the registry at least
+        # every stale_writer_refresh_s, so after it every removal the mirror makes
+        # leaves a tombstone. The lease then holds every page request until then.
+        self.lease = lease = StaleWriterLease(
+            self.registry,
+            self.owner,
+            lease_s=self.options.lease_s,
+            fence_s=self.settings.stale_writer_refresh_s + self.settings.consistency_margin_s,
+            guard_s=self.settings.consistency_margin_s,
+        )
+        await lease.renew()
+        lease.install(self.client)
+        heartbeat = asyncio.create_task(self._heartbeats(lease))
         try:
             runs = [run for run in [await self.units.load(t) for t in self.options.tables] if run is not None]
             await asyncio.gather(
@@ -134,23 +146,33 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await self.registry.deregister(self.owner)
+            await lease.close()
+        self.report.lease_lapses = lease.lapses
         return self.report
 
-    async def _heartbeats(self) -> None:
+    async def _heartbeats(self, lease: StaleWriterLease) -> None:
+        failed = False
         while True:
-            await asyncio.sleep(self.options.lease_s / 3)
+            await asyncio.sleep(lease.renew_in(failed))
             # All renewals at once: a round must cost one round trip however many
             # units are in flight, or under load (slow or rate-limited requests)
             # leases lapse while their workers are alive, and live workers keep
             # taking units from each other, each losing its unsaved page.
             units = list(self.active.values())
-            _, *renewed = await asyncio.gather(
-                self.registry.register(self.owner, "backfill", self.options.lease_s, reads_since=self._reads_since()),
+            renewal, *renewed = await asyncio.gather(
+                lease.renew(self._reads_since()),
                 *(self.units.heartbeat(unit, self.owner, self.options.lease_s) for unit in units),
+                return_exceptions=True,
             )
+            errors = [r for r in (renewal, *renewed) if isinstance(r, BaseException)]
+            for error in errors:
+                if not aws.is_transient(error):
+                    lease.broken = error  # every page stops with it
+                    raise error
+            # A throttled or failed round is retried at once, not a third of a lease later.
+            failed = bool(errors)
             for unit, ok in zip(units, renewed, strict=True):
-                if not ok:
+                if ok is False:
                     self.active.pop(unit.sk + unit.table, None)
 
     async def _unit_loop(self, run: Run) -> None:
@@ -196,14 +218,20 @@ class Worker:
                 kwargs["ExclusiveStartKey"] = unit.cursor
             async with self._page_slots:
                 kwargs["Limit"] = self._segment_page_items()  # sized when the page may start
-                with self._page_in_flight():
-                    page, read_at = await self._with_backoff(lambda: self.client.scan(**kwargs), f"scan {physical}")
-                    items = [to_native(raw) for raw in page.get("Items", [])]
-                    await self._acquire(len(items))
-                    counts = await self._with_backoff(
-                        lambda: self.writer.write([(source.ref(i), i) for i in items], read_at), f"write {physical}"
-                    )
-                    self._adapt_page(len(items), time.time() - read_at)
+                try:
+                    async with self._page_in_flight():
+                        page, read_at = await self._with_backoff(
+                            lambda: self.client.scan(**kwargs), f"scan {physical}"
+                        )
+                        items = [to_native(raw) for raw in page.get("Items", [])]
+                        await self._acquire(len(items))
+                        counts = await self._with_backoff(
+                            lambda: self.writer.write([(source.ref(i), i) for i in items], read_at),
+                            f"write {physical}",
+                        )
+                except LeaseLapsed:
+                    continue  # read the page again, in the new epoch
+                self._adapt_page(len(items), time.time() - read_at)
             unit.cursor = page.get("LastEvaluatedKey")
             self._count(unit, len(items), counts[0])
             done = unit.cursor is None
@@ -214,6 +242,13 @@ class Worker:
 
     # ------------------------------------------------------------------- files
     async def _process_file(self, unit: Unit) -> bool:
+        while True:
+            try:
+                return await self._process_file_from_checkpoint(unit)
+            except LeaseLapsed:
+                continue  # from the last checkpointed line, in the new epoch
+
+    async def _process_file_from_checkpoint(self, unit: Unit) -> bool:
         from backfill.export import iter_file
 
         source = self.definition.source(unit.table)
@@ -224,7 +259,7 @@ class Worker:
             if not await self.page_gate():
                 return False
             await self._acquire(len(items))
-            with self._page_in_flight():
+            async with self._page_in_flight():
                 fresh, read_at = await self._with_backoff(
                     lambda: self._reread(unit.table, items), "re-read exported keys"
                 )
@@ -254,14 +289,18 @@ class Worker:
         return fresh
 
     # ----------------------------------------------------------------- helpers
-    @contextlib.contextmanager
-    def _page_in_flight(self) -> Iterator[None]:
-        """Around a page's read and all its writes (retries included)."""
+    @contextlib.asynccontextmanager
+    async def _page_in_flight(self) -> AsyncIterator[None]:
+        """Around a page's read and all its writes (retries included). Under a
+        lease, every request inside is held to the epoch the page was read in."""
+        epoch = await self.lease.ready() if self.lease is not None else None
         token = object()
         self._pages_in_flight[token] = time.time()  # no later than the read_at its writes use
+        epoch_token = PAGE_EPOCH.set(epoch)
         try:
             yield
         finally:
+            PAGE_EPOCH.reset(epoch_token)
             del self._pages_in_flight[token]
 
     def _reads_since(self) -> float:

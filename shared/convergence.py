@@ -41,7 +41,8 @@ class ConvergenceResult:
     extra: list[TargetKey] = field(default_factory=list)
     mismatched: list[tuple[TargetKey, dict[str, Any]]] = field(default_factory=list)
     leftover: list[TargetKey] = field(default_factory=list)
-    quarantine_missing: list[tuple[SourceRef, str]] = field(default_factory=list)
+    # (bad source item, reason expected, reason quarantine holds or None)
+    quarantine_missing: list[tuple[SourceRef, str, str | None]] = field(default_factory=list)
     quarantine_stale: list[SourceRef] = field(default_factory=list)
     held_by_quarantined: list[TargetKey] = field(default_factory=list)
     source_items: int = 0
@@ -61,6 +62,11 @@ class ConvergenceResult:
             f"leftover={len(self.leftover)} quarantine_missing={len(self.quarantine_missing)} "
             f"quarantine_stale={len(self.quarantine_stale)} "
             f"samples={[*self.missing[:3], *self.extra[:3], *[m[0] for m in self.mismatched[:3]], *self.leftover[:3]]}"
+            + "".join(
+                f" quarantine {ref}: expected {expected}, holds {found}"
+                for ref, expected, found in self.quarantine_missing[:3]
+            )
+            + "".join(f" stale quarantine {ref}" for ref in self.quarantine_stale[:3])
         )
 
 
@@ -141,7 +147,7 @@ def check(
             result.extra.append(key)
     for ref, reason in expected_bad.items():
         if quarantine.get(ref) != reason:
-            result.quarantine_missing.append((ref, reason))
+            result.quarantine_missing.append((ref, reason, quarantine.get(ref)))
         result.quarantined[reason] = result.quarantined.get(reason, 0) + 1
     result.quarantine_stale = [ref for ref in quarantine if ref not in expected_bad]
     return result

@@ -12,13 +12,17 @@ re-checking).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from shared.apply import sweep_tombstones
+from backfill.lease import PAGE_EPOCH, LeaseLapsed, StaleWriterLease
+from shared import aws
+from shared.apply import Applier, sweep_tombstones
+from shared.control import ControlStore, StaleWriterRegistry
 from shared.definition import SourceRef
 from shared.settings import load_settings
 from tests.conftest import drop_tables
@@ -300,3 +304,71 @@ def test_race3_stale_write_landing_after_an_idle_sweep_is_still_stopped_by_its_t
     assert swept == 0
     assert harness.converged().ok
 
+
+
+class ShiftedClock:
+    """The backfill host's clock, which the test can move on (a stalled renewal)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def test_race3_backfill_write_of_a_page_read_before_its_lease_lapsed_is_dropped_not_landed(harness):
+    settings = harness.settings
+    # GIVEN a repository in sc-main, and a backfill worker past its fence with a page read under its lease
+    harness.mirror([harness.put(REPO, repo(name="Old"))])
+    stack = contextlib.AsyncExitStack()
+    client = harness.run(stack.enter_async_context(aws.aio_dynamodb(settings)))
+    clock = ShiftedClock()
+    registry = StaleWriterRegistry(client, settings.control_table, clock)
+    lease = StaleWriterLease(registry, "lapsing-backfill", lease_s=30.0, guard_s=1.0, clock=clock,
+                             fence_s=settings.stale_writer_refresh_s + settings.consistency_margin_s)
+    lease.install(client)
+    backfill = Applier(settings, harness.definition, client, ControlStore(client, settings.control_table))
+    harness.run(lease.renew())
+    epoch = harness.run(lease.ready())
+    v1, read_at = harness.read(REPO, {"repoId": "r1"})
+    # WHEN its renewals stall: the registration runs out, the mirror sees no stale
+    # writer any more and applies a rename by deleting the old key without a tombstone
+    harness.run(harness.registry.deregister("lapsing-backfill"))
+    time.sleep(settings.stale_writer_refresh_s * 4)
+    harness.mirror_until_done([harness.put(REPO, repo(name="New"))])
+    left = harness.target("ACCOUNT#a1", "REPO#old")
+    assert left is None, f"the rename left {left}: the race needs a removal without a tombstone"
+    clock.offset = 30.0
+
+    async def page_write_then_late_renewal() -> bool:
+        async def page_write() -> Any:
+            PAGE_EPOCH.set(epoch)
+            return await backfill.write_stale(SourceRef(REPO, ("r1",)), v1, read_at)
+
+        # AND the page's write is due while the lease cannot outlive it, then the renewal comes back late
+        write = asyncio.ensure_future(page_write())
+        await asyncio.sleep(0.5)
+        held = not write.done()
+        await lease.renew()
+        with pytest.raises(LeaseLapsed):
+            await write
+        return held
+
+    held = harness.run(page_write_then_late_renewal())
+    # THEN the write was held, never sent, and dropped: the old key did not come back
+    assert held and lease.lapses == 1
+    assert harness.target_keys() == {("ACCOUNT#a1", "REPO#new")}
+    # AND the page read again after the new fence writes nothing stale
+    new_epoch = harness.run(lease.ready())
+    v2, read_at = harness.read(REPO, {"repoId": "r1"})
+
+    async def page_again() -> Any:
+        PAGE_EPOCH.set(new_epoch)
+        return await backfill.write_stale(SourceRef(REPO, ("r1",)), v2, read_at)
+
+    harness.run(page_again())
+    harness.run(lease.close())
+    harness.run(stack.aclose())
+    harness.finish_backfill()
+    assert harness.target_keys() == {("ACCOUNT#a1", "REPO#new")}
+    assert harness.converged().ok
