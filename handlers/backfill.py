@@ -18,18 +18,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 
 from backfill.lambda_unit import RunSpec, finish_run, plan_run, run_unit
 from shared.errors import UsageError
 from shared.settings import get_settings
+from shared.tracing import lambda_tracer
 
 logger = Logger(service="dynashift-backfill")
-tracer = Tracer(service="dynashift-backfill")
+traced = lambda_tracer("dynashift-backfill")
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@traced
 def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     plan = asyncio.run(plan_run(get_settings(), event.get("request", {}), run_id=event.get("execution")))
     logger.info("backfill planned", extra={"run": plan["run"], "units": len(plan["units"])})
@@ -37,7 +38,7 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@traced
 def unit_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     spec = RunSpec.from_json(event.get("run"))
     table, number = event.get("table"), event.get("unit")
@@ -53,7 +54,7 @@ def unit_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@traced
 def finish_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     result = asyncio.run(finish_run(get_settings(), RunSpec.from_json(event.get("run"))))
     logger.info("backfill finished", extra=result)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from shared.mirror import MirrorEngine
 from shared.settings import get_settings
+from shared.tracing import lambda_tracer
 
 logger = Logger(service="dynashift-mirror")
 metrics = Metrics(namespace="dynashift", service="mirror")
-tracer = Tracer(service="dynashift-mirror")
+traced = lambda_tracer("dynashift-mirror")
 
 _engine: MirrorEngine | None = None
 
@@ -37,7 +38,7 @@ def use_engine(mirror: MirrorEngine) -> None:
 
 @logger.inject_lambda_context(correlation_id_path="Records[0].eventID", clear_state=True)
 @metrics.log_metrics
-@tracer.capture_lambda_handler
+@traced
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     mirror = engine()
     response = mirror.handle(event, context)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from shared.reverse_mirror import ReverseEngine
 from shared.settings import get_settings
+from shared.tracing import lambda_tracer
 
 logger = Logger(service="dynashift-reverse-mirror")
 metrics = Metrics(namespace="dynashift", service="reverse-mirror")
-tracer = Tracer(service="dynashift-reverse-mirror")
+traced = lambda_tracer("dynashift-reverse-mirror")
 
 _engine: ReverseEngine | None = None
 
@@ -39,7 +40,7 @@ def use_engine(reverse: ReverseEngine | None) -> None:
 
 @logger.inject_lambda_context(correlation_id_path="Records[0].eventID", clear_state=True)
 @metrics.log_metrics
-@tracer.capture_lambda_handler
+@traced
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     reverse = engine()
     response = reverse.handle(event, context)
