@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import platform
@@ -82,6 +81,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python bench/backfill_bench.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import common
 from bench.mirror_bench import (
     CONTAMINATED_CORES,
     DAGGER,
@@ -618,11 +618,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
+    return common.write_outputs(report, out_dir, stem, render_markdown)
 
 
 def quick_config() -> BenchConfig:
@@ -675,17 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                              rss_sizes=args.rss_sizes)
     report = run_bench(config)
     stem = "backfill-rss" if config.rss_only else "backfill"
-    json_path, md_path = write_outputs(report, args.out_dir, stem + ("-quick" if args.quick else ""))
-    print()
-    print(render_markdown(report))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return common.publish(report, args.out_dir, stem + ("-quick" if args.quick else ""), render_markdown)
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        # Re-enter through the package, so the spawned copy process can import its target by name.
-        from bench.backfill_bench import main as _main
-
-        sys.exit(_main())
-    sys.exit(main())
+    common.script_main(__package__, "bench.backfill_bench", main)

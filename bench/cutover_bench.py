@@ -50,7 +50,6 @@ and bench/out/cutover.md (``--quick``: cutover-quick.{json,md}).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -62,6 +61,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python bench/cutover_bench.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import common
 from bench.mirror_bench import (
     CONTAMINATED_CORES,
     DAGGER,
@@ -232,11 +232,7 @@ def _num(value: float | None) -> str:
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
+    return common.write_outputs(report, out_dir, stem, render_markdown)
 
 
 def quick_config() -> BenchConfig:
@@ -262,12 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         quiet_wait_s=args.quiet_wait_s,
     )
     report = run_bench(config)
-    json_path, md_path = write_outputs(report, args.out_dir, "cutover-quick" if args.quick else "cutover")
-    print()
-    print(render_markdown(report))
-    print(f"wrote {json_path} and {md_path}")
+    common.publish(report, args.out_dir, "cutover-quick" if args.quick else "cutover", render_markdown)
     return 0 if report["summary"]["consistent"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    common.script_main(__package__, "bench.cutover_bench", main)

@@ -109,7 +109,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import multiprocessing
 import os
@@ -135,6 +134,7 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 # Metrics are off locally; powertools still warns once per call that it has none to publish.
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
+from bench import common
 from shared import aws, local_engine
 from shared.codec import from_stream_image, to_wire
 from shared.commands import create_tables
@@ -958,12 +958,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _cell(stat: dict[str, float] | None, digits: int = 0) -> str:
-    if not stat:
-        return "-"
-    fmt = f"{{:.{digits}f}}"
-    if stat["n"] == 1 or stat["min"] == stat["max"]:
-        return fmt.format(stat["median"])
-    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
+    return common.cell(stat, digits)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -1046,19 +1041,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_cell(ratio['handler_cpu_ms_per_record'], 2)} | {_cell(ratio['engine_cpu_ms_per_write'], 2)} |"
         )
     lines += ["", "## Target (issue): at least 1,000 legacy writes/s mirrored with p99 lag under 1 s", ""]
-    for verdict in summary["verdicts"]:
-        tag = "PASS" if verdict["pass"] else "FAIL"
-        info = " (informational)" if verdict.get("informational") else ""
-        lines.append(f"- **{tag}**{info} {verdict['target']}: {verdict['measured']}")
+    lines += common.verdict_lines(summary["verdicts"])
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
+    return common.write_outputs(report, out_dir, stem, render_markdown)
 
 
 def quick_config() -> BenchConfig:
@@ -1089,17 +1077,8 @@ def main(argv: list[str] | None = None) -> int:
         config = BenchConfig(rates=args.rates, duration_s=args.duration, repeats=args.repeats,
                              budget_s=args.budget_s, concurrency=args.concurrency, quiet_wait_s=args.quiet_wait_s)
     report = run_bench(config)
-    json_path, md_path = write_outputs(report, args.out_dir, "mirror-quick" if args.quick else "mirror")
-    print()
-    print(render_markdown(report))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return common.publish(report, args.out_dir, "mirror-quick" if args.quick else "mirror", render_markdown)
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        # Re-enter through the package, so the spawned writer process can import its target by name.
-        from bench.mirror_bench import main as _main
-
-        sys.exit(_main())
-    sys.exit(main())
+    common.script_main(__package__, "bench.mirror_bench", main)

@@ -72,6 +72,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: python bench/verify_bench.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import common
 from bench.mirror_bench import _machine_busy_s, fresh_engine, wait_for_quiet
 from shared import aws, local_engine
 from shared.codec import to_native
@@ -345,12 +346,7 @@ def verdicts(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[d
 
 
 def _cell(stat: dict[str, float] | None, digits: int = 0) -> str:
-    if not stat:
-        return "-"
-    fmt = f"{{:,.{digits}f}}"
-    if stat["n"] == 1 or stat["min"] == stat["max"]:
-        return fmt.format(stat["median"])
-    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
+    return common.cell(stat, digits, thousands=True)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -378,19 +374,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     for ratio in summary["ratios"]:
         lines.append(f"| {ratio['size']:,} | {_cell(ratio['throughput_ratio'], 2)} |")
     lines += ["", "## Targets (issue 5)", ""]
-    for verdict in summary["verdicts"]:
-        tag = "PASS" if verdict["pass"] else "FAIL"
-        info = " (informational)" if verdict.get("informational") else ""
-        lines.append(f"- **{tag}**{info} {verdict['target']}: {verdict['measured']}")
+    lines += common.verdict_lines(summary["verdicts"])
     return "\n".join(lines) + "\n"
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
+    return common.write_outputs(report, out_dir, stem, render_markdown)
 
 
 KEPT_STEMS = ("verify-million", "verify-extra")
@@ -446,16 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.million:
             write_outputs(report, args.out_dir, "verify-million")
         merge_kept_runs(report, args.out_dir)
-    json_path, md_path = write_outputs(report, args.out_dir, stem)
-    print()
-    print(render_markdown(report))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return common.publish(report, args.out_dir, stem, render_markdown)
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        from bench.verify_bench import main as _main
-
-        sys.exit(_main())
-    sys.exit(main())
+    common.script_main(__package__, "bench.verify_bench", main)
