@@ -9,8 +9,11 @@ not stop the others, and then writes `bench/RESULTS.md`:
 
 * the machine, the date, the exact commands and how long each took;
 * one table of every target with its measured value and PASS/FAIL;
-* each benchmark's own tables, verbatim.
+* each benchmark's own tables, verbatim, and its plot where a picture reads
+  better (`bench/plots.py`, into bench/plots/).
 
+Extra runs of a benchmark with other parameters are reported too when kept
+as bench/out/<name>-at-<what>.{json,md} (the cutover at other rates).
 ``--quick`` runs every benchmark's smoke mode (minutes instead of an hour);
 the report says which mode produced it. ``--only`` picks benchmarks;
 ``--report-only`` rebuilds RESULTS.md from the existing result files. The
@@ -30,9 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import plots
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 RESULTS = ROOT / "bench" / "RESULTS.md"
+PLOTS_DIR = ROOT / "bench" / "plots"
 
 # name -> (full-run arguments, quick-run arguments, what it answers)
 BENCHMARKS: dict[str, tuple[list[str], list[str], str]] = {
@@ -48,6 +54,8 @@ def result_stems(name: str, quick: bool) -> list[str]:
     """The result files to report for a benchmark: the mode just run first, then any other present."""
     preferred = [f"{name}-quick", name] if quick else [name, f"{name}-quick"]
     present = [stem for stem in preferred if (OUT / f"{stem}.json").exists() or (OUT / f"{stem}.md").exists()]
+    # Extra runs kept beside the main one, e.g. cutover-at-200 (`--rate 200 --out-dir`, renamed).
+    present += sorted(path.stem for path in OUT.glob(f"{name}-at-*.json"))
     return present or [preferred[0]]
 
 
@@ -143,6 +151,10 @@ def render(names: list[str], runs: list[dict[str, Any]], quick: bool) -> str:
             body = table or f"(no result: the benchmark did not produce bench/out/{stem}.md)"
             # demote the benchmark's own headings one level under this section
             lines += [("##" + line) if line.startswith("#") else line for line in body.strip().splitlines()]
+            drawn = plots.draw(name, stem, data, PLOTS_DIR)
+            if drawn:
+                path, caption = drawn
+                lines += ["", f"![{caption}]({path.relative_to(RESULTS.parent).as_posix()})"]
     chaos = OUT / "chaos.md"
     if chaos.exists():
         lines += ["", "## Chaos scenarios (from the last run of `tests/chaos`, part of `make test`)", ""]
