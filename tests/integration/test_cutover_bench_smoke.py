@@ -14,8 +14,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No app
 
 @pytest.mark.timeout(300)
 def test_quick_cutover_bench_reports_the_freeze_window(tmp_path: Path) -> None:
-    # GIVEN the quick configuration, with a light application and short phases
-    config = dataclasses.replace(quick_config(), rate=50.0, phase_s=1.0, quiet_wait_s=0.0)
+    # GIVEN the quick configuration, with a light application, short phases and a timeout
+    # generous enough for a machine shared with other jobs (this tests the mechanics, the
+    # benchmark itself measures the figures)
+    config = dataclasses.replace(quick_config(), rate=20.0, phase_s=1.0, quiet_wait_s=0.0, timeout_s=90.0)
     # WHEN the bench runs
     report = run_bench(config, log=lambda _: None)
     # THEN both switches completed consistently, each with a freeze window of at least the cache wait
