@@ -102,22 +102,21 @@ class StaleWriterLease:
 
     async def ready(self) -> int:
         """Wait until a page may be read (past the fence, lease holding); its epoch."""
-        while True:
-            if self.broken is not None:
-                raise self.broken
-            if self._usable(self.clock()):
-                return self.epoch
-            await asyncio.sleep(WAIT_STEP_S)
+        return await self._wait_usable(None)
 
     async def gate(self, epoch: int) -> None:
         """Hold a request of a page of `epoch` until the lease will outlive it."""
+        await self._wait_usable(epoch)
+
+    async def _wait_usable(self, epoch: int | None) -> int:
+        """Wait until the lease is usable; with `epoch`, only while it is still the current one."""
         while True:
             if self.broken is not None:
                 raise self.broken
-            if epoch != self.epoch:
+            if epoch is not None and epoch != self.epoch:
                 raise LeaseLapsed(f"stale-writer lease of {self.owner} lapsed after the page was read")
             if self._usable(self.clock()):
-                return
+                return self.epoch
             await asyncio.sleep(WAIT_STEP_S)
 
     def install(self, client: Any) -> None:

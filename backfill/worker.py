@@ -77,7 +77,6 @@ class WorkerReport:
     units_completed: int = 0
     counts: WriteCounts = field(default_factory=WriteCounts)
     read: int = 0
-    lease_lapses: int = 0  # pages dropped and re-read because the lease came close to lapsing
 
 
 async def _always_open() -> bool:
@@ -147,7 +146,6 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await lease.close()
-        self.report.lease_lapses = lease.lapses
         return self.report
 
     async def _heartbeats(self, lease: StaleWriterLease) -> None:

@@ -37,6 +37,7 @@ Results: bench/out/artifact.json (every repeat, raw) and bench/out/artifact.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -64,9 +65,14 @@ print((time.perf_counter() - started) * 1000, (time.process_time() - cpu) * 1000
 """
 
 
+@functools.cache
+def _template() -> dict:
+    return load_yaml((PROJECT_ROOT / "template.yaml").read_text())
+
+
 def functions() -> dict[str, str]:
     """Function -> handler module, from template.yaml."""
-    template = load_yaml((PROJECT_ROOT / "template.yaml").read_text())
+    template = _template()
     return {
         name: r["Properties"]["Handler"].rpartition(".")[0].replace("/", ".")
         for name, r in template["Resources"].items()
@@ -89,7 +95,7 @@ def artifact_sizes(directory: Path) -> tuple[int, int]:
 def deployed_environment(function: str, xray: bool = False) -> dict[str, str]:
     """The POWERTOOLS_* variables template.yaml gives the functions, with default parameters
     (or with EnableXRayTracing=true), plus what the Lambda runtime sets."""
-    template = load_yaml((PROJECT_ROOT / "template.yaml").read_text())
+    template = _template()
     tracing = "true" if xray else str(template["Parameters"]["EnableXRayTracing"]["Default"])
     env = {"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
            "AWS_LAMBDA_FUNCTION_NAME": function}

@@ -119,17 +119,17 @@ class MirrorEngine:
             )
             control = ControlStore(client, self.settings.control_table)
             self.applier = Applier(self.settings, self.definition, client, control)
+            self.applier.tombstone_source = self._stale_writers_about
             self.registry = StaleWriterRegistry(client, self.settings.control_table)
         return self.applier
 
     async def _refresh_tombstone_mode(self, applier: Applier) -> None:
         """Tombstones only while a stale writer (backfill) may be about.
 
-        The applier asks `_stale_writers_about` right before each removal; this
-        per-batch call only surfaces a registry failure early, as a transient
-        fault of the whole batch.
+        The applier asks `_stale_writers_about` (its `tombstone_source`) right
+        before each removal; this per-batch call only surfaces a registry
+        failure early, as a transient fault of the whole batch.
         """
-        applier.tombstone_source = self._stale_writers_about
         applier.tombstones = await self._stale_writers_about()
 
     async def _stale_writers_about(self) -> bool:
