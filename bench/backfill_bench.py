@@ -39,8 +39,9 @@ imported and connected, takes a snapshot, lets it go, and takes another snapshot
 
 Figures, per scenario: ``items/s`` = source items copied / wall time of the copy (dynashift: source items
 read; naive: items copied; ceiling: source items written); ``client CPU`` = user+system CPU of the child
-during the copy (all threads) per source item; ``peak RSS`` = the child's ``ru_maxrss`` (the high-water
-mark of the whole process, imports included; ``RSS before`` is its resident size when the copy started);
+during the copy (all threads) per source item; ``peak RSS`` = the child's own high-water mark
+(``VmHWM``, imports included; not ``ru_maxrss``, which Linux carries over from the parent that
+spawned it; ``RSS before`` is its resident size when the copy started);
 ``engine CPU`` per source item of the Java process; ``other load`` = CPU (cores) used by other programs
 during the copy, as in bench/mirror_bench.py. Runs during which other programs used more than 0.25 cores
 are flagged ``†``: on this 2-core machine their numbers are pessimistic, and the ratios (taken within one
@@ -214,9 +215,9 @@ def _child_main(spec: CopySpec, go: Any, out: Any) -> None:
         wall, cpu = time.perf_counter() - wall0, _cpu_s() - cpu0
         stop.set()
         sampler.join()
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+        peak_mb = common.own_peak_rss_mb()
         out.put(("result", {"wall_s": wall, "cpu_s": cpu, "rss_before_mb": rss_before,
-                            "peak_rss_mb": peak_kb / 1024, "rss_samples": samples, **figures}))
+                            "peak_rss_mb": peak_mb, "rss_samples": samples, **figures}))
     except BaseException as exc:  # noqa: BLE001  (reported to the parent, which must never hang)
         out.put(("error", f"{type(exc).__name__}: {exc}"))
 

@@ -2,7 +2,8 @@
 
 Each benchmark renders its own report (`render_markdown`); this module writes
 that report as JSON and Markdown under bench/out, prints it, and formats the
-"median (min-max)" cells the tables use. The machine-level helpers (a fresh
+"median (min-max)" cells the tables use, and reads a child's own peak
+memory (`own_peak_rss_mb`). The machine-level helpers (a fresh
 DynamoDB Local, waiting for a quiet machine, CPU snapshots) live in
 `bench.mirror_bench`, the first benchmark that needed them.
 """
@@ -17,6 +18,20 @@ from pathlib import Path
 from typing import Any
 
 Render = Callable[[dict[str, Any]], str]
+
+
+def own_peak_rss_mb(status: Path = Path("/proc/self/status")) -> float:
+    """This process's peak resident size since it started its program (``VmHWM``), in MB.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux keeps that high-water mark across fork and
+    execve, so a benchmark child spawned by a parent that was holding a lot of memory (the
+    loader's generated items, say) reports the parent's size, not its own. ``VmHWM`` belongs to
+    the address space the child's program built after execve, so it is the child's own.
+    """
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no VmHWM line in {status}: peak memory is measured on Linux only")
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, stem: str, render: Render) -> tuple[Path, Path]:

@@ -22,9 +22,12 @@ shared key keeps it), and every bad item and every collision loser goes into
 quarantine with its reason. That is exactly the state the mirror and
 backfill converge to, so both verifiers must find it clean.
 
-Each verifier runs in a child process of its own (so its peak RSS,
-``ru_maxrss``, is its alone), on the same engine, one after the other, in
-alternating order per round:
+Each verifier runs in a spawned child process of its own, on the same
+engine, one after the other, in alternating order per round. Its peak RSS
+is its own high-water mark (``VmHWM``, `bench.common.own_peak_rss_mb`), not
+``ru_maxrss``: Linux carries that across fork and execve, so a child spawned
+by this parent, which still holds the memory of the load, would report the
+parent's size (that is what made the first 300,000-item run read 1,007 MB).
 
 * ``dynashift``: `shared.verify.run` with ``--segments`` parallel segments
   per table (aiobotocore), SQLite spill, default settle (no difference is
@@ -59,7 +62,6 @@ import multiprocessing
 import os
 import platform
 import queue
-import resource
 import statistics
 import sys
 import time
@@ -202,7 +204,7 @@ def _child(kind: str, endpoint: str, segments: int, out: Any) -> None:
     result = RUNNERS[kind](settings, segments)
     result["elapsed_s"] = time.monotonic() - started
     result["cpu_s"] = time.process_time() - cpu
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+    result["peak_rss_mb"] = common.own_peak_rss_mb()
     out.put(result)
 
 
