@@ -28,7 +28,7 @@ import math
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +181,19 @@ class ControlStore:
                     entries.append(entry)
         return sorted(entries, key=lambda e: e.ref)
 
+    async def quarantine_reasons(self) -> AsyncIterator[tuple[SourceRef, str]]:
+        """Every entry's item and reason, a page at a time, without the images.
+
+        For readers that only count or compare (the verifier): memory stays one page, not the
+        whole quarantine, and the read units are those of the few attributes projected.
+        """
+        projection = {"ProjectionExpression": "#t, #k, #r",
+                      "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason"}}
+        for bucket in range(QUARANTINE_BUCKETS):
+            async for raw in self._query(f"QUARANTINE#{bucket}", **projection):
+                ref = SourceRef(raw["source_table"]["S"], tuple(k["S"] for k in raw["source_key"]["L"]))
+                yield ref, raw["reason"]["S"]
+
     @staticmethod
     def _entry(raw: dict[str, Any]) -> QuarantineEntry:
         blob = raw["image"]["B"]
@@ -232,12 +245,13 @@ class ControlStore:
             raise translate(exc, "remove key waiter") from exc
 
     # ---------------------------------------------------------------- helpers
-    async def _query(self, pk: str) -> Any:
+    async def _query(self, pk: str, **extra: Any) -> Any:
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "PK = :pk",
             "ExpressionAttributeValues": {":pk": {"S": pk}},
             "ConsistentRead": True,
+            **extra,
         }
         while True:
             try:

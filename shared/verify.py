@@ -31,8 +31,10 @@ How, in bounded memory (the design):
    capped): ``src`` (source ref, digest, quarantine reason if it does not
    transform), ``exp`` (target key, claiming source, digest of the expected
    item), ``act`` (target key, owner, digest, tombstone?), ``quar`` (the
-   control table's quarantine). Items are stored as 16-byte digests of a
-   canonical form (types kept, sets sorted, numbers normalised), never whole.
+   control table's quarantine: reasons only, streamed a page at a time,
+   never held whole, since 1% bad rows of a billion items is ten million).
+   Items are stored as 16-byte digests of a canonical form (types kept, sets
+   sorted, numbers normalised), never whole.
 2. **Nominate** with SQL joins over indexes built after the load (SQLite's
    B-trees are the disk-spilled partitions; a join over two indexes is a
    merge): expected keys that are absent or differ, target keys nobody
@@ -123,6 +125,7 @@ KEY_KINDS = ("missing", "extra", "mismatched", "leftover")
 SAMPLES_PER_KIND = 20
 MAX_ROUNDS = 3
 RECHECK_CHUNK = 500
+QUARANTINE_CHUNK = 1_000
 SCAN_RETRIES = 8
 SCAN_PAGE_ITEMS = 250
 RECHECK_CONCURRENCY = 32
@@ -820,12 +823,17 @@ class VerifyRun:
 
     async def _load(self, client: Any, control: ControlStore, applier: Applier, store: SpillStore) -> None:
         self.observer.phase("scanning")
-        entries = await control.quarantine_list()
-        store.db.executemany(
-            "INSERT OR REPLACE INTO quar VALUES (?, ?)",
-            [(e.ref.as_text(), e.reason) for e in entries
-             if e.ref.table in self.request.tables and sampled(e.ref.as_text(), self.request.sample)],
-        )
+        # Streamed into the store a page at a time, without images: the quarantine grows with the
+        # tables (1% bad rows of a billion items), so it must not be held in memory.
+        rows: list[tuple[str, str]] = []
+        async for ref, reason in control.quarantine_reasons():
+            text = ref.as_text()
+            if ref.table in self.request.tables and sampled(text, self.request.sample):
+                rows.append((text, reason))
+            if len(rows) >= QUARANTINE_CHUNK:
+                store.db.executemany("INSERT OR REPLACE INTO quar VALUES (?, ?)", rows)
+                rows.clear()
+        store.db.executemany("INSERT OR REPLACE INTO quar VALUES (?, ?)", rows)
         scanner = Scanner(self.definition, applier, store, self.request, self.observer)
         # One table at a time, each in `segments` parallel segments: the read rate stays what the
         # operator asked for, however many tables there are.

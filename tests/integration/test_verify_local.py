@@ -213,3 +213,39 @@ def test_a_difference_the_mirror_settles_during_the_wait_is_not_reported(sc_sett
     assert observer.drained >= 5
     assert report["rechecked"] >= 5 and report["rounds"] >= 1
     assert report["ok"], report["samples"]
+
+
+def test_the_quarantine_is_read_as_reasons_a_page_at_a_time_without_images(sc_settings):
+    # GIVEN a quarantine with entries in every bucket, unicode keys, every reason
+    from shared.control import QUARANTINE_BUCKETS, ControlStore, QuarantineEntry, quarantine_pk
+    from shared.definition import SourceRef
+
+    make_tables(sc_settings)
+    reasons = ("invalid_timestamp", "key_collision", "missing_field")
+    entries = [QuarantineEntry(SourceRef("sc-repositories", (f"acct-{n}", f"répo-{n}-工具")), reasons[n % 3],
+                               "test entry", {"accountId": f"acct-{n}", "n": n})
+               for n in range(120)]
+
+    async def read():
+        async with aws.aio_dynamodb(sc_settings) as client:
+            control = ControlStore(client, sc_settings.control_table)
+            for start in range(0, len(entries), 20):
+                await asyncio.gather(*(control.quarantine_put(e) for e in entries[start : start + 20]))
+            calls = []
+            original = client.query
+
+            async def spy(**kwargs):
+                calls.append(kwargs)
+                return await original(**kwargs)
+
+            client.query = spy
+            streamed = [pair async for pair in control.quarantine_reasons()]
+            return streamed, calls
+
+    streamed, calls = asyncio.run(read())
+    # THEN every entry comes back once, with its reason, whatever its bucket
+    assert sorted(streamed) == sorted((e.ref, e.reason) for e in entries)
+    assert len({quarantine_pk(e.ref) for e in entries}) == QUARANTINE_BUCKETS
+    # AND only the reference and the reason were asked for (the images stay in the table)
+    assert calls and all(c["ProjectionExpression"] == "#t, #k, #r" for c in calls)
+    assert "image" not in {name for c in calls for name in c["ExpressionAttributeNames"].values()}
