@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -241,6 +242,7 @@ class BenchConfig:
     segments: int = 8
     quiet_wait_s: float = 30.0
     seed: int = 11
+    verifiers: tuple[str, ...] = VERIFIERS
 
 
 @contextmanager
@@ -269,7 +271,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print, reuse:
         with loaded_engine(size, config, reuse, log) as (endpoint, loaded):
             loads[size] = loaded
             for round_no in range(config.rounds):
-                order = VERIFIERS if round_no % 2 == 0 else tuple(reversed(VERIFIERS))
+                order = config.verifiers if round_no % 2 == 0 else tuple(reversed(config.verifiers))
                 for kind in order:
                     waited, load_before = wait_for_quiet(config.quiet_wait_s)
                     result = measure(kind, endpoint, config.segments)
@@ -405,6 +407,14 @@ def quick_config() -> BenchConfig:
     return BenchConfig(sizes=[5_000], rounds=1, segments=4, quiet_wait_s=3.0)
 
 
+def _verifier_list(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in chosen if name not in VERIFIERS]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(VERIFIERS)}, not {text!r}")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.verify_bench", description=__doc__.split("\n\n", 1)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure only these sizes (1 round), kept in verify-extra.json for later reports")
     defaults = BenchConfig()
     parser.add_argument("--rounds", type=int, default=defaults.rounds)
+    parser.add_argument("--verifiers", type=_verifier_list, default=defaults.verifiers,
+                        help="which verifiers to measure, comma-separated (default: dynashift,naive; a size "
+                             "measured by one only gets no throughput ratio)")
     parser.add_argument("--segments", type=int, default=defaults.segments)
     parser.add_argument("--quiet-wait-s", type=float, default=defaults.quiet_wait_s)
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
@@ -432,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         stem = "verify-million" if args.only_million else "verify"
     if args.reuse_endpoint and len(config.sizes) != 1:
         parser.error("--reuse-endpoint: with exactly one size")
+    config = dataclasses.replace(config, verifiers=args.verifiers)
     report = run_bench(config, reuse=args.reuse_endpoint)
     if stem == "verify":
         if args.million:

@@ -194,6 +194,13 @@ class ControlStore:
                 ref = SourceRef(raw["source_table"]["S"], tuple(k["S"] for k in raw["source_key"]["L"]))
                 yield ref, raw["reason"]["S"]
 
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Entries per reason, sorted by reason; streamed, so memory holds the reasons only."""
+        counts: dict[str, int] = {}
+        async for _, reason in self.quarantine_reasons():
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items()))
+
     @staticmethod
     def _entry(raw: dict[str, Any]) -> QuarantineEntry:
         blob = raw["image"]["B"]

@@ -456,21 +456,19 @@ def check_quarantine(settings: Settings, accept: bool) -> GateCheck:
     from shared import aws
     from shared.control import ControlStore
 
-    async def entries() -> list[Any]:
+    async def counts() -> dict[str, int]:
         async with aws.aio_dynamodb(settings) as client:
-            return await ControlStore(client, settings.control_table).quarantine_list()
+            return await ControlStore(client, settings.control_table).quarantine_counts()
 
-    found = asyncio.run(entries())
-    if not found:
+    reasons = asyncio.run(counts())
+    total = sum(reasons.values())
+    if not total:
         return GateCheck("quarantine", True, "empty")
-    reasons: dict[str, int] = {}
-    for entry in found:
-        reasons[entry.reason] = reasons.get(entry.reason, 0) + 1
-    listing = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+    listing = ", ".join(f"{n} {r}" for r, n in reasons.items())
     if accept:
-        return GateCheck("quarantine", True, f"{len(found)} item(s) accepted ({listing})")
+        return GateCheck("quarantine", True, f"{total} item(s) accepted ({listing})")
     return GateCheck("quarantine", False,
-                     f"{len(found)} item(s) ({listing}); fix them or pass --accept-quarantined")
+                     f"{total} item(s) ({listing}); fix them or pass --accept-quarantined")
 
 
 def check_backups(settings: Settings, now: float) -> GateCheck:

@@ -12,7 +12,8 @@ GetItem or a Query; never a scan of a data table):
   `shared.stream_runner` (``updated_at``, ``finished``, ``sequence_number``);
   age = now - updated_at. A runner only writes a checkpoint when it applied
   something, so on an idle table the age grows although nothing is behind;
-* quarantine counts by reason (`ControlStore.quarantine_list`);
+* quarantine counts by reason (`ControlStore.quarantine_counts`: reasons
+  only, streamed, so a quarantine of millions is counted, not loaded);
 * the last verify result (`shared.verify.last_verify`);
 * the last backup: items ``BACKUP`` / ``<ISO timestamp>...`` (written by the
   backup module), newest first; None when there is none yet.
@@ -114,11 +115,11 @@ async def quarantine_entries(settings: Settings, reason: str | None = None) -> l
         return await ControlStore(client, settings.control_table).quarantine_list(reason)
 
 
-def quarantine_counts(entries: list[QuarantineEntry]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry.reason] = counts.get(entry.reason, 0) + 1
-    return dict(sorted(counts.items()))
+async def quarantine_counts(settings: Settings) -> dict[str, int]:
+    """Entries per reason, streamed without images: a large quarantine is counted, not loaded."""
+    await asyncio.to_thread(preflight, settings, [settings.control_table])
+    async with aws.aio_dynamodb(settings) as client:
+        return await ControlStore(client, settings.control_table).quarantine_counts()
 
 
 def entry_as_dict(entry: QuarantineEntry, *, with_image: bool = True) -> dict[str, Any]:
@@ -142,13 +143,13 @@ def gather(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
 
     now = clock()
     client = aws.dynamodb(settings)
-    entries = asyncio.run(quarantine_entries(settings))
+    by_reason = asyncio.run(quarantine_counts(settings))
     return {
         "at": now,
         "mode": read_mode(client, settings),
         "backfill": backfill_status(settings),
         "mirror": mirror_checkpoints(client, settings, now),
-        "quarantine": {"total": len(entries), "by_reason": quarantine_counts(entries)},
+        "quarantine": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "verify": last_verify(settings),
         "backup": last_backup(client, settings),
     }

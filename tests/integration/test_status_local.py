@@ -10,6 +10,7 @@ import pytest
 from shared import aws
 from shared.cli import main
 from shared.codec import to_wire
+from shared.cutover import check_quarantine
 from shared.seed import seed
 from shared.stream_runner import run_forward_mirror
 from tests.integration.helpers import make_tables
@@ -44,6 +45,18 @@ def test_status_quarantine_list_and_retry(env, capsys, tmp_path):
     assert {row["table"] for row in data["mirror"]} == {"sc-accounts", "sc-repositories"}
     assert all(row["age_s"] is not None and row["age_s"] >= 0 for row in data["mirror"])
     assert data["quarantine"]["total"] == sum(data["quarantine"]["by_reason"].values()) > 0
+    # AND its counts (streamed, reasons only) agree with the full listing, reason by reason
+    assert cli(env, "quarantine", "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    by_reason: dict[str, int] = {}
+    for entry in listed:
+        by_reason[entry["reason"]] = by_reason.get(entry["reason"], 0) + 1
+    assert data["quarantine"]["by_reason"] == by_reason and data["quarantine"]["total"] == len(listed)
+    # AND the cutover gate counts the same, refusing unless the operator accepts them
+    refused, accepted = check_quarantine(env, accept=False), check_quarantine(env, accept=True)
+    assert not refused.ok and refused.detail.startswith(f"{len(listed)} item(s) (")
+    assert all(f"{n} {reason}" in refused.detail for reason, n in by_reason.items())
+    assert accepted.ok and "accepted" in accepted.detail
     # WHEN verify runs (exit 0: converged) and a backup record and the mode exist
     assert cli(env, "verify", "--settle", "0", "--segments", "2") == 0
     client = aws.dynamodb(env)
