@@ -351,10 +351,6 @@ def verdicts(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[d
     return out
 
 
-def measured_sizes(summary: dict[str, Any]) -> list[int]:
-    return sorted({row["size"] for row in summary["rows"]})
-
-
 def _cell(stat: dict[str, float] | None, digits: int = 0) -> str:
     return common.cell(stat, digits, thousands=True)
 
@@ -383,8 +379,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| source items | dynashift / naive throughput (paired) |", "|---|---|"]
     for ratio in summary["ratios"]:
         lines.append(f"| {ratio['size']:,} | {_cell(ratio['throughput_ratio'], 2)} |")
-    measured_by = {size: {r["verifier"] for r in summary["rows"] if r["size"] == size} for size in measured_sizes(summary)}
-    alone = {size: kinds for size, kinds in measured_by.items() if len(kinds) == 1}
+    verifiers_by_size: dict[int, set[str]] = {}
+    for row in summary["rows"]:
+        verifiers_by_size.setdefault(row["size"], set()).add(row["verifier"])
+    alone = {size: kinds for size, kinds in verifiers_by_size.items() if len(kinds) == 1}
     if alone:
         lines += ["", "Measured by one verifier only (so no ratio): " + "; ".join(
             f"{size:,} items: {next(iter(kinds))}" for size, kinds in sorted(alone.items())) + "."]

@@ -191,8 +191,7 @@ class ControlStore:
                       "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason"}}
         for bucket in range(QUARANTINE_BUCKETS):
             async for raw in self._query(f"QUARANTINE#{bucket}", **projection):
-                ref = SourceRef(raw["source_table"]["S"], tuple(k["S"] for k in raw["source_key"]["L"]))
-                yield ref, raw["reason"]["S"]
+                yield self._ref(raw), raw["reason"]["S"]
 
     async def quarantine_counts(self) -> dict[str, int]:
         """Entries per reason, sorted by reason; streamed, so memory holds the reasons only."""
@@ -202,10 +201,14 @@ class ControlStore:
         return dict(sorted(counts.items()))
 
     @staticmethod
-    def _entry(raw: dict[str, Any]) -> QuarantineEntry:
+    def _ref(raw: dict[str, Any]) -> SourceRef:
+        return SourceRef(raw["source_table"]["S"], tuple(k["S"] for k in raw["source_key"]["L"]))
+
+    @classmethod
+    def _entry(cls, raw: dict[str, Any]) -> QuarantineEntry:
         blob = raw["image"]["B"]
         return QuarantineEntry(
-            ref=SourceRef(raw["source_table"]["S"], tuple(k["S"] for k in raw["source_key"]["L"])),
+            ref=cls._ref(raw),
             reason=raw["reason"]["S"],
             message=raw["message"]["S"],
             image=decode_image(blob),
