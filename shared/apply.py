@@ -151,15 +151,17 @@ class Applier:
     tombstones: bool = True  # the last answer of `tombstone_source` (or fixed, without one)
     last_tombstone_at: float = 0.0
     # Asked right before every removal: may a stale writer be about? The
-    # mirror answers from the stale-writer registry, re-read whenever its last
-    # read is older than `stale_writer_refresh_s`. Deciding per removal, not
-    # per batch, is what the fence relies on: a removal made without a
-    # tombstone lands less than refresh + margin after a registry read that
-    # saw no stale writer, so before any stale writer's first read, even when
-    # a batch takes longer than the refresh period (a loaded engine).
+    # mirror, repair and quarantine retry answer from the stale-writer
+    # registry (`StaleWriterWatch`: re-read whenever its last read is older
+    # than `stale_writer_refresh_s`). Deciding per removal, not per batch or
+    # per run, is what the fence relies on: a removal made without a
+    # tombstone removes a key the source gave up less than the refresh period
+    # after a registry read that saw no stale writer, so before any stale
+    # writer's first read, even when a batch or a repair takes much longer
+    # than the refresh period.
     tombstone_source: Callable[[], Awaitable[bool]] | None = None
 
-    async def _tombstones_now(self) -> bool:
+    async def tombstones_now(self) -> bool:
         if self.tombstone_source is not None:
             self.tombstones = await self.tombstone_source()
         return self.tombstones
@@ -298,7 +300,7 @@ class Applier:
         condition = self.definition.owner_condition(ref)
         now = self.clock()
         key_item: Item = dict(zip(self.definition.target_key_attrs, key, strict=True))
-        if await self._tombstones_now():
+        if await self.tombstones_now():
             now = self.clock()
             tomb = tombstone_item(self.definition, key, now)
             condition = Attr(self.definition.target_key_attrs[0]).not_exists() | Attr("entity").eq(TOMBSTONE) | condition
@@ -380,34 +382,40 @@ class Applier:
     async def apply_validated(self, ref: SourceRef, *, held: set[TargetKey] | None = None) -> ApplyResult:
         """Re-read a source item and apply it in a transaction validated against it.
 
-        Used by the collision waker, repair and quarantine retry. `held` are
-        the keys its last clean version left in the target (from quarantine).
+        Used by the collision waker, repair, quarantine retry and the
+        backfill's fallback. `held` are keys the caller knows the item may
+        still hold in the target. The item's quarantine entry is read here, on
+        every attempt: its `held_keys` (what the last clean version left) are
+        removed too, and the same transaction clears exactly that entry (or
+        checks there is none). A writer that cleared an entry without removing
+        its held keys would strand them: the mirror learns them only from the
+        entry, because the records it applies next carry the bad images.
         """
-        held = set(held or ())
         result = ApplyResult()
         for _attempt in range(VALIDATED_RETRIES):
+            entry = (await self.control.quarantine_get_many([ref])).get(ref)
             image, _ = await self.read_source(ref)
             if image is None:
                 return result  # deleted at the source: its REMOVE is the mirror's to apply
+            attempt_held = set(held or ()) | (entry.held_keys if entry else set())
             try:
                 targets = self._transform(ref, image)
             except QuarantineError as exc:
-                await self._quarantine_stale(ref, exc, image, held)
+                await self._quarantine_stale(ref, exc, image, attempt_held)
                 result.quarantined = exc
                 return result
-            status, detail = await self._transact_validated(ref, image, targets, held)
+            status, detail = await self._transact_validated(ref, image, targets, attempt_held, entry)
             if status == "ok":
                 result.written += len(targets)
                 result.removed += len(detail)
-                await self.control.quarantine_clear(ref)
-                result.cleared_quarantine = True
+                result.cleared_quarantine = True  # the transaction cleared the entry, or saw none
                 for released in detail:
                     result.woken += await self._wake(released)
                 return result
             if status == "collision":
                 item, existing = detail
                 result.quarantined = await self._handle_collisions(
-                    ref, image, [(item, _PutOutcome(False, existing))], held, retry=None
+                    ref, image, [(item, _PutOutcome(False, existing))], attempt_held, retry=None
                 )
                 # Re-check after registering: if the key is free now, go again.
                 current = await self._get_target(self.definition.target_key(item))
@@ -423,10 +431,14 @@ class Applier:
         return result
 
     async def _transact_validated(
-        self, ref: SourceRef, image: Item, targets: list[Item], held: set[TargetKey]
+        self, ref: SourceRef, image: Item, targets: list[Item], held: set[TargetKey], entry: QuarantineEntry | None
     ) -> tuple[str, Any]:
         new_keys = {self.definition.target_key(t) for t in targets}
-        removals = sorted(held - new_keys)
+        # Held keys are a superset (entries merge what every writer knew); in a
+        # transaction a key another item holds now would cancel everything, so
+        # only keys this item still holds are removed (a change before the
+        # commit fails the removal's condition: re-read).
+        removals = [key for key in sorted(held - new_keys) if self._holds(ref, await self._get_target(key))]
         source = self.definition.source(ref.table)
         actions: list[dict[str, Any]] = [
             {
@@ -448,7 +460,7 @@ class Applier:
                          "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **fresh}}
             )
         released: list[Item] = []
-        tombstoning = bool(removals) and await self._tombstones_now()
+        tombstoning = bool(removals) and await self.tombstones_now()
         now = self.clock()
         for key in removals:
             if tombstoning:
@@ -460,6 +472,7 @@ class Applier:
                 owned = render(Attr(self.definition.target_key_attrs[0]).not_exists() | self.definition.owner_condition(ref))
                 actions.append({"Delete": {"TableName": self.target, "Key": to_wire(key_item), **owned}})
                 released.append(key_item)
+        actions.append(self.control.quarantine_settle_action(ref, entry))  # last: reasons index the targets
         try:
             await self.client.transact_write_items(TransactItems=actions)
         except Exception as exc:
@@ -479,6 +492,9 @@ class Applier:
         if tombstoning:
             self.last_tombstone_at = max(self.last_tombstone_at, now)
         return "ok", released
+
+    def _holds(self, ref: SourceRef, item: Item | None) -> bool:
+        return item is not None and not is_tombstone(item) and self.definition.owner(item) == ref
 
     async def _get_target(self, key: TargetKey) -> Item | None:
         try:

@@ -23,6 +23,7 @@ key collisions (see `shared.apply`) depends on it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -64,6 +65,7 @@ class QuarantineEntry:
     held_keys: set[TargetKey] = field(default_factory=set)
     detected_at: float = 0.0
     collision_key: TargetKey | None = None
+    write_token: str | None = None  # changes with every write of the entry (as read; None when building one)
 
 
 def encode_image(image: Item | None) -> bytes:
@@ -148,6 +150,21 @@ class ControlStore:
                 return  # rewritten since by someone who knows better: keep theirs
             raise translate(exc, "clear quarantine entry") from exc
 
+    def quarantine_settle_action(self, ref: SourceRef, entry: QuarantineEntry | None) -> dict[str, Any]:
+        """A transaction action that clears `entry` exactly as it was read (its write
+        token), or, with no entry read, checks there still is none. A validated
+        write carries it, so the held keys it removes are those of the entry it
+        clears, and an entry written meanwhile cancels the write (it is re-read)."""
+        key = {"PK": {"S": quarantine_pk(ref)}, "SK": {"S": ref.as_text()}}
+        if entry is None:
+            return {"ConditionCheck": {"TableName": self.table, "Key": key,
+                                       "ConditionExpression": "attribute_not_exists(PK)"}}
+        if entry.write_token is None:
+            raise ValueError(f"quarantine entry of {ref.as_text()} was not read from the table (no write token)")
+        return {"Delete": {"TableName": self.table, "Key": key, "ConditionExpression": "#w = :w",
+                           "ExpressionAttributeNames": {"#w": "write_token"},
+                           "ExpressionAttributeValues": {":w": {"S": entry.write_token}}}}
+
     async def quarantine_get_many(self, refs: Iterable[SourceRef]) -> dict[SourceRef, QuarantineEntry]:
         """Strongly consistent BatchGetItem of the entries for `refs` (missing = not quarantined)."""
         refs = list(dict.fromkeys(refs))
@@ -215,6 +232,7 @@ class ControlStore:
             held_keys={key_from_text(k) for k in raw.get("held_keys", {}).get("SS", [])},
             detected_at=float(raw["detected_at"]["N"]),
             collision_key=key_from_text(raw["collision_key"]["S"]) if "collision_key" in raw else None,
+            write_token=raw["write_token"]["S"] if "write_token" in raw else None,
         )
 
     # --------------------------------------------------------------- waiters
@@ -360,3 +378,35 @@ class StaleWriterRegistry:
             if "LastEvaluatedKey" not in page:
                 return items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class StaleWriterWatch:
+    """The registry's answer to "may a stale writer be about?", re-read once
+    it is older than `refresh_s`.
+
+    Age is measured from when the read was *sent*, so an answer is at least
+    as fresh as it claims. That is what the fence needs from every remover:
+    a removal decided on an answer read at t0 removes a key the source gave
+    up before the decision, so before t0 + refresh; a stale writer unseen at
+    t0 registered after it and reads only after t0 + refresh + margin, when
+    its (eventually consistent) read already shows the change. A single read
+    is shared by concurrent askers, so a busy batch does not query the
+    registry per removal.
+    """
+
+    def __init__(self, registry: StaleWriterRegistry, refresh_s: float, monotonic: Any = time.monotonic) -> None:
+        self.registry = registry
+        self.refresh_s = refresh_s
+        self.monotonic = monotonic
+        self._sent_at = -math.inf
+        self._active = True  # until the registry says otherwise
+        self._lock = asyncio.Lock()
+
+    async def stale_writers_about(self) -> bool:
+        if self.monotonic() - self._sent_at >= self.refresh_s:
+            async with self._lock:
+                sent_at = self.monotonic()
+                if sent_at - self._sent_at >= self.refresh_s:
+                    self._active = await self.registry.active()
+                    self._sent_at = sent_at
+        return self._active

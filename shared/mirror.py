@@ -45,7 +45,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from shared.apply import Applier, ApplyResult
 from shared.aws import aio_dynamodb, error_code, is_transient
 from shared.codec import from_stream_image
-from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
+from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.errors import TransientError
 from shared.mode import forward_applies, read_mode_async
@@ -102,9 +102,6 @@ class MirrorEngine:
         self.loop = asyncio.new_event_loop()
         self._stack: contextlib.AsyncExitStack | None = None
         self.applier: Applier | None = None
-        self._registry_read_at = -1e9
-        self._stale_writers = True  # until the registry says otherwise
-        self._registry_lock = asyncio.Lock()
         self._start_recorded: set[str] = set()
         self.last_stats = BatchStats()
         physical = {settings.physical_name(s.name): s.name for s in self.definition.sources}
@@ -118,30 +115,20 @@ class MirrorEngine:
                 aio_dynamodb(self.settings, pool=self.settings.mirror_concurrency * 2)
             )
             control = ControlStore(client, self.settings.control_table)
-            self.applier = Applier(self.settings, self.definition, client, control)
-            self.applier.tombstone_source = self._stale_writers_about
-            self.registry = StaleWriterRegistry(client, self.settings.control_table)
+            self.watch = StaleWriterWatch(StaleWriterRegistry(client, self.settings.control_table),
+                                          self.settings.stale_writer_refresh_s)
+            self.applier = Applier(self.settings, self.definition, client, control,
+                                   tombstone_source=self.watch.stale_writers_about)
         return self.applier
 
     async def _refresh_tombstone_mode(self, applier: Applier) -> None:
         """Tombstones only while a stale writer (backfill) may be about.
 
-        The applier asks `_stale_writers_about` (its `tombstone_source`) right
+        The applier asks its `tombstone_source` (the registry watch) right
         before each removal; this per-batch call only surfaces a registry
         failure early, as a transient fault of the whole batch.
         """
-        applier.tombstones = await self._stale_writers_about()
-
-    async def _stale_writers_about(self) -> bool:
-        """The registry's answer, never older than `stale_writer_refresh_s` (measured from
-        when the read was sent, so the answer is at least as fresh as it claims)."""
-        if time.monotonic() - self._registry_read_at >= self.settings.stale_writer_refresh_s:
-            async with self._registry_lock:
-                sent_at = time.monotonic()
-                if sent_at - self._registry_read_at >= self.settings.stale_writer_refresh_s:
-                    self._stale_writers = await self.registry.active()
-                    self._registry_read_at = sent_at
-        return self._stale_writers
+        await applier.tombstones_now()
 
     def close(self) -> None:
         if self._stack is not None:

@@ -34,7 +34,7 @@ from shared import aws
 from shared.apply import Applier
 from shared.aws import translate
 from shared.codec import to_native
-from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
+from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
 from shared.definition import get_definition
 from shared.settings import Settings
 from shared.verify import jsonable, last_verify, preflight
@@ -170,8 +170,8 @@ async def retry_quarantine(settings: Settings, reason: str | None = None) -> Ret
     definition = get_definition(settings.migration)
     async with aws.aio_dynamodb(settings) as client:
         control = ControlStore(client, settings.control_table)
-        applier = Applier(settings, definition, client, control)
-        applier.tombstones = await StaleWriterRegistry(client, settings.control_table).active()
+        watch = StaleWriterWatch(StaleWriterRegistry(client, settings.control_table), settings.stale_writer_refresh_s)
+        applier = Applier(settings, definition, client, control, tombstone_source=watch.stale_writers_about)
         for entry in await control.quarantine_list(reason):
             report.retried += 1
             image, _ = await applier.read_source(entry.ref)

@@ -115,7 +115,7 @@ from shared.apply import TOMBSTONE, Applier, tombstone_item
 from shared.aws import error_code, translate
 from shared.codec import from_dynamodb_json, to_native, to_wire
 from shared.conditions import image_unchanged, render
-from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, key_from_text, key_text
+from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch, key_from_text, key_text
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.errors import QuarantineError, StoreError, UsageError
 from shared.settings import Settings
@@ -730,7 +730,7 @@ async def _release(view: LiveView, ref: SourceRef, key: TargetKey) -> str:
                                 "Key": to_wire(source.key_of(ref)),
                                 "ConditionExpression": "attribute_not_exists(#k)",
                                 "ExpressionAttributeNames": {"#k": source.key_attrs[0]}}}
-    if applier.tombstones:
+    if await applier.tombstones_now():
         tomb = tombstone_item(definition, key, applier.clock())
         action = {"Put": {"TableName": applier.target, "Item": to_wire(tomb), **owned}}
     else:
@@ -747,7 +747,7 @@ async def _release(view: LiveView, ref: SourceRef, key: TargetKey) -> str:
 async def _delete_exact(view: LiveView, key: TargetKey, seen: Item) -> str:
     """Delete an item no source can own (or a tombstone), only if it is still exactly what was seen."""
     applier, definition = view.applier, view.definition
-    if seen.get("entity") == TOMBSTONE and applier.tombstones:
+    if seen.get("entity") == TOMBSTONE and await applier.tombstones_now():
         life_ms = (applier.settings.stale_write_horizon_s + applier.settings.consistency_margin_s) * 1000
         if applier.clock() * 1000 - float(seen.get("_ds_deleted_at", 0)) < life_ms:
             return "left alone: a backfill may still need this tombstone"
@@ -813,7 +813,9 @@ class VerifyRun:
                 repair = None
                 if self.request.repair:
                     self.observer.phase("repairing")
-                    applier.tombstones = await StaleWriterRegistry(client, self.settings.control_table).active()
+                    applier.tombstone_source = StaleWriterWatch(
+                        StaleWriterRegistry(client, self.settings.control_table),
+                        self.settings.stale_writer_refresh_s).stale_writers_about
                     repair = await self._repair(applier, store)
                 report = self._report(store, started, repair)
                 await store_result(client, self.settings, report)

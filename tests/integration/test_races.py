@@ -22,7 +22,7 @@ import pytest
 from backfill.lease import PAGE_EPOCH, LeaseLapsed, StaleWriterLease
 from shared import aws
 from shared.apply import Applier, sweep_tombstones
-from shared.control import ControlStore, StaleWriterRegistry
+from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
 from shared.definition import SourceRef
 from shared.settings import load_settings
 from tests.conftest import drop_tables
@@ -228,6 +228,73 @@ def test_race7_bad_record_is_quarantined_and_does_not_block_its_shard(harness):
     harness.mirror([harness.put(ACC, account(plan="team"))])
     assert harness.quarantine() == {}
     assert harness.converged().ok
+
+
+@pytest.mark.parametrize("fallback", ["past_the_horizon", "refused_by_a_tombstone"])
+def test_race7_backfill_validated_fallback_does_not_strand_a_quarantined_items_held_key(harness, fallback):
+    # GIVEN a repository mirrored under its old name, then renamed with bad data (quarantined,
+    # holding the old key), then renamed again with clean data, not yet mirrored
+    harness.mirror([harness.put(REPO, repo(name="Old"))])
+    harness.mirror([harness.put(REPO, repo(name="Mid", createdAt="not a time"))])
+    assert harness.quarantine() == {SourceRef(REPO, ("r1",)): "invalid_timestamp"}
+    clean = harness.put(REPO, repo(name="New"))
+    harness.start_backfill()
+    v3, read_at = harness.read(REPO, {"repoId": "r1"})
+    if fallback == "past_the_horizon":
+        # the page is written too late to trust its read
+        read_at -= harness.settings.stale_write_horizon_s + 1
+    else:
+        # the new key was another repository's, deleted while the backfill runs
+        harness.mirror([harness.put(REPO, repo("r2", name="new"))])
+        harness.mirror([harness.delete(REPO, {"repoId": "r2"})])
+        assert harness.target("ACCOUNT#a1", "REPO#new")["entity"] == "_dynashift_tombstone"
+        read_at = time.time() - harness.settings.consistency_margin_s - 1
+    # WHEN the backfill's write falls back to a validated write of the current (clean) image
+    harness.stale_write(REPO, v3, read_at)
+    # THEN the old key the quarantine held went with it, in the same transaction that cleared the entry
+    assert harness.live("ACCOUNT#a1", "REPO#old") is None
+    assert harness.live("ACCOUNT#a1", "REPO#new")["repo_id"] == "r1"
+    assert harness.quarantine() == {}
+    # AND once the mirror applies the clean record (its chain only knows the bad image's key), all converge
+    harness.mirror([clean])
+    harness.finish_backfill()
+    assert harness.target_keys() == {("ACCOUNT#a1", "REPO#new")}
+    assert harness.converged().ok
+
+
+def test_race7_validated_write_refuses_to_clear_an_entry_rewritten_since_it_was_read(harness):
+    # GIVEN a quarantined repository holding its old key, now clean at the source
+    harness.mirror([harness.put(REPO, repo(name="Old"))])
+    harness.mirror([harness.put(REPO, repo(name="Mid", createdAt="not a time"))])
+    harness.put(REPO, repo(name="New"))
+    ref = SourceRef(REPO, ("r1",))
+    control = harness.backfill.control
+    original = control.quarantine_get_many
+    rewrites = []
+
+    async def entry_rewritten_after_the_read(refs):
+        # the first read of the entry is followed by a rewrite (as the mirror's, merging one
+        # more held key) before the write commits
+        found = await original(refs)
+        if not rewrites:
+            rewrites.append(found[ref].write_token)
+            await control.quarantine_put(QuarantineEntry(
+                ref, "invalid_timestamp", "rewritten by the mirror", found[ref].image,
+                held_keys={("ACCOUNT#a1", "REPO#old"), ("ACCOUNT#a1", "REPO#mid")}))
+        return found
+
+    control.quarantine_get_many = entry_rewritten_after_the_read
+    try:
+        # WHEN a validated write runs on the entry as first read
+        result = harness.run(harness.backfill.apply_validated(ref))
+    finally:
+        control.quarantine_get_many = original
+    # THEN its first transaction was cancelled (the entry changed), and the retry removed every held key
+    assert rewrites and rewrites[0] is not None
+    assert result.retried >= 1 and result.quarantined is None
+    assert harness.live("ACCOUNT#a1", "REPO#old") is None
+    assert harness.live("ACCOUNT#a1", "REPO#new")["repo_id"] == "r1"
+    assert harness.quarantine() == {}
 
 
 def test_race7_only_transient_faults_fail_a_record(harness):

@@ -12,9 +12,8 @@ import asyncio
 
 import pytest
 
-import shared.mirror as mirror_module
 from shared.apply import Applier
-from shared.mirror import MirrorEngine
+from shared.control import StaleWriterWatch
 from shared.settings import load_settings
 
 
@@ -28,25 +27,54 @@ class FakeRegistry:
         return self.active_now
 
 
-def test_registry_answer_is_re_read_once_older_than_the_refresh_period(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_answer_is_re_read_once_older_than_the_refresh_period() -> None:
     clock = [1000.0]
-    monkeypatch.setattr(mirror_module.time, "monotonic", lambda: clock[0])
-    engine = MirrorEngine(load_settings(stale_writer_refresh_s=2))
-    engine.registry = FakeRegistry()
-    try:
-        # GIVEN no stale writer at the batch's start
-        assert engine.loop.run_until_complete(engine._stale_writers_about()) is False
-        # WHEN a backfill registers and the batch is still running 1 s later: the answer may be reused
-        engine.registry.active_now = True
-        clock[0] += 1.0
-        assert engine.loop.run_until_complete(engine._stale_writers_about()) is False
-        assert engine.registry.reads == 1
-        # THEN past the refresh period the next removal asks again and sees the backfill
-        clock[0] += 1.5
-        assert engine.loop.run_until_complete(engine._stale_writers_about()) is True
-        assert engine.registry.reads == 2
-    finally:
-        engine.close()
+    registry = FakeRegistry()
+    watch = StaleWriterWatch(registry, refresh_s=2, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    # GIVEN no stale writer at the batch's start
+    assert asyncio.run(watch.stale_writers_about()) is False
+    # WHEN a backfill registers and the batch is still running 1 s later: the answer may be reused
+    registry.active_now = True
+    clock[0] += 1.0
+    assert asyncio.run(watch.stale_writers_about()) is False
+    assert registry.reads == 1
+    # THEN past the refresh period the next removal asks again and sees the backfill
+    clock[0] += 1.5
+    assert asyncio.run(watch.stale_writers_about()) is True
+    assert registry.reads == 2
+
+
+def test_the_answer_is_as_old_as_the_read_was_when_sent() -> None:
+    clock = [1000.0]
+
+    class SlowRegistry(FakeRegistry):
+        async def active(self) -> bool:
+            clock[0] += 1.5  # the read takes 1.5 s to come back (throttling, a loaded engine)
+            return await super().active()
+
+    registry = SlowRegistry()
+    watch = StaleWriterWatch(registry, refresh_s=2, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    assert asyncio.run(watch.stale_writers_about()) is False
+    # 1 s after the answer came back it is 2.5 s old from its send: read again
+    registry.active_now = True
+    clock[0] += 1.0
+    assert asyncio.run(watch.stale_writers_about()) is True
+    assert registry.reads == 2
+
+
+@pytest.mark.parametrize("maker", ["mirror", "status", "verify"])
+def test_every_remover_that_can_run_long_decides_from_the_watch(maker: str) -> None:
+    """Repair and quarantine retry run for minutes; a one-off registry answer would go stale."""
+    import inspect
+
+    import shared.mirror
+    import shared.status
+    import shared.verify
+
+    module = {"mirror": shared.mirror, "status": shared.status, "verify": shared.verify}[maker]
+    source = inspect.getsource(module)
+    assert "StaleWriterWatch(" in source
+    assert "applier.tombstones =" not in source
 
 
 def test_the_applier_asks_its_source_before_each_removal_decision() -> None:
@@ -56,6 +84,6 @@ def test_the_applier_asks_its_source_before_each_removal_decision() -> None:
         return next(answers)
 
     applier = Applier(load_settings(), None, None, None, tombstone_source=source)  # type: ignore[arg-type]
-    assert asyncio.run(applier._tombstones_now()) is False
-    assert asyncio.run(applier._tombstones_now()) is True
+    assert asyncio.run(applier.tombstones_now()) is False
+    assert asyncio.run(applier.tombstones_now()) is True
     assert applier.tombstones is True
