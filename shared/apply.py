@@ -190,7 +190,10 @@ class Applier:
         if clean_index is None:
             # Nothing clean in this chain: the target stays as the last clean
             # version left it; remember what that is for the next clean write.
-            held = entry.held_keys if entry else self._keys_of_clean(ref, images[0])
+            # Both sources, always: an entry may exist already without them
+            # (the backfill quarantines what it reads, knowing no held keys),
+            # and the records applied next carry only the bad images.
+            held = (entry.held_keys if entry else set()) | self._keys_of_clean(ref, images[0])
             assert final_error is not None
             await self._quarantine(ref, final_error, images[-1], held)
             result.quarantined = final_error

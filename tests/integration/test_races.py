@@ -262,6 +262,25 @@ def test_race7_backfill_validated_fallback_does_not_strand_a_quarantined_items_h
     assert harness.converged().ok
 
 
+def test_race7_backfill_quarantining_first_does_not_make_the_mirror_forget_the_last_clean_keys(harness):
+    # GIVEN an account in two teams, mirrored, then turned bad (and moved to another team) at the source
+    harness.mirror([harness.put(ACC, account(teamIds={"t1", "t2"}))])
+    bad = harness.put(ACC, account(plan="platinum", teamIds={"t3"}))
+    # WHEN the backfill reads the bad version and quarantines it (knowing no held keys) before the mirror
+    harness.start_backfill()
+    image, read_at = harness.read(ACC, {"accountId": "a1"})
+    harness.stale_write(ACC, image, read_at)
+    assert harness.quarantine() == {SourceRef(ACC, ("a1",)): "invalid_plan"}
+    harness.mirror([bad])
+    # AND a clean version with no team arrives (its chain only knows the bad image's team)
+    harness.mirror([harness.put(ACC, account(plan="pro"))])
+    harness.finish_backfill()
+    # THEN the memberships of the last clean version went too
+    assert harness.target_keys() == {("ACCOUNT#a1", "PROFILE")}
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
 def test_race7_validated_write_refuses_to_clear_an_entry_rewritten_since_it_was_read(harness):
     # GIVEN a quarantined repository holding its old key, now clean at the source
     harness.mirror([harness.put(REPO, repo(name="Old"))])
