@@ -216,6 +216,10 @@ class Applier:
             still = await self._handle_collisions(ref, images[clean_index], collided, candidates, retry)
             if still:
                 result.quarantined = still
+                if final_error is not None:
+                    # The item is bad now: that is its reason, not the collision of an older version.
+                    await self._quarantine(ref, final_error, images[-1], candidates)
+                    result.quarantined = final_error
                 result.written = len(targets) - len(collided)
                 return result
             result.written = len(targets)
@@ -328,8 +332,14 @@ class Applier:
         collided: list[tuple[Item, _PutOutcome]],
         held: set[TargetKey],
         retry: Callable[[], Any] | None,
+        validated: bool = False,
     ) -> KeyCollision | None:
-        """Quarantine, register as waiter, then re-check (write first, read second)."""
+        """Quarantine, register as waiter, then re-check (write first, read second).
+
+        None: the re-try took the key. A `validated` writer (no re-try) records
+        the collision only if the source still holds `image`; None then means
+        it changed since the read, and nothing was recorded: read again.
+        """
         first_item, first = collided[0]
         key = self.definition.target_key(first_item)
         holder = self.definition.owner(first.existing or {})
@@ -338,7 +348,11 @@ class Applier:
             f"{holder.table + ' ' + '|'.join(holder.key) if holder else 'another item'}; "
             "it will take the key by itself once the holder moves or is deleted"
         )
-        error.write_token = await self._quarantine(ref, error, image, held, collision_key=key)  # type: ignore[attr-defined]
+        token = await self._quarantine(ref, error, image, held, collision_key=key,
+                                       unless_changed=image if validated else None)
+        if validated and token is None:
+            return None
+        error.write_token = token  # type: ignore[attr-defined]
         tokens = {}
         for item, _ in collided:
             item_key = self.definition.target_key(item)
@@ -418,14 +432,17 @@ class Applier:
             if status == "collision":
                 item, existing = detail
                 result.quarantined = await self._handle_collisions(
-                    ref, image, [(item, _PutOutcome(False, existing))], attempt_held, retry=None
+                    ref, image, [(item, _PutOutcome(False, existing))], attempt_held, retry=None, validated=True
                 )
-                # Re-check after registering: if the key is free now, go again.
+                if result.quarantined is None:  # the source changed since the read: read again
+                    result.retried += 1
+                    continue
+                # Re-check after registering: if the key is free now, go again. The
+                # entry stays even if the source changes later: it was recorded
+                # while the source held this image, and the mirror rewrites or
+                # clears it (with its held keys) when it applies the change.
                 current = await self._get_target(self.definition.target_key(item))
                 if current is not None and not is_tombstone(current) and self.definition.owner(current) != ref:
-                    await self._drop_quarantine_if_changed(
-                        ref, image, getattr(result.quarantined, "write_token", None)
-                    )
                     return result
                 result.quarantined = None
                 continue
@@ -534,7 +551,15 @@ class Applier:
         image: Item | None,
         held: set[TargetKey],
         collision_key: TargetKey | None = None,
+        unless_changed: Item | None = None,
     ) -> str | None:
+        """Record the entry; with `unless_changed` (a validated writer's read of the
+        source), only if the source still holds that image (None if not)."""
+        check = None
+        if unless_changed is not None:
+            source = self.definition.source(ref.table)
+            check = {"TableName": self.settings.physical_name(ref.table), "Key": to_wire(source.key_of(ref)),
+                     **image_unchanged(unless_changed)}
         return await self.control.quarantine_put(
             QuarantineEntry(
                 ref=ref,
@@ -544,7 +569,8 @@ class Applier:
                 held_keys=set(held),
                 detected_at=self.clock(),
                 collision_key=collision_key,
-            )
+            ),
+            unless_changed=check,
         )
 
     async def _quarantine_stale(

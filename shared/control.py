@@ -86,12 +86,19 @@ class ControlStore:
         self.clock = clock
 
     # ------------------------------------------------------------ quarantine
-    async def quarantine_put(self, entry: QuarantineEntry, *, only_if_absent: bool = False) -> str | None:
+    async def quarantine_put(
+        self, entry: QuarantineEntry, *, only_if_absent: bool = False, unless_changed: dict[str, Any] | None = None
+    ) -> str | None:
         """Record (or refresh) an entry; returns its write token (None if it existed
         and `only_if_absent` was asked, as stale writers do). `held_keys` are *added* to what is stored:
         a writer that knows less (the backfill, from an old read) must never make
         the mirror forget which target keys a quarantined item still holds, and a
-        superset is harmless because every removal checks ownership."""
+        superset is harmless because every removal checks ownership.
+
+        `unless_changed`: a `ConditionCheck` on the source item (a validated
+        writer's read); the entry is written in one transaction with it, and
+        not at all (None) if the source changed since: the mirror may already
+        have recorded the newer state, which this entry must not replace."""
         names = {"#r": "reason", "#m": "message", "#i": "image", "#d": "detected_at", "#t": "source_table",
                  "#k": "source_key", "#c": "collision_key"}
         values: dict[str, Any] = {
@@ -116,20 +123,35 @@ class ControlStore:
             names["#h"] = "held_keys"
             values[":h"] = {"SS": sorted(key_text(k) for k in entry.held_keys)}
         extra = {"ConditionExpression": "attribute_not_exists(PK)"} if only_if_absent else {}
+        request = {
+            "TableName": self.table,
+            "Key": {"PK": {"S": quarantine_pk(entry.ref)}, "SK": {"S": entry.ref.as_text()}},
+            "UpdateExpression": update,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            **extra,
+        }
+        if unless_changed is not None:
+            return await self._put_if_source_unchanged(request, unless_changed, token)
         try:
-            await self.client.update_item(
-                TableName=self.table,
-                Key={"PK": {"S": quarantine_pk(entry.ref)}, "SK": {"S": entry.ref.as_text()}},
-                UpdateExpression=update,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                **extra,
-            )
+            await self.client.update_item(**request)
         except Exception as exc:
             if only_if_absent and getattr(exc, "response", {}).get("Error", {}).get("Code") == (
                 "ConditionalCheckFailedException"
             ):
                 return None
+            raise translate(exc, "store quarantine entry") from exc
+        return token
+
+    async def _put_if_source_unchanged(self, request: dict[str, Any], check: dict[str, Any], token: str) -> str | None:
+        try:
+            await self.client.transact_write_items(TransactItems=[{"ConditionCheck": check}, {"Update": request}])
+        except Exception as exc:
+            response = getattr(exc, "response", {})
+            if response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                codes = [r.get("Code") for r in response.get("CancellationReasons", [])]
+                if codes and codes[0] == "ConditionalCheckFailed":
+                    return None  # the source changed since it was read
             raise translate(exc, "store quarantine entry") from exc
         return token
 

@@ -316,6 +316,62 @@ def test_race7_validated_write_refuses_to_clear_an_entry_rewritten_since_it_was_
     assert harness.quarantine() == {}
 
 
+def test_race5_collision_then_bad_data_in_one_batch_is_quarantined_for_the_bad_data(harness):
+    # GIVEN a repository under its old name and another holding "tools"
+    harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
+    harness.mirror([harness.put(REPO, repo(name="Old"))])
+    # WHEN one batch renames it onto "tools" (a collision), then turns it bad
+    colliding = harness.put(REPO, repo(name="TOOLS"))
+    bad = harness.put(REPO, repo(name="Later", createdAt="not a time"))
+    assert harness.mirror([colliding, bad]) == []
+    # THEN it is quarantined for what it is now, still holding its old key
+    assert harness.quarantine() == {SourceRef(REPO, ("r1",)): "invalid_timestamp"}
+    assert harness.live("ACCOUNT#a1", "REPO#old")["repo_id"] == "r1"
+    assert harness.converged().ok
+    # AND a clean version later takes it out, old key and all
+    harness.mirror([harness.put(REPO, repo(name="Fine"))])
+    assert harness.target_keys() == {("ACCOUNT#a1", "REPO#tools"), ("ACCOUNT#a1", "REPO#fine")}
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race5_validated_collision_does_not_overwrite_what_the_mirror_recorded_after_the_read(harness):
+    # GIVEN a repository quarantined for a collision with "tools", holding its old key
+    harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
+    harness.mirror([harness.put(REPO, repo(name="Old"))])
+    harness.mirror([harness.put(REPO, repo(name="TOOLS"))])
+    ref = SourceRef(REPO, ("r1",))
+    assert harness.quarantine() == {ref: "key_collision"}
+    control = harness.backfill.control
+    original = control.quarantine_put
+    bad = repo(name="Later", createdAt="not a time")
+    records = []
+
+    async def source_turns_bad_first(entry, **kwargs):
+        # after the validated write read the colliding image and met the holder, and before it
+        # records the collision: the application turns the item bad and the mirror records that
+        if not records:
+            records.append(harness.put(REPO, bad))
+            await original(QuarantineEntry(ref, "invalid_timestamp", "as the mirror records it", bad,
+                                           held_keys={("ACCOUNT#a1", "REPO#old")}))
+        return await original(entry, **kwargs)
+
+    control.quarantine_put = source_turns_bad_first
+    try:
+        # WHEN a validated write (a waker, say) runs
+        result = harness.run(harness.backfill.apply_validated(ref))
+    finally:
+        control.quarantine_put = original
+    # THEN its collision entry was refused (the source changed), and the mirror's entry stands
+    assert records and result.retried >= 1
+    assert harness.quarantine() == {ref: "invalid_timestamp"}
+    # AND when the mirror applies the bad record and a clean one later, everything converges
+    harness.mirror(records)
+    harness.mirror([harness.put(REPO, repo(name="Fine"))])
+    assert harness.target_keys() == {("ACCOUNT#a1", "REPO#tools"), ("ACCOUNT#a1", "REPO#fine")}
+    assert harness.converged().ok
+
+
 def test_race7_only_transient_faults_fail_a_record(harness):
     # GIVEN a throttled write
     record = harness.put(ACC, account())
