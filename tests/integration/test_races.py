@@ -25,6 +25,7 @@ from shared.apply import Applier, sweep_tombstones
 from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
 from shared.definition import SourceRef
 from shared.settings import load_settings
+from shared.status import retry_quarantine
 from tests.conftest import drop_tables
 from tests.integration.race_harness import RaceHarness
 
@@ -370,6 +371,28 @@ def test_race5_validated_collision_does_not_overwrite_what_the_mirror_recorded_a
     harness.mirror([harness.put(REPO, repo(name="Fine"))])
     assert harness.target_keys() == {("ACCOUNT#a1", "REPO#tools"), ("ACCOUNT#a1", "REPO#fine")}
     assert harness.converged().ok
+
+
+def test_race2_quarantine_retry_decides_tombstones_per_removal_not_once_per_run(harness, monkeypatch):
+    # GIVEN two quarantined repositories, each holding an old key, both clean again at the source
+    for rid in ("r1", "r2"):
+        harness.mirror([harness.put(REPO, repo(rid, name=f"old-{rid}"))])
+        harness.mirror([harness.put(REPO, repo(rid, name=f"mid-{rid}", createdAt="not a time"))])
+        harness.put(REPO, repo(rid, name=f"new-{rid}"))
+    answers = []
+
+    async def a_backfill_registers_after_the_first_read(self):
+        answers.append(bool(answers))  # none at the first read, one at every later read
+        return answers[-1]
+
+    monkeypatch.setattr(StaleWriterRegistry, "active", a_backfill_registers_after_the_first_read)
+    # WHEN the quarantine retry runs (the registry answer ages past its refresh period between items)
+    settings = harness.settings.model_copy(update={"stale_writer_refresh_s": 0.001})
+    report = harness.run(retry_quarantine(settings))
+    # THEN the first removal was a plain delete, and the one after the backfill registered left a tombstone
+    assert report.left == 2 and len(answers) >= 2
+    olds = [harness.target("ACCOUNT#a1", f"REPO#old-{rid}") for rid in ("r1", "r2")]
+    assert sorted("absent" if o is None else o["entity"] for o in olds) == ["_dynashift_tombstone", "absent"]
 
 
 def test_race7_only_transient_faults_fail_a_record(harness):
