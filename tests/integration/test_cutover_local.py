@@ -11,6 +11,12 @@ ops/s this test took 3.6 min at load average 4-6 (8,800 acknowledged
 operations, ~2,000 delayed by freezes, 0 lost). The freeze windows measured
 here include the stream audit's reads (they run inside the freeze, just
 before the flip); `bench/cutover_bench.py` measures them without it.
+
+Deadlines: this test checks that no write is lost and nothing echoes, not how
+fast a switch is (the bench measures that). Under a loaded machine one freeze
+took 89.8 s (median 9.2 s, 20,876 operations, 11 min), against a switch
+deadline of 90 s, and a CI run failed here; the switch deadline and the lag
+bound are 240 s so that a slow machine does not abort a correct switch.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ PHASE_S = 2.0
 
 def switch_settings(endpoint: str | None, **overrides: object) -> Settings:
     return load_settings(endpoint_url=endpoint, mode_cache_age_s=1.0, cutover_inflight_grace_s=0.3,
-                         cutover_timeout_s=90.0, cutover_max_lag_s=120.0, **overrides)
+                         cutover_timeout_s=240.0, cutover_max_lag_s=240.0, **overrides)
 
 
 @pytest.fixture
