@@ -373,8 +373,7 @@ class Applier:
         key = self.definition.target_key(released)
         woken = 0
         for waiter, token in await self.control.waiters(key):
-            entry = (await self.control.quarantine_get_many([waiter])).get(waiter)
-            outcome = await self.apply_validated(waiter, held=entry.held_keys if entry else set())
+            outcome = await self.apply_validated(waiter)  # it reads the waiter's entry (held keys) itself
             if not isinstance(outcome.quarantined, KeyCollision):
                 await self.control.waiter_remove(key, waiter, token)
             woken += 1
