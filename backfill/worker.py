@@ -45,7 +45,7 @@ from backfill.ratelimit import RateLimiter
 from backfill.units import Run, Unit, UnitStore
 from backfill.writer import BackfillWriter, WriteCounts
 from shared import aws
-from shared.apply import Applier
+from shared.apply import Applier, gather_settled
 from shared.codec import to_native, to_wire
 from shared.control import ControlStore, StaleWriterRegistry
 from shared.definition import MigrationDefinition, get_definition
@@ -138,7 +138,8 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeats(lease))
         try:
             runs = [run for run in [await self.units.load(t) for t in self.options.tables] if run is not None]
-            await asyncio.gather(
+            # Settled: the lease is closed below only once no unit loop can still write.
+            await gather_settled(
                 *(self._unit_loop(run) for run in runs for _ in range(self.options.units_in_flight))
             )
         finally:

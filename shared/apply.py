@@ -64,7 +64,12 @@ a quarantine entry and the call succeeds. Only transient faults propagate
 **Retries (race 6)** are idempotent: re-applying a record writes the same
 items under the same conditions. A later record applied before an earlier,
 failed one is retried is re-applied after it, because a retried stream batch
-is redelivered from the failed record on, in order.
+is redelivered from the failed record on, in order. That holds only if a
+failed attempt has nothing left in flight: every concurrent write is joined
+with `gather_settled`, never a bare `asyncio.gather`, which returns at the
+first error while its siblings (a slow request, one in botocore's back-off)
+stay pending in the engine's loop, to resume in a later batch and land after
+the redelivered records, e.g. re-adding a membership the account has left.
 """
 
 from __future__ import annotations
@@ -204,13 +209,13 @@ class Applier:
             if image is not None:
                 candidates |= self.definition.candidate_keys(ref.table, image)
 
-        outcomes = await asyncio.gather(*(self._put_fresh(ref, t) for t in targets))
+        outcomes = await gather_settled(*(self._put_fresh(ref, t) for t in targets))
         collided = [(t, o) for t, o in zip(targets, outcomes, strict=True) if not o.ok]
         result.written = len(targets) - len(collided)
         if collided:
 
             async def retry() -> bool:
-                again = await asyncio.gather(*(self._put_fresh(ref, item) for item, _ in collided))
+                again = await gather_settled(*(self._put_fresh(ref, item) for item, _ in collided))
                 return all(o.ok for o in again)
 
             still = await self._handle_collisions(ref, images[clean_index], collided, candidates, retry)
@@ -225,7 +230,7 @@ class Applier:
             result.written = len(targets)
 
         removals = candidates - new_keys
-        removed = await asyncio.gather(*(self._remove(ref, key) for key in sorted(removals)))
+        removed = await gather_settled(*(self._remove(ref, key) for key in sorted(removals)))
         result.removed = sum(1 for r in removed if r is not None)
         for tomb in removed:
             if tomb is not None:
@@ -234,7 +239,9 @@ class Applier:
         if final_error is not None:
             await self._quarantine(ref, final_error, images[-1], new_keys)
             result.quarantined = final_error
-        elif entry is not None:
+        elif entry is not None or collided:
+            # Last, after the removals: a failure before this point is redelivered
+            # with the entry, and so with its held keys, still there.
             await self.control.quarantine_clear(ref)
             result.cleared_quarantine = True
         return result
@@ -364,8 +371,7 @@ class Applier:
         if await retry():
             for item_key, token in tokens.items():
                 await self.control.waiter_remove(item_key, ref, token)
-            await self.control.quarantine_clear(ref)
-            return None
+            return None  # the entry goes once the old keys are removed (`apply_change`)
         return error
 
     async def _wake(self, released: Item) -> int:
@@ -455,9 +461,13 @@ class Applier:
         new_keys = {self.definition.target_key(t) for t in targets}
         # Held keys are a superset (entries merge what every writer knew); in a
         # transaction a key another item holds now would cancel everything, so
-        # only keys this item still holds are removed (a change before the
-        # commit fails the removal's condition: re-read).
-        removals = [key for key in sorted(held - new_keys) if self._holds(ref, await self._get_target(key))]
+        # those are skipped (a change before the commit fails the removal's
+        # condition: re-read). An absent key is not skipped: while stale writers
+        # may be about it gets a tombstone, like any removal, or a backfill page
+        # read before the item left it would create it (the item was never
+        # copied there: written before the mirror started, not yet backfilled).
+        found = {key: await self._get_target(key) for key in sorted(held - new_keys)}
+        removals = [key for key, item in found.items() if not self._held_by_another(ref, item)]
         source = self.definition.source(ref.table)
         actions: list[dict[str, Any]] = [
             {
@@ -480,6 +490,8 @@ class Applier:
             )
         released: list[Item] = []
         tombstoning = bool(removals) and await self.tombstones_now()
+        if not tombstoning:  # deleting: only what the item holds (nothing is left at the others)
+            removals = [key for key in removals if self._holds(ref, found[key])]
         now = self.clock()
         for key in removals:
             if tombstoning:
@@ -514,6 +526,9 @@ class Applier:
 
     def _holds(self, ref: SourceRef, item: Item | None) -> bool:
         return item is not None and not is_tombstone(item) and self.definition.owner(item) == ref
+
+    def _held_by_another(self, ref: SourceRef, item: Item | None) -> bool:
+        return item is not None and not is_tombstone(item) and self.definition.owner(item) != ref
 
     async def _get_target(self, key: TargetKey) -> Item | None:
         try:
@@ -641,7 +656,9 @@ class Applier:
 async def gather_settled(*awaitables: Any) -> list[Any]:
     """`asyncio.gather` that returns, or raises the first error, only once every
     awaitable has finished: a failed write never leaves its siblings in flight
-    unseen (the tombstone sweeper relies on writers knowing what is in flight)."""
+    unseen. The tombstone sweeper relies on stale writers knowing what is in
+    flight, and stream order on a failed batch having nothing left to land
+    after its redelivery (race 6)."""
     results = await asyncio.gather(*awaitables, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
@@ -696,7 +713,7 @@ async def sweep_tombstones(
                         raise translate(exc, f"sweep tombstone in {settings.target_table}") from exc
                     return 0  # replaced by a live item meanwhile
 
-            removed += sum(await asyncio.gather(*(delete(raw) for raw in page.get("Items", []))))
+            removed += sum(await gather_settled(*(delete(raw) for raw in page.get("Items", []))))
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

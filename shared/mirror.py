@@ -42,7 +42,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from shared.apply import Applier, ApplyResult
+from shared.apply import Applier, ApplyResult, gather_settled
 from shared.aws import aio_dynamodb, error_code, is_transient
 from shared.codec import from_stream_image
 from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
@@ -243,7 +243,9 @@ class MirrorEngine:
                     continue
                 self._count(stats, result)
 
-        await asyncio.gather(*(run_lane(lane) for lane in self._lanes(chains, entries)))
+        # Settled: a lane that raises must not leave the others' writes in flight to
+        # resume in this loop's next batch, after their records were redelivered.
+        await gather_settled(*(run_lane(lane) for lane in self._lanes(chains, entries)))
         stats.failed_records = len(failed)
         self.last_stats = stats
         return failed

@@ -76,7 +76,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
-from shared.apply import is_tombstone
+from shared.apply import gather_settled, is_tombstone
 from shared.aws import aio_dynamodb, error_code, is_transient, translate
 from shared.codec import from_stream_image, to_native, to_wire
 from shared.control import ControlStore, QuarantineEntry, key_from_text, key_text
@@ -249,7 +249,7 @@ class ReverseEngine:
                     raise
                 failed.update(group.sequences)
 
-        await asyncio.gather(*(run(ref, group) for ref, group in groups.items()))
+        await gather_settled(*(run(ref, group) for ref, group in groups.items()))  # none left in flight
         stats.failed_records = len(failed)
         return failed
 

@@ -9,8 +9,11 @@ the test, not the scheduler, decides the order.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
@@ -28,12 +31,27 @@ from shared.settings import Settings
 
 
 class FaultyClient:
-    """Delegates to an aiobotocore client; fails chosen calls with throttling."""
+    """Delegates to an aiobotocore client; fails chosen calls with throttling (the
+    next N of a method, or the first matching a predicate), and holds chosen
+    calls back (a slow request, or one in botocore's retry back-off)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.fail_next: dict[str, int] = {}
         self.failures = 0
+        self.hold_when: Callable[[str, dict[str, Any]], bool] | None = None
+        self.hold_s = 0.0
+        self.released = asyncio.Event()
+        self.held = 0
+        self.fail_once_when: Callable[[str, dict[str, Any]], bool] | None = None
+
+    def hold(self, when: Callable[[str, dict[str, Any]], bool], at_most_s: float) -> None:
+        """Hold calls matching `when(name, kwargs)` until `release()`, or `at_most_s` of loop time."""
+        self.hold_when, self.hold_s = when, at_most_s
+        self.released = asyncio.Event()
+
+    def release(self) -> None:
+        self.released.set()
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -41,8 +59,16 @@ class FaultyClient:
             return attr
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.fail_next.get(name, 0) > 0:
-                self.fail_next[name] -= 1
+            if self.hold_when is not None and self.hold_when(name, kwargs):
+                self.held += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.released.wait(), self.hold_s)
+            once = self.fail_once_when is not None and self.fail_once_when(name, kwargs)
+            if once:
+                self.fail_once_when = None
+            if once or self.fail_next.get(name, 0) > 0:
+                if not once:
+                    self.fail_next[name] -= 1
                 self.failures += 1
                 raise ClientError(
                     {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"},

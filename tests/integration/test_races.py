@@ -195,6 +195,60 @@ def test_race5_collision_met_by_the_backfill_is_quarantined_and_woken(harness):
     assert harness.converged().ok
 
 
+def test_race3_woken_collision_leaves_a_tombstone_at_an_old_key_the_target_never_had(harness):
+    # GIVEN r1 "docs" written before the mirror started (its record never reaches
+    # it, so only the backfill can copy it), and r2 holding ACCOUNT#a1/REPO#tools
+    harness.put(REPO, repo("r1", name="docs"))
+    harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
+    harness.start_backfill()
+    old_image, read_at = harness.read(REPO, {"repoId": "r1"})  # a scan page reads r1 as "docs"
+    # WHEN r1 is renamed onto r2's key (a collision: quarantined, holding its old key)
+    harness.mirror([harness.put(REPO, repo("r1", name="TOOLS"))])
+    assert harness.quarantine() == {SourceRef(REPO, ("r1",)): "key_collision"}
+    # AND r2 moves away, which wakes r1: a validated write takes the key and settles the entry
+    harness.mirror([harness.put(REPO, repo("r2", name="hammer"))])
+    assert harness.live("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r1"
+    assert harness.quarantine() == {}
+    # AND the backfill's write of the page it read before the rename lands now
+    harness.stale_write(REPO, old_image, read_at)
+    harness.finish_backfill()
+    # THEN the old key stays empty: the validated write left a tombstone there
+    # although the target never had it (only keys held by another item are skipped)
+    assert harness.live("ACCOUNT#a1", "REPO#docs") is None
+    assert harness.converged().ok
+
+
+def test_race7_collision_settled_by_its_own_retry_keeps_the_held_keys_until_they_are_removed(harness):
+    # GIVEN r1 clean as "docs", then bad and renamed to "other": its entry holds REPO#docs
+    harness.mirror([harness.put(REPO, repo("r1", name="docs"))])
+    harness.mirror([harness.put(REPO, repo("r1", name="other", createdAt="yesterday"))])
+    assert harness.quarantine() == {SourceRef(REPO, ("r1",)): "invalid_timestamp"}
+    # AND r2 holds REPO#tools, and r1 is renamed onto it, clean again
+    harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
+    release = harness.put(REPO, repo("r2", name="hammer"))
+    onto = harness.put(REPO, repo("r1", name="TOOLS"))
+    control = harness.engine.applier.control
+    original = control.waiter_add
+
+    async def release_first(key, ref):
+        control.waiter_add = original  # r2 moves away right as r1 registers: r1's own re-try takes the key
+        assert not await harness.engine._apply_records([release])
+        return await original(key, ref)
+
+    control.waiter_add = release_first
+    # WHEN r1's record takes the key, but removing its old key REPO#docs fails (a crash there is the same)
+    harness.faults.fail_once_when = lambda name, kw: name == "delete_item" and kw.get("Key", {}).get(
+        "SK", {}).get("S") == "REPO#docs"
+    assert harness.mirror([onto]), "the failed removal must fail the record"
+    assert harness.live("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r1"
+    # THEN the entry, with the held key, is still there for the redelivery, which removes REPO#docs
+    assert SourceRef(REPO, ("r1",)) in harness.quarantine()
+    harness.mirror_until_done([onto])
+    assert harness.live("ACCOUNT#a1", "REPO#docs") is None
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
 def test_race6_retried_earlier_record_never_stays_applied_over_a_later_one(harness):
     # GIVEN one batch with two versions of an account, and the first write of it fails transiently
     v1 = harness.put(ACC, account(plan="free"))
@@ -209,6 +263,33 @@ def test_race6_retried_earlier_record_never_stays_applied_over_a_later_one(harne
     # THEN the newest version is what stays
     assert harness.target("ACCOUNT#a1", "PROFILE")["plan"] == "enterprise"
     assert harness.target("ACCOUNT#a2", "PROFILE")["plan"] == "team"
+    assert harness.converged().ok
+
+
+def _pending_tasks(harness) -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks(harness.loop) if not t.done()]
+
+
+def test_race6_a_failed_record_leaves_no_write_in_flight_to_land_after_its_redelivery(harness):
+    # GIVEN an account that joins team t1; its profile write is throttled and
+    # its membership write is slow (a loaded engine, or botocore backing off)
+    joined = harness.put(ACC, account(teamIds={"t1"}))
+    harness.faults.fail_next["put_item"] = 1  # the first write sent: the profile
+    harness.faults.hold(lambda name, kw: name == "put_item" and kw["Item"]["SK"]["S"] == "MEMBER#a1", at_most_s=1.0)
+    # WHEN the batch fails
+    assert harness.mirror([joined]), "the throttled profile write must fail the record"
+    # THEN the handler returned only once the slow write had landed: nothing of
+    # the failed batch is left to resume in the engine's (Lambda container's) loop
+    assert harness.faults.held == 1
+    assert _pending_tasks(harness) == []
+    # WHEN the account leaves the team and the stream redelivers both records in order
+    harness.faults.hold_when = None
+    left = harness.put(ACC, account())
+    harness.mirror_until_done([joined, left])
+    harness.faults.release()
+    harness.run(asyncio.sleep(0.3))  # give anything still in flight its chance to land
+    # THEN the membership stays removed: no write of the failed attempt landed after the redelivery
+    assert harness.live("TEAM#t1", "MEMBER#a1") is None
     assert harness.converged().ok
 
 

@@ -2,9 +2,9 @@
 
 A hypothesis state machine interleaves application writes (inserts, updates,
 renames, transfers, team changes, accounts turning deleted, deletes, bad
-data), mirror batches with injected transient failures and Lambda-style
-redelivery, and backfill copies of images read at random earlier moments.
-Some items exist before the mirror starts (their records never reach it),
+data), mirror batches with injected transient failures (and slow sibling
+writes) and Lambda-style redelivery, and backfill copies of images read at
+random earlier moments. Some items exist before the mirror starts (their records never reach it),
 so only the backfill can copy them. At the end the stream is drained, the
 backfill finishes a full pass, and sc-main must equal the reference
 expectation: the transform of the legacy tables, with no leftovers.
@@ -12,6 +12,7 @@ expectation: the transform of the legacy tables, with no leftovers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
@@ -66,15 +67,21 @@ def make_machine(endpoint: str) -> type[RuleBasedStateMachine]:
             for _ in range(count):
                 self._write(self.workload.next())
 
-        @rule(size=st.integers(1, 8), fault=st.sampled_from([None, "put_item", "delete_item", "batch_get_item"]))
-        def mirror_batch(self, size: int, fault: str | None) -> None:
+        @rule(size=st.integers(1, 8), fault=st.sampled_from([None, "put_item", "delete_item", "batch_get_item"]),
+              slow_memberships=st.booleans())
+        def mirror_batch(self, size: int, fault: str | None, slow_memberships: bool) -> None:
             batch = self.pending[:size]
             if not batch:
                 return
             if fault:
                 self.h.faults.fail_next[fault] = 1
+            if slow_memberships:  # slow siblings of a failing write (race 6: nothing may be left in flight)
+                self.h.faults.hold(lambda name, kw: name == "put_item"
+                                   and kw["Item"]["SK"]["S"].startswith("MEMBER#"), at_most_s=0.2)
             failed = set(self.h.mirror(batch))
             self.h.faults.fail_next.clear()
+            self.h.faults.hold_when = None
+            self.h.faults.release()
             if failed:
                 first = min(i for i, r in enumerate(batch) if r["dynamodb"]["SequenceNumber"] in failed)
                 self.pending = self.pending[first:]  # Lambda redelivers from the lowest failed record
@@ -103,6 +110,11 @@ def make_machine(endpoint: str) -> type[RuleBasedStateMachine]:
         @invariant()
         def no_exception_left_behind(self) -> None:
             assert self.h.faults.fail_next == {}
+
+        @invariant()
+        def nothing_left_in_flight(self) -> None:
+            pending = [t for t in asyncio.all_tasks(self.h.loop) if not t.done()]
+            assert pending == [], f"a step returned with writes still in flight: {pending}"
 
         def teardown(self) -> None:
             try:
