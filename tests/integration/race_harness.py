@@ -159,6 +159,19 @@ class RaceHarness:
             return [r["dynamodb"]["SequenceNumber"] for r in records]
         return [f["itemIdentifier"] for f in response.get("batchItemFailures", [])]
 
+    def apply_before_next_waiter_registers(self, record: dict[str, Any]) -> None:
+        """Apply `record` inside the mirror's next collision, right between its
+        failed put and its registration as a waiter (the tightest interleaving)."""
+        control = self.engine.applier.control  # type: ignore[union-attr]
+        original = control.waiter_add
+
+        async def apply_first(key: Any, ref: Any) -> Any:
+            control.waiter_add = original
+            assert not await self.engine._apply_records([record])
+            return await original(key, ref)
+
+        control.waiter_add = apply_first
+
     def mirror_until_done(self, records: list[dict[str, Any]], max_rounds: int = 20) -> int:
         """Deliver like Lambda: on failure, redeliver from the lowest failed record on."""
         rounds = 0

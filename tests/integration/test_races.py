@@ -156,18 +156,9 @@ def test_race5_no_lost_wakeup_when_release_happens_between_collision_and_registr
     harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
     release = harness.put(REPO, repo("r1", name="Hammer"))
     r2_record = harness.put(REPO, repo("r2", name="tools"))
-    control = harness.engine.applier.control
-    original = control.waiter_add
-
-    async def release_first(key, ref):
-        # r1's release (and its query for waiters, which finds none) happens
-        # exactly between r2's failed put and r2's registration.
-        control.waiter_add = original
-        failed = await harness.engine._apply_records([release])
-        assert not failed
-        return await original(key, ref)
-
-    control.waiter_add = release_first
+    # r1's release (and its query for waiters, which finds none) happens
+    # exactly between r2's failed put and r2's registration.
+    harness.apply_before_next_waiter_registers(release)
     # WHEN r2's record is applied
     harness.mirror([r2_record])
     # THEN r2's re-check after registering finds the key free: it holds it, not quarantined
@@ -227,15 +218,7 @@ def test_race7_collision_settled_by_its_own_retry_keeps_the_held_keys_until_they
     harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
     release = harness.put(REPO, repo("r2", name="hammer"))
     onto = harness.put(REPO, repo("r1", name="TOOLS"))
-    control = harness.engine.applier.control
-    original = control.waiter_add
-
-    async def release_first(key, ref):
-        control.waiter_add = original  # r2 moves away right as r1 registers: r1's own re-try takes the key
-        assert not await harness.engine._apply_records([release])
-        return await original(key, ref)
-
-    control.waiter_add = release_first
+    harness.apply_before_next_waiter_registers(release)  # r2 moves away: r1's own re-try takes the key
     # WHEN r1's record takes the key, but removing its old key REPO#docs fails (a crash there is the same)
     harness.faults.fail_once_when = lambda name, kw: name == "delete_item" and kw.get("Key", {}).get(
         "SK", {}).get("S") == "REPO#docs"
