@@ -63,19 +63,18 @@ class FaultyClient:
                 self.held += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.released.wait(), self.hold_s)
-            once = self.fail_once_when is not None and self.fail_once_when(name, kwargs)
-            if once:
+            if self.fail_once_when is not None and self.fail_once_when(name, kwargs):
                 self.fail_once_when = None
-            if once or self.fail_next.get(name, 0) > 0:
-                if not once:
-                    self.fail_next[name] -= 1
-                self.failures += 1
-                raise ClientError(
-                    {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"},
-                     "ResponseMetadata": {"HTTPStatusCode": 400}},
-                    name,
-                )
-            return await attr(*args, **kwargs)
+            elif self.fail_next.get(name, 0) > 0:
+                self.fail_next[name] -= 1
+            else:
+                return await attr(*args, **kwargs)
+            self.failures += 1
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"},
+                 "ResponseMetadata": {"HTTPStatusCode": 400}},
+                name,
+            )
 
         return call
 

@@ -4,8 +4,8 @@ A hypothesis state machine interleaves application writes (inserts, updates,
 renames, transfers, team changes, accounts turning deleted, deletes, bad
 data), mirror batches with injected transient failures (and slow sibling
 writes) and Lambda-style redelivery, and backfill copies of images read at
-random earlier moments. Some items exist before the mirror starts (their records never reach it),
-so only the backfill can copy them. At the end the stream is drained, the
+random earlier moments. Some items exist before the mirror starts (their
+records never reach it), so only the backfill can copy them. At the end the stream is drained, the
 backfill finishes a full pass, and sc-main must equal the reference
 expectation: the transform of the legacy tables, with no leftovers.
 """
