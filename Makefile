@@ -59,6 +59,9 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.lock
 # directory), with ARTIFACTS_DIR set to .aws-sam/build/<Function>.
 # The runtime dependencies are installed first, once: SAM runs the functions'
 # build-<Function> targets concurrently, and each of them only copies them.
+# `sam deploy` deploys this build's .aws-sam/build/template.yaml (samconfig.toml's
+# template_file), whose CodeUris are these folders; without a build it stops at
+# once instead of zipping the project directory (CodeUri "." in template.yaml).
 sam-build: $(SAM_VENV)/.installed $(VENV)/.installed $(LAMBDA_DEPS)/.installed
 	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam build --build-in-source --template-file template.yaml \
 		--build-dir .aws-sam/build $(SAM_BUILD_ARGS)

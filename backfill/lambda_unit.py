@@ -55,6 +55,14 @@ name), that every invocation shares:
   is abandoned (execution failed or stopped) just lets the lease lapse; its
   tombstones go with the mirror's idle sweep, `finalize`, or their TTL.
 
+**A failed run says so.** When units fail (their retries exhausted, so the
+Distributed Map fails), or Finish finds units not done, the state machine's
+Catch runs *RecordFailure* (the Finish function with `{"run", "failure"}`):
+`record_failure` writes the reason on each table's run item (`failure`,
+`failed_at`), which `dynashift backfill status` shows, and the execution then
+ends Failed. Starting the execution again resumes from the checkpoints:
+Plan clears the mark, and a successful Finish clears it too.
+
 No rate limit here: the Map's MaxConcurrency bounds how many units write at
 once. Nothing here writes to a legacy table.
 """
@@ -256,6 +264,9 @@ async def plan_run(settings: Settings, raw_input: Any, run_id: str | None = None
             f"{len(units)} units do not fit in a Step Functions payload (256 KiB): use fewer --segments"
         )
     async with aws.aio_dynamodb(settings) as client:
+        # A resumed run is running again, not failed.
+        for table in tables:
+            await _mark_failure(settings, client, table, None)
         # Registering now starts the fence while the Map starts up.
         await RunRegistration(settings, client, spec.writer_id).renew()
     return plan
@@ -415,8 +426,58 @@ async def finish_run(settings: Settings, spec: RunSpec) -> dict[str, Any]:
             )
         await RunRegistration(settings, client, spec.writer_id).remove()
         totals = {run.table: run.totals() for run in runs if run is not None}
+        for table in spec.tables:
+            await _mark_failure(settings, client, table, None)
     swept = await _finish(settings, spec.tables)
     return {"run_id": spec.run_id, "tables": spec.tables, "tombstones_swept": swept, "totals": totals}
+
+
+async def record_failure(settings: Settings, spec: RunSpec, failure: Any) -> dict[str, Any]:
+    """RecordFailure: mark each table's run failed with the reason (`backfill status` shows it).
+
+    `failure` is what the state machine's Catch caught (`{"Error", "Cause"}`).
+    The units keep their checkpoints and the registration its lease, which
+    lapses: the next execution resumes where this one stopped.
+    """
+    error, cause = "", ""
+    if isinstance(failure, dict):
+        error, cause = str(failure.get("Error") or ""), str(failure.get("Cause") or "")
+    async with aws.aio_dynamodb(settings) as client:
+        store = UnitStore(client, settings.control_table)
+        not_done = {}
+        for table in spec.tables:
+            run = await store.load(table)
+            not_done[table] = sum(u.status != "done" for u in run.units) if run else None
+        pending = "; ".join(f"{t}: {n if n is not None else 'no plan'} units not done" for t, n in not_done.items())
+        reason = f"execution {spec.run_id} failed ({error or 'unknown error'}: {cause or 'no cause given'}); {pending}"
+        reason = reason[:2000]
+        for table in spec.tables:
+            await _mark_failure(settings, client, table, reason)
+    return {"run_id": spec.run_id, "tables": spec.tables, "failed": True, "reason": reason, "units_not_done": not_done}
+
+
+async def _mark_failure(settings: Settings, client: Any, table: str, reason: str | None) -> None:
+    """Set (or, with None, clear) the failure mark on a table's run item; a table without a plan has none."""
+    from backfill.units import _pk
+
+    if reason is None:
+        update, values = "REMOVE failure, failed_at", None
+    else:
+        update, values = "SET failure = :reason, failed_at = :now", {
+            ":reason": {"S": reason}, ":now": {"N": repr(round(time.time(), 3))}}
+    kwargs: dict[str, Any] = {
+        "TableName": settings.control_table,
+        "Key": {"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
+        "UpdateExpression": update,
+        "ConditionExpression": "attribute_exists(PK)",
+    }
+    if values:
+        kwargs["ExpressionAttributeValues"] = values
+    try:
+        await client.update_item(**kwargs)
+    except Exception as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            raise translate(exc, f"record the backfill state of {table}") from exc
 
 
 __all__ = [
@@ -426,5 +487,6 @@ __all__ = [
     "UnitOutcome",
     "finish_run",
     "plan_run",
+    "record_failure",
     "run_unit",
 ]

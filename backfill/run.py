@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,6 @@ from shared.settings import Settings
 if TYPE_CHECKING:  # rich is the CLI's; the backfill Lambdas import this module without it
     from rich.console import Console
 
-MIRROR_PK = "MIRROR"
 
 
 @dataclass
@@ -48,7 +48,7 @@ class BackfillRequest:
     source: str = "scan"
     dry_run: bool = False
     restart: bool = False
-    json_path: Path | None = None
+    report_path: Path | None = None  # --dry-run --report FILE: the dry-run report as JSON
     allow_no_mirror: bool = False
 
 
@@ -62,14 +62,11 @@ def resolve_tables(settings: Settings, table: str) -> list[str]:
     return [table]
 
 
-async def mirror_started_at(client: Any, settings: Settings, table: str) -> float | None:
-    response = await client.get_item(
-        TableName=settings.control_table,
-        Key={"PK": {"S": MIRROR_PK}, "SK": {"S": table}},
-        ConsistentRead=True,
-    )
-    item = response.get("Item")
-    return float(item["started_at"]["N"]) if item else None
+async def mirror_started_at(settings: Settings, table: str, progress: Callable[[str], None] | None) -> float:
+    """Since when the mirror covers `table`, waiting for it (bounded): see `shared.coverage`."""
+    from shared.coverage import wait_for_coverage
+
+    return await wait_for_coverage(settings, table, settings.mirror_wait_s, progress=progress)
 
 
 async def approx_item_count(client: Any, physical: str) -> int:
@@ -79,7 +76,8 @@ async def approx_item_count(client: Any, physical: str) -> int:
         raise aws.translate(exc, f"describe {physical}") from exc
 
 
-async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[str]) -> tuple[list[Run], Any]:
+async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[str],
+                    progress: Callable[[str], None] | None = None) -> tuple[list[Run], Any]:
     """Check the preconditions and plan (or find) one run per table."""
     export = None
     async with aws.aio_dynamodb(settings) as client:
@@ -92,7 +90,7 @@ async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[s
             export = parse_source(request.source.removeprefix("export:"))
             info = await open_export(export, settings)
             if not request.allow_no_mirror:
-                check_export_time(info.export_time, await mirror_started_at(client, settings, tables[0]))
+                check_export_time(info.export_time, await mirror_started_at(settings, tables[0], progress))
         elif request.source != "scan":
             raise UsageError(f"--source must be scan or export:PATH_OR_S3_URI, not {request.source!r}")
         # Options are checked before anything is read from the control table.
@@ -106,11 +104,7 @@ async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[s
             physical = settings.physical_name(table)
             approx = await approx_item_count(client, physical)
             if request.source == "scan" and not request.allow_no_mirror:
-                if await mirror_started_at(client, settings, table) is None:
-                    raise UsageError(
-                        f"the mirror has never run for {table}: start replication first (sam deploy, or "
-                        "dynashift mirror run --follow), or the writes made during the backfill are lost"
-                    )
+                await mirror_started_at(settings, table, progress)
             if request.restart:
                 await store.reset(table)
             if export is not None:
@@ -126,10 +120,20 @@ async def plan_runs(settings: Settings, request: BackfillRequest, tables: list[s
 
 def run_backfill(settings: Settings, overrides: dict[str, Any], request: BackfillRequest, console: Console) -> int:
     """Returns the process exit code (0 when every unit is done)."""
+    return run_backfill_report(settings, overrides, request, console)[0]
+
+
+def run_backfill_report(
+    settings: Settings, overrides: dict[str, Any], request: BackfillRequest, console: Console
+) -> tuple[int, dict[str, Any]]:
+    """The exit code and the run's report as JSON-ready data (`backfill run --json`).
+
+    Everything for a person goes to `console` (the CLI hands it stderr's with --json).
+    """
     tables = resolve_tables(settings, request.table)
     if request.dry_run:
         return run_dry(settings, request, tables, console)
-    runs, export = asyncio.run(plan_runs(settings, request, tables))
+    runs, export = asyncio.run(plan_runs(settings, request, tables, progress=console.print))
     units_in_flight = max(1, math.ceil(max(r.segments for r in runs) / request.workers))
     options = WorkerOptions(
         tables=tables,
@@ -146,13 +150,24 @@ def run_backfill(settings: Settings, overrides: dict[str, Any], request: Backfil
         _in_processes(settings, overrides, options, request.workers, tables, console)
     runs = asyncio.run(_load(settings, tables))
     unfinished = [r.table for r in runs if r.done < len(r.units)]
-    render_summary(console, runs, time.time() - started)
+    elapsed = time.time() - started
+    render_summary(console, runs, elapsed)
+    report: dict[str, Any] = {
+        "dry_run": False,
+        "source": request.source,
+        "elapsed_s": round(elapsed, 3),
+        "tables": [_status_row(r, time.time()) for r in runs],
+        "unfinished": unfinished,
+        "complete": not unfinished,
+        "tombstones_swept": None,
+    }
     if unfinished:
         console.print(f"not finished: {', '.join(unfinished)} (workers stopped); run the same command to resume")
-        return 1
+        return 1, report
     swept = asyncio.run(_finish(settings, tables))
+    report["tombstones_swept"] = swept
     console.print(f"backfill complete; {swept} tombstones swept")
-    return 0
+    return 0, report
 
 
 async def _load(settings: Settings, tables: list[str]) -> list[Run]:
@@ -263,35 +278,36 @@ def status(settings: Settings) -> list[dict[str, Any]]:
     definition = get_definition(settings.migration)
     runs = asyncio.run(_load(settings, [s.name for s in definition.sources]))
     now = time.time()
-    rows = []
-    for run in runs:
-        totals = run.totals()
-        started = min((u.started_at for u in run.units if u.started_at), default=None)
-        elapsed = ((run.finished_at or now) - started) if started else 0.0
-        rate = totals["read"] / elapsed if elapsed > 0 else 0.0
-        remaining = max(0, (run.approx_items or 0) - totals["read"])
-        rows.append(
-            {
-                "table": run.table,
-                "source": run.source,
-                "write_mode": run.write_mode,
-                "units_done": run.done,
-                "units_total": len(run.units),
-                "units_running": sum(1 for u in run.units if u.status == "running"),
-                **totals,
-                "items_per_s": round(rate, 1),
-                "eta_s": None if run.finished_at or rate == 0 else round(remaining / rate, 1),
-                "approx_items": run.approx_items,
-                "finished": run.finished_at is not None,
-                "max_completions_per_unit": max((u.completions for u in run.units), default=0),
-            }
-        )
-    return rows
+    return [_status_row(run, now) for run in runs]
 
 
-def run_dry(settings: Settings, request: BackfillRequest, tables: list[str], console: Console) -> int:
-    from shared.demo import render_dry_run
-    from shared.dryrun import DryRun
+def _status_row(run: Run, now: float) -> dict[str, Any]:
+    totals = run.totals()
+    started = min((u.started_at for u in run.units if u.started_at), default=None)
+    elapsed = ((run.finished_at or now) - started) if started else 0.0
+    rate = totals["read"] / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, (run.approx_items or 0) - totals["read"])
+    return {
+        "table": run.table,
+        "source": run.source,
+        "write_mode": run.write_mode,
+        "units_done": run.done,
+        "units_total": len(run.units),
+        "units_running": sum(1 for u in run.units if u.status == "running"),
+        **totals,
+        "items_per_s": round(rate, 1),
+        "eta_s": None if run.finished_at or rate == 0 else round(remaining / rate, 1),
+        "approx_items": run.approx_items,
+        "finished": run.finished_at is not None,
+        "max_completions_per_unit": max((u.completions for u in run.units), default=0),
+    }
+
+
+def run_dry(
+    settings: Settings, request: BackfillRequest, tables: list[str], console: Console
+) -> tuple[int, dict[str, Any]]:
+    """Transform every source item (a scan, or an export), write nothing, report."""
+    from shared.dryrun import DryRun, render_dry_run
 
     dry = DryRun(get_definition(settings.migration))
     if request.source.startswith("export:"):
@@ -312,41 +328,42 @@ def run_dry(settings: Settings, request: BackfillRequest, tables: list[str], con
         asyncio.run(_scan_dry(settings, tables, request.segments, dry))
     else:
         raise UsageError(f"--source must be scan or export:PATH_OR_S3_URI, not {request.source!r}")
-    render_dry_run(console, dry)
-    for reason, samples in sorted(dry.report.samples.items()):
-        console.print(f"  {reason}: " + ", ".join(f"{s['table']} {s['key']}" for s in samples))
-    if request.json_path:
-        dry.report.write_json(request.json_path)
-        console.print(f"report written to {request.json_path}")
-    return 0
+    render_dry_run(console, dry.report)
+    if request.report_path:
+        try:
+            dry.report.write_json(request.report_path)
+        except OSError as exc:
+            raise UsageError(f"--report: cannot write {request.report_path}: {exc.strerror or exc}") from None
+        console.print(f"report written to {request.report_path}")
+    return 0, dry.report.as_dict()
 
 
 async def _scan_dry(settings: Settings, tables: list[str], segments: int, dry: Any) -> None:
+    """Parallel scan, counted page by page: memory holds one page per segment, whatever the table's size."""
     from shared.codec import to_native
 
     async with aws.aio_dynamodb(settings, pool=64) as client:
         for table in tables:
             physical = settings.physical_name(table)
 
-            async def segment(number: int) -> list[Any]:
-                items: list[Any] = []
+            async def segment(number: int, table: str = table, physical: str = physical) -> None:
                 kwargs: dict[str, Any] = {"TableName": physical, "Segment": number, "TotalSegments": segments}
                 while True:
                     try:
                         page = await client.scan(**kwargs)
                     except Exception as exc:
                         raise aws.translate(exc, f"scan {physical}") from exc
-                    items.extend(to_native(i) for i in page.get("Items", []))
+                    # DryRun.add is synchronous: no other segment runs in between.
+                    dry.add_all(table, (to_native(i) for i in page.get("Items", [])))
                     if "LastEvaluatedKey" not in page:
-                        return items
+                        return
                     kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-            for items in await asyncio.gather(*(segment(n) for n in range(segments))):
-                dry.add_all(table, items)
+            await asyncio.gather(*(segment(n) for n in range(segments)))
 
 
 def status_json(settings: Settings) -> str:
     return json.dumps(status(settings), indent=2)
 
 
-__all__ = ["BackfillRequest", "StoreError", "run_backfill", "status", "status_json"]
+__all__ = ["BackfillRequest", "StoreError", "run_backfill", "run_backfill_report", "status", "status_json"]

@@ -6,7 +6,9 @@ Thin on purpose: parse the event, call `backfill.lambda_unit`, return JSON.
                    → `{"run": {...}, "units": [{"table", "unit"}, ...]}` (the Map's items)
 * `unit_handler`   event `{"run": {...}, "table", "unit", ...}` (a Map item, or the previous
                    invocation's output) → the same plus `done`, `wait_s` and the unit's counts
-* `finish_handler` event `{"run": {...}}` → the tombstones swept and the totals per table
+* `finish_handler` event `{"run": {...}}` → the tombstones swept and the totals per table;
+                   event `{"run": {...}, "failure": {"Error", "Cause"}}` (RecordFailure, the
+                   Catch of failed units) → the run marked failed with the reason
 
 A `DynashiftError` propagates as the function error, named by its class
 (`TransientError`, `StoreError`, ...), which is what the state machine's
@@ -20,7 +22,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from backfill.lambda_unit import RunSpec, finish_run, plan_run, run_unit
+from backfill.lambda_unit import RunSpec, finish_run, plan_run, record_failure, run_unit
 from shared.errors import UsageError
 from shared.settings import get_settings
 from shared.tracing import lambda_tracer
@@ -56,6 +58,11 @@ def unit_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context(clear_state=True)
 @traced
 def finish_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    result = asyncio.run(finish_run(get_settings(), RunSpec.from_json(event.get("run"))))
+    spec = RunSpec.from_json(event.get("run"))
+    if "failure" in event:
+        failed = asyncio.run(record_failure(get_settings(), spec, event["failure"]))
+        logger.error("backfill failed", extra=failed)
+        return failed
+    result = asyncio.run(finish_run(get_settings(), spec))
     logger.info("backfill finished", extra=result)
     return result

@@ -522,15 +522,18 @@ class SwitchRig:
     """
 
     def __init__(self, settings: Settings, *, rate_per_s: float = 200.0, seed: int = 1, audit: bool = True,
-                 workers: int = 4) -> None:
+                 workers: int = 4, consumer: Callable[[Settings, str], Any] | None = None) -> None:
         self.settings = settings
+        # Who consumes the streams: the local runners by default; a test may hand in
+        # a stand-in for Lambda's event source mappings (anything with start() and stop()).
+        self.consumer = consumer or ConsumerThread
         self.rate_per_s = rate_per_s
         self.seed = seed
         self.audit = audit
         self.workers = workers
         self.echoes: list[tuple[str, str, Item]] = []
         self.audited_records = {"legacy": 0, "sc-main": 0}
-        self.consumers: list[ConsumerThread] = []
+        self.consumers: list[Any] = []
 
     def __enter__(self) -> Self:
         from shared.commands import create_tables
@@ -542,7 +545,7 @@ class SwitchRig:
             "legacy": [StreamTap(self.settings, self.settings.physical_name(s.name)) for s in definition.sources],
             "sc-main": [StreamTap(self.settings, self.settings.target_table)],
         }
-        self.consumers = [ConsumerThread(self.settings, d).start() for d in ("forward", "reverse")]
+        self.consumers = [self.consumer(self.settings, d).start() for d in ("forward", "reverse")]
         self.app = AppSimulator(self.settings, rate_per_s=self.rate_per_s, seed=self.seed, workers=self.workers)
         self.app.start()
         return self

@@ -7,7 +7,9 @@ dummy pair is used, because DynamoDB Local accepts any.
 
 `translate()` maps a botocore exception to the dynashift hierarchy, keeping
 the cause: throttling, 5xx and network faults become `TransientError` (the
-only reason to retry), everything else `StoreError` with a readable message.
+only reason to retry; an endpoint nobody answers at is its subclass
+`EndpointUnreachable`, exit 2 in the CLI), everything else `StoreError` with
+a readable message.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from shared.errors import StoreError, TransientError
+from shared.errors import EndpointUnreachable, StoreError, TransientError
 from shared.settings import Settings
 
 TRANSIENT_CODES = frozenset(
@@ -106,12 +108,19 @@ def is_transient(exc: BaseException) -> bool:
     ) or type(exc).__name__ in {"ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "TimeoutError"}
 
 
+# aiohttp's names for "nobody answers there" (matched by name: aiohttp is not imported here).
+_UNREACHABLE = frozenset({"ClientConnectorError", "ClientConnectorDNSError", "ConnectionTimeoutError"})
+
+
 def translate(exc: BaseException, what: str) -> Exception:
     """A dynashift error for a botocore/aiohttp failure while doing `what`."""
     if isinstance(exc, (TransientError, StoreError)):
         return exc
-    if isinstance(exc, EndpointConnectionError):
-        err: Exception = TransientError(f"{what}: cannot reach endpoint {exc.kwargs.get('endpoint_url', '')}")
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        endpoint = exc.kwargs.get("endpoint_url", "")
+        err: Exception = EndpointUnreachable(f"{what}: cannot reach endpoint {endpoint}")
+    elif type(exc).__name__ in _UNREACHABLE or isinstance(exc, ConnectionRefusedError):
+        err = EndpointUnreachable(f"{what}: cannot reach endpoint ({type(exc).__name__}: {exc})")
     elif is_transient(exc):
         err = TransientError(f"{what}: {error_code(exc) or type(exc).__name__}: {exc}")
     elif isinstance(exc, NoCredentialsError):

@@ -12,11 +12,26 @@ against backup data"). Per legacy table, `create` starts
   delete it as a whole.
 
 Every precondition is checked for every table before anything is started,
-so a refused run leaves nothing half done: the legacy tables and the control
-table exist, point-in-time recovery is on (an export needs it; `enable_pitr`
-turns it on), the bucket exists.
+so a refused run leaves nothing half done: the legacy tables exist,
+point-in-time recovery is on (an export needs it; `enable_pitr` turns it
+on), the bucket exists.
 
-Records (control table, one per backup)::
+**AWS's own listings are the record.** Backups are made in phase 2, before
+the stack (and so the control table) exists, so nothing here needs the
+control table: `records` lists, per legacy table, the on-demand backups
+(ListBackups by TableName, USER backups named ``dynashift-<table>-...``) and
+the exports (ListExports by TableArn, DescribeExport for each, those whose S3
+prefix lies below ``<backup_prefix>/<table>/``); an export whose S3 objects
+are gone (pruned) counts as DELETED and is no longer shown. Creating tables
+outside CloudFormation to hold records would collide with the later `sam
+deploy`, so it is never asked for.
+
+When the control table exists, each backup is also recorded there (below),
+and those records are merged with the listings by ARN (AWS's status wins).
+Where the listings are not available (DynamoDB Local answers
+UnknownOperationException), the control table's records are all there is.
+
+Records (control table, optional, one per backup)::
 
     PK = "BACKUP"   SK = "<created_at ISO 8601, ms>#<table>#<kind>"
     table (physical name), source (logical name), kind ("on_demand" | "export"),
@@ -28,8 +43,8 @@ A record is written as soon as AWS has accepted the request, so a crash or
 ``--no-wait`` leaves a record whose status the next `records(refresh=True)`
 (`backup list`, `latest_backups`) brings up to date from AWS.
 
-Prune removes only what this tool recorded, and only what is older than the
-retention, checked twice: by the record's `created_at` and by AWS's own
+Prune removes only what this tool made (the names and prefixes above, or a
+control-table record), and only what is older than the retention, checked twice: by the record's `created_at` and by AWS's own
 clock (the backup's creation time, each S3 object's LastModified). Anything
 newer is kept and reported, and so is its record. It deletes only USER
 backups and only objects below the record's own export prefix, which must
@@ -212,7 +227,6 @@ class BackupManager:
         kinds = set(kinds)
         if not kinds or not kinds <= set(KINDS):
             raise UsageError(f"backup kinds must be among {', '.join(KINDS)}, not {sorted(kinds)}")
-        self._require_table(self.settings.control_table, "control table", "dynashift tables create")
         tables = {}
         for logical, physical in self.legacy_tables():
             description = self._require_table(physical, f"legacy table {logical}", None)
@@ -239,9 +253,21 @@ class BackupManager:
         for physical, (logical, table_arn) in tables.items():
             for kind in kinds:
                 record = self._start_one(kind, physical, logical, table_arn)
-                self._put(record)
+                if self.control_table_exists:  # optional: AWS's listings are the record
+                    self._put(record)
                 records.append(record)
         return records
+
+    @cached_property
+    def control_table_exists(self) -> bool:
+        """Whether the control table exists (the stack creates it; backups come before the stack)."""
+        try:
+            self.dynamodb.describe_table(TableName=self.settings.control_table)
+        except Exception as exc:
+            if aws.error_code(exc) == "ResourceNotFoundException":
+                return False
+            raise aws.translate(exc, f"describe control table {self.settings.control_table}") from exc
+        return True
 
     def _start_one(self, kind: str, physical: str, logical: str, table_arn: str) -> BackupRecord:
         created_at = round(self.clock(), 3)
@@ -278,6 +304,8 @@ class BackupManager:
             if aws.error_code(exc) == "ResourceNotFoundException":
                 hint = f": run `{create_hint}`" if create_hint else " (check table_names in the settings)"
                 raise StoreError(f"{what} {name} not found{hint}") from exc
+            if aws.error_code(exc) in UNSUPPORTED_CODES:
+                raise unsupported(self.settings, "DescribeTable") from exc
             raise aws.translate(exc, f"describe {what} {name}") from exc
 
     def _pitr_enabled(self, physical: str) -> bool:
@@ -362,7 +390,27 @@ class BackupManager:
 
     # --------------------------------------------------------------------- list
     def records(self, *, refresh: bool = False) -> list[BackupRecord]:
-        """Every recorded backup, newest first; with `refresh`, unfinished ones re-read from AWS."""
+        """Every backup of ours, newest first: AWS's listings, merged with the control table's
+        records when it exists; with `refresh`, unfinished recorded ones are re-read from AWS."""
+        recorded = self._recorded() if self.control_table_exists else []
+        listed = self._listed()
+        if listed is None:  # no listings here (DynamoDB Local): the records are all there is
+            found = recorded
+        else:
+            by_arn = {r.arn: r for r in listed}
+            found = []
+            for record in recorded:
+                aws_view = by_arn.pop(record.arn, None)
+                if aws_view is not None and (aws_view.status, aws_view.failure) != (record.status, record.failure):
+                    record = replace(record, status=aws_view.status, failure=aws_view.failure or record.failure)
+                    self._update_status(record)
+                found.append(record)
+            found += [r for r in by_arn.values() if r.status != "DELETED"]  # pruned exports stay listed by AWS
+        if refresh:
+            found = [self._refresh_quietly(r) if not r.terminal else r for r in found]
+        return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+    def _recorded(self) -> list[BackupRecord]:
         kwargs: dict[str, Any] = {
             "TableName": self.settings.control_table,
             "KeyConditionExpression": "PK = :pk",
@@ -375,18 +423,94 @@ class BackupManager:
             try:
                 page = self.dynamodb.query(**kwargs)
             except Exception as exc:
-                if aws.error_code(exc) == "ResourceNotFoundException":
-                    raise StoreError(
-                        f"control table {self.settings.control_table} not found: run `dynashift tables create`"
-                    ) from exc
                 raise aws.translate(exc, "read backup records") from exc
             found.extend(BackupRecord.from_item(raw) for raw in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
-                break
+                return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        if refresh:
-            found = [self._refresh_quietly(r) if not r.terminal else r for r in found]
+
+    def _listed(self) -> list[BackupRecord] | None:
+        """Our backups and exports as AWS lists them, per legacy table; None where AWS has no listings."""
+        found: list[BackupRecord] = []
+        for logical, physical in self.legacy_tables():
+            try:
+                table_arn = self.dynamodb.describe_table(TableName=physical)["Table"]["TableArn"]
+            except Exception as exc:
+                if aws.error_code(exc) == "ResourceNotFoundException":
+                    continue  # no table, so nothing to list by it
+                raise aws.translate(exc, f"describe legacy table {physical}") from exc
+            try:
+                found += self._listed_backups(logical, physical)
+                found += self._listed_exports(logical, physical, table_arn)
+            except Exception as exc:
+                if aws.error_code(exc) in UNSUPPORTED_CODES:
+                    return None
+                raise
         return found
+
+    def _listed_backups(self, logical: str, physical: str) -> list[BackupRecord]:
+        prefix = f"dynashift-{physical[:200]}-"
+        kwargs: dict[str, Any] = {"TableName": physical, "BackupType": "USER"}
+        found = []
+        while True:
+            try:
+                page = self.dynamodb.list_backups(**kwargs)
+            except Exception as exc:
+                if aws.error_code(exc) in UNSUPPORTED_CODES:
+                    raise
+                raise aws.translate(exc, f"list the backups of {physical}") from exc
+            for summary in page.get("BackupSummaries", []):
+                if not summary.get("BackupName", "").startswith(prefix):
+                    continue  # not ours
+                created = summary.get("BackupCreationDateTime")
+                found.append(BackupRecord(
+                    table=physical, kind=ON_DEMAND, arn=summary["BackupArn"],
+                    # no date from AWS: count it as new, so the retention never takes it for old
+                    created_at=created.timestamp() if isinstance(created, datetime) else self.clock(),
+                    status=summary.get("BackupStatus", "AVAILABLE"), source=logical, name=summary["BackupName"]))
+            if not page.get("LastEvaluatedBackupArn"):
+                return found
+            kwargs["ExclusiveStartBackupArn"] = page["LastEvaluatedBackupArn"]
+
+    def _listed_exports(self, logical: str, physical: str, table_arn: str) -> list[BackupRecord]:
+        ours = f"{self.settings.backup_prefix}/{physical}/"
+        kwargs: dict[str, Any] = {"TableArn": table_arn}
+        found = []
+        while True:
+            try:
+                page = self.dynamodb.list_exports(**kwargs)
+            except Exception as exc:
+                if aws.error_code(exc) in UNSUPPORTED_CODES:
+                    raise
+                raise aws.translate(exc, f"list the exports of {physical}") from exc
+            for summary in page.get("ExportSummaries", []):
+                description = self._call("DescribeExport", f"describe export {summary['ExportArn']}",
+                                         self.dynamodb.describe_export,
+                                         ExportArn=summary["ExportArn"])["ExportDescription"]
+                prefix = (description.get("S3Prefix") or "").strip("/")
+                if not (prefix + "/").startswith(ours) or len(prefix) < len(ours):
+                    continue  # not one of ours
+                bucket = description.get("S3Bucket", "")
+                started = description.get("StartTime")
+                status = description.get("ExportStatus", "IN_PROGRESS")
+                if status == "COMPLETED" and not self._has_objects(bucket, prefix):
+                    status = "DELETED"  # pruned: AWS keeps listing the export, its data is gone
+                found.append(BackupRecord(
+                    table=physical, kind=EXPORT, arn=summary["ExportArn"],
+                    created_at=started.timestamp() if isinstance(started, datetime) else self.clock(), status=status,
+                    s3_uri=f"s3://{bucket}/{prefix}", source=logical, name=prefix, failure=_failure(description)))
+            if not page.get("NextToken"):
+                return found
+            kwargs["NextToken"] = page["NextToken"]
+
+    def _has_objects(self, bucket: str, prefix: str) -> bool:
+        try:
+            page = self.s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1)
+        except Exception as exc:
+            if aws.error_code(exc) == "NoSuchBucket":
+                return False
+            raise aws.translate(exc, f"list s3://{bucket}/{prefix}") from exc
+        return bool(page.get("Contents"))
 
     def _refresh_quietly(self, record: BackupRecord) -> BackupRecord:
         try:
@@ -506,6 +630,8 @@ class BackupManager:
             raise aws.translate(exc, f"record backup {record.arn}") from exc
 
     def _update_status(self, record: BackupRecord) -> None:
+        if not self.control_table_exists:
+            return  # AWS's listing is the record
         names = {"#s": "status", "#u": "updated_at"}
         values: dict[str, Any] = {":s": {"S": record.status}, ":u": {"N": repr(round(self.clock(), 3))}}
         update = "SET #s = :s, #u = :u"
@@ -528,6 +654,8 @@ class BackupManager:
             raise aws.translate(exc, f"update backup record {record.sk}") from exc
 
     def _delete_record(self, record: BackupRecord) -> None:
+        if not self.control_table_exists:
+            return
         try:
             self.dynamodb.delete_item(TableName=self.settings.control_table,
                                       Key={"PK": {"S": BACKUP_PK}, "SK": {"S": record.sk}})

@@ -7,8 +7,10 @@ renders. Registered in `shared.cli`, one line per command.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -38,11 +40,13 @@ def backup() -> None:
 @click.option("--no-wait", is_flag=True, help="Start the backups and return; `backup list` shows their progress.")
 @pass_ctx
 def backup_create(ctx: Context, kind: str, bucket: str | None, enable_pitr: bool, no_wait: bool) -> None:
-    """Back up every legacy table, record it in the control table, and wait until it is done.
+    """Back up every legacy table and wait until it is done.
 
-    Checks everything first (tables, point-in-time recovery, bucket), so a
-    refused run starts nothing. After a completed export it prints the dry
-    run that tests the migration against that backup data.
+    Needs no control table (this runs before the stack exists): AWS's own
+    listings are the record, and the control table, when it exists, gets a
+    copy. Checks everything first (tables, point-in-time recovery, bucket),
+    so a refused run starts nothing. After a completed export it prints the
+    dry run that tests the migration against that backup data.
     """
     settings = load_settings(**{**ctx.overrides, "backup_bucket": bucket}) if bucket else ctx.settings
     manager = BackupManager(settings)
@@ -66,8 +70,7 @@ def backup_create(ctx: Context, kind: str, bucket: str | None, enable_pitr: bool
     for record in final:
         if record.kind == EXPORT and record.completed:
             console.print(f"test the migration against this export of {record.source or record.table}:")
-            console.print(f"  dynashift backfill run --dry-run --table {record.source or record.table} "
-                          f"--source export:{record.s3_uri}", markup=False, highlight=False, soft_wrap=True)
+            console.print("  " + dry_run_command(record), markup=False, highlight=False, soft_wrap=True)
     failed = [r for r in final if not r.completed]
     if failed:
         raise DynashiftError(
@@ -80,7 +83,7 @@ def backup_create(ctx: Context, kind: str, bucket: str | None, enable_pitr: bool
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_ctx
 def backup_list(ctx: Context, as_json: bool) -> None:
-    """The recorded backups, newest first (unfinished ones are re-read from AWS)."""
+    """dynashift's backups, newest first, as AWS lists them (unfinished ones are re-read from AWS)."""
     records = BackupManager(ctx.settings).records(refresh=True)
     if as_json:
         click.echo(json.dumps([r.as_json() for r in records], indent=2))
@@ -123,21 +126,55 @@ def backup_prune(ctx: Context, retention_days: int | None, yes: bool) -> None:
 
 
 @click.command("enable-streams")
+@click.option("--alarm-email", help="E-mail address for the alarm topic the stack creates (template AlarmEmail).")
+@click.option("--alarm-topic-arn", help="Existing SNS topic for the alarms instead (template AlarmTopicArn).")
+@click.option("--write-samconfig", "samconfig", is_flag=False, flag_value="samconfig.toml", default=None,
+              type=click.Path(dir_okay=False, path_type=Path), metavar="[PATH]",
+              help="Also write the deploy parameters and region into this samconfig.toml "
+                   "(default path: samconfig.toml; other settings and comments are kept).")
 @pass_ctx
-def enable_streams_command(ctx: Context) -> None:
+def enable_streams_command(ctx: Context, alarm_email: str | None, alarm_topic_arn: str | None,
+                           samconfig: Path | None) -> None:
     """Turn on NEW_AND_OLD_IMAGES streams on the legacy tables and print the `sam deploy` line.
 
+    The line carries every parameter the stack needs: stream ARNs, table
+    names, BackupBucketName and BackupPrefix (settings backup_bucket and
+    backup_prefix), the alarm subscriber, and the region. What dynashift
+    cannot know is a placeholder that `sam deploy` refuses at once.
     Idempotent. Refuses (exit 2) a table whose stream has another view type.
     """
-    from shared.streams_setup import enable_streams, sam_deploy_command
+    from shared.streams_setup import deploy_overrides, enable_streams, placeholders, sam_deploy_command, write_samconfig
 
+    if alarm_email and alarm_topic_arn:
+        raise UsageError("--alarm-email and --alarm-topic-arn: give one (the stack subscribes the e-mail to a topic "
+                         "it creates, or uses the existing topic)")
     with console.status("reading the legacy tables") as status:
         results = enable_streams(ctx.settings, on_progress=status.update)
     for result in results:
         console.print(f"{result.table} ({result.physical}): {result.outcome}, stream {result.stream_arn}",
                       markup=False, highlight=False, soft_wrap=True)
-    console.print("deploy the mirror with:")
-    console.print("  " + sam_deploy_command(ctx.settings, results), markup=False, highlight=False, soft_wrap=True)
+    alarm = {"alarm_email": alarm_email, "alarm_topic_arn": alarm_topic_arn}
+    overrides = deploy_overrides(ctx.settings, results, **alarm)
+    if samconfig is not None:
+        write_samconfig(samconfig, overrides, ctx.settings.effective_region)
+        console.print(f"wrote the deploy parameters and region {ctx.settings.effective_region} to "
+                      f"[default.deploy.parameters] of {samconfig.resolve()}", markup=False, highlight=False,
+                      soft_wrap=True)
+    missing = placeholders(overrides)
+    if missing:
+        console.print(f"replace the placeholder of {', '.join(missing)} before deploying (sam deploy refuses it)",
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print("build and deploy the stack with:")
+    console.print("  make sam-build", markup=False, highlight=False)
+    console.print("  " + sam_deploy_command(ctx.settings, results, **alarm), markup=False, highlight=False,
+                  soft_wrap=True)
+
+
+def dry_run_command(record: BackupRecord) -> str:
+    """The dry run that tests the migration against a completed export (runbook phase 2.2)."""
+    table = record.source or record.table  # --table takes the logical name
+    return (f"dynashift backfill run --dry-run --source export:{record.s3_uri} --table {shlex.quote(table)} "
+            f"--report {shlex.quote(f'dry-run-{table}.json')}")
 
 
 def _label(record: BackupRecord) -> str:

@@ -4,7 +4,14 @@ Thin by design: each command parses its options, builds the one settings
 object, calls the library and renders the result with rich. Every deliberate
 error (`DynashiftError`), every usage error and every unreachable endpoint
 ends as exactly one readable line on stderr and a non-zero exit code
-(2 for bad input or configuration), never a traceback.
+(2 for bad input or configuration, and for an endpoint nobody answers at),
+never a traceback.
+
+Commands that write synthetic data or create tables (`seed`, `tables
+create`) refuse a non-local endpoint unless `--allow-remote`
+(`shared.cli_context.refuse_remote_endpoint`); `demo` runs on its own engine
+and never uses the configured endpoint. With `--json`, a command prints JSON
+and nothing else on stdout.
 """
 
 from __future__ import annotations
@@ -12,13 +19,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from shared.cli_context import Context, console, err_console, pass_ctx
-from shared.errors import DynashiftError, UsageError
+from shared.cli_context import Context, console, err_console, pass_ctx, refuse_remote_endpoint
+from shared.errors import DynashiftError, EndpointUnreachable, UsageError
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.seed import SeedReport
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -100,15 +112,26 @@ def tables() -> None:
 
 @tables.command("create")
 @click.option("--with-sources", is_flag=True, help="Also create the legacy tables (with streams), for local use.")
+@click.option("--allow-remote", is_flag=True,
+              help="Create them although the endpoint is not local (on AWS, `sam deploy` creates them).")
 @pass_ctx
-def tables_create(ctx: Context, with_sources: bool) -> None:
+def tables_create(ctx: Context, with_sources: bool, allow_remote: bool) -> None:
     """Create sc-main and the control table exactly as template.yaml defines them.
 
-    Creating a table that already exists is not an error.
+    Creating a table that already exists is not an error. For local engines:
+    on AWS the stack creates these tables, and tables made outside it collide
+    with `sam deploy`, so a non-local endpoint is refused unless --allow-remote.
     """
     from shared.commands import create_tables
 
-    for name, outcome, notes in create_tables(ctx.settings, with_sources=with_sources):
+    settings = ctx.settings
+    if with_sources:
+        what = "tables create --with-sources (creates empty legacy tables, for local use)"
+    else:
+        what = ("tables create (on AWS the stack creates sc-main and the control table: `sam deploy`; "
+                "tables made outside it collide with it)")
+    refuse_remote_endpoint(settings, what, allow_remote)
+    for name, outcome, notes in create_tables(settings, with_sources=with_sources):
         console.print(f"{name}: {outcome}" + "".join(f" ({n})" for n in notes))
 
 
@@ -124,13 +147,48 @@ def tables_create(ctx: Context, with_sources: bool) -> None:
     help="Share of items with bad data (each quarantine reason represented).",
 )
 @click.option("--seed", "seed_value", type=int, default=1, show_default=True, help="Random seed (reproducible).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout (progress goes to stderr).")
+@click.option("--allow-remote", is_flag=True, help="Write although the endpoint is not local (real AWS).")
 @pass_ctx
-def seed(ctx: Context, accounts: int, repos: int, bad_fraction: float, seed_value: int) -> None:
-    """Write realistic legacy items, every legacy variant included."""
+def seed(ctx: Context, accounts: int, repos: int, bad_fraction: float, seed_value: int, as_json: bool,
+         allow_remote: bool) -> None:
+    """Write realistic legacy items, every legacy variant included.
+
+    Synthetic data: refused on a non-local endpoint unless --allow-remote.
+    """
     from shared.commands import run_seed
 
-    report = asyncio.run(run_seed(ctx.settings, accounts, repos, bad_fraction, seed_value, console))
-    console.print(report)
+    settings = ctx.settings
+    refuse_remote_endpoint(settings, "seed (writes synthetic items into the legacy tables)", allow_remote)
+    report = asyncio.run(run_seed(settings, accounts, repos, bad_fraction, seed_value,
+                                  err_console if as_json else console))
+    summary = seed_summary(settings, report)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    console.print(f"seeded in {summary['elapsed_s']:.1f}s:")
+    for table in summary["tables"]:
+        named = table["table"] + (f" ({table['physical']})" if table["physical"] != table["table"] else "")
+        console.print(f"  {named}: {table['written']:,} items written", markup=False, highlight=False)
+    bad = summary["bad_per_reason"]
+    console.print(f"bad items (each should end in quarantine): {summary['bad_total']:,}"
+                  + ("" if bad else " (use --bad-fraction for some)"))
+    for reason, count in sorted(bad.items()):
+        console.print(f"  {reason}: {count:,}", markup=False, highlight=False)
+    console.print(f"case collisions (two repositories, one target key): {summary['collisions']} pair(s)")
+
+
+def seed_summary(settings: Settings, report: SeedReport) -> dict[str, Any]:
+    """`seed`'s report as JSON-ready data, physical table names included."""
+    return {
+        "tables": [{"table": logical, "physical": settings.physical_name(logical), "written": n}
+                   for logical, n in report.written.items()],
+        "written_total": sum(report.written.values()),
+        "bad_per_reason": dict(report.bad),
+        "bad_total": sum(report.bad.values()),
+        "collisions": report.collisions,
+        "elapsed_s": round(report.elapsed_s, 3),
+    }
 
 
 # -------------------------------------------------------------------------- mirror
@@ -203,33 +261,39 @@ def backfill() -> None:
               help="put: conditional PutItem per item (1x WCU); transact: TransactWriteItems of 100 (2x WCU).")
 @click.option("--source", default="scan", show_default=True, help="scan, or export:PATH_OR_S3_URI (a PITR export).")
 @click.option("--dry-run", is_flag=True, help="Transform and validate everything, write nothing, report.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --dry-run: write the report as JSON to this file.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the run's report as JSON on stdout (progress and the rest go to stderr).")
+@click.option("--json-file", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --dry-run: also write the dry-run report as JSON to this file.")
 @click.option("--restart", is_flag=True, help="Forget the saved progress and start over (asks first).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --restart).")
 @click.option("--allow-no-mirror", is_flag=True,
               help="Run although no mirror ever ran (only for tables nobody writes to).")
 @pass_ctx
 def backfill_run(ctx: Context, table: str, segments: int, workers: int, rate: float | None, write_mode: str,
-                 source: str, dry_run: bool, json_path: Path | None, restart: bool, yes: bool,
+                 source: str, dry_run: bool, as_json: bool, report_path: Path | None, restart: bool, yes: bool,
                  allow_no_mirror: bool) -> None:
     """Copy every legacy item into the target. Running it again resumes.
 
     Safe while the application writes and the mirror runs: every write is
     create-only and never lands over a newer or deleted state.
     """
-    from backfill.run import BackfillRequest, run_backfill
+    from backfill.run import BackfillRequest, run_backfill_report
 
-    if json_path and not dry_run:
-        raise UsageError("--json: only with --dry-run")
+    if report_path and not dry_run:
+        raise UsageError("--json-file: only with --dry-run (use --json for the report of a backfill)")
+    if restart and dry_run:
+        raise UsageError("--restart: not with --dry-run (a dry run keeps no progress)")
     if restart and not yes and not click.confirm(
-        f"--restart forgets the saved backfill progress of {table}; continue?", default=False
+        f"--restart forgets the saved backfill progress of {table}; continue?", default=False, err=as_json
     ):
         raise UsageError("--restart: not confirmed (add --yes to skip the question)")
     request = BackfillRequest(table=table, segments=segments, workers=workers, rate=rate, write_mode=write_mode,
-                              source=source, dry_run=dry_run, restart=restart, json_path=json_path,
+                              source=source, dry_run=dry_run, restart=restart, report_path=report_path,
                               allow_no_mirror=allow_no_mirror)
-    code = run_backfill(ctx.settings, ctx.overrides, request, console)
+    code, report = run_backfill_report(ctx.settings, ctx.overrides, request, err_console if as_json else console)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
     if code:
         sys.exit(code)
 
@@ -254,11 +318,16 @@ def backfill_status(ctx: Context, as_json: bool) -> None:
     for column in ("table", "units", "read", "written", "skipped", "quarantined", "items/s", "ETA"):
         view.add_column(column)
     for row in rows:
-        eta = "done" if row["finished"] else (f"{row['eta_s']:.0f}s" if row["eta_s"] is not None else "?")
+        eta = "done" if row["finished"] else "FAILED" if row.get("failed") else (
+            f"{row['eta_s']:.0f}s" if row["eta_s"] is not None else "?")
         view.add_row(row["table"], f"{row['units_done']}/{row['units_total']}", str(row["read"]),
                      str(row["written"]), str(row["skipped"]), str(row["quarantined"]), str(row["items_per_s"]),
                      eta)
     console.print(view)
+    for row in rows:
+        if row.get("failed"):
+            console.print(f"{row['table']}: FAILED: {row['failure']} (start the execution again to resume)",
+                          markup=False, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------- demo
@@ -268,7 +337,11 @@ def backfill_status(ctx: Context, as_json: bool) -> None:
 @click.option("--keep", is_flag=True, help="Leave the local engine running afterwards, for exploring.")
 @pass_ctx
 def demo(ctx: Context, port: int | None, scale: int, keep: bool) -> None:
-    """The whole migration, told as a story on the embedded DynamoDB Local."""
+    """The whole migration, told as a story on the embedded DynamoDB Local.
+
+    It never touches the configured endpoint (every step runs against the
+    engine it starts), so it needs no --allow-remote.
+    """
     from shared.demo import run_demo
 
     run_demo(ctx.overrides, port=port, scale=scale, keep=keep, console=console)
@@ -297,7 +370,19 @@ cli.add_command(quarantine)
 
 # ----------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; every failure is one line on stderr."""
+    """Run the CLI; every failure is one line on stderr.
+
+    Library warnings (powertools' "No application metrics to publish" when the
+    mirror handler flushes with metrics off, deprecations, ...) are silenced
+    for the duration of the command: they are for a developer, never part of
+    the operator's output. Lambda never runs this, so it keeps them.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="dynashift", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -314,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except DynashiftError as exc:
         _fail(str(exc))
-        return exc.exit_code
+        return _exit_code(exc)
     except KeyboardInterrupt:
         err_console.print("dynashift: interrupted")
         return 130
@@ -328,6 +413,23 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(translated))
         return 2
     return 0
+
+
+def _exit_code(exc: DynashiftError) -> int:
+    """The error's own code, but 2 whenever an unreachable endpoint is behind it.
+
+    A component may wrap the translated connection error in its own (e.g. a
+    TransientError "gave up after N attempts"); the operator's problem is
+    still the endpoint setting.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, EndpointUnreachable):
+            return 2
+        cause = cause.__cause__ or cause.__context__
+    return exc.exit_code
 
 
 def _fail(message: str) -> None:

@@ -2,6 +2,11 @@
 
 Kept apart from `shared.cli` so that each component can define its commands
 in its own module (registered in `shared.cli`) without an import cycle.
+
+`refuse_remote_endpoint` is the one guard against pointing a command that
+writes synthetic data or creates tables at real AWS by mistake (an operator
+shell without AWS_ENDPOINT_URL points at the real regional endpoint). Such a
+command calls it before its first AWS call and offers `--allow-remote`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from shared.errors import UsageError
 from shared.settings import Settings, load_settings
 
 console = Console()
@@ -32,3 +38,18 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def refuse_remote_endpoint(settings: Settings, what: str, allow_remote: bool) -> None:
+    """Raise UsageError unless the endpoint is local (or `--allow-remote` confirmed it).
+
+    `what` names the command (and, if useful, why it is dangerous there), e.g.
+    "seed" or "tables create (on AWS the stack creates these tables)".
+    """
+    if allow_remote or settings.is_local:
+        return
+    endpoint = settings.effective_endpoint or f"the real AWS endpoint of {settings.effective_region}"
+    raise UsageError(
+        f"{what}: the endpoint is not local ({endpoint}); set AWS_ENDPOINT_URL to a local engine "
+        "or pass --allow-remote"
+    )

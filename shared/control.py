@@ -16,6 +16,9 @@ keeps the full source image (zlib-compressed DynamoDB JSON, so even a
 ~400 KB legacy item fits), its table and key, a reason code and a message a
 person can act on, and `held_keys`: the target keys the item's last clean
 version left in the target, which the next clean version must clean up.
+The image is personal data (emails): an operator's listing reads entries
+without it (`quarantine_list(with_images=False)` projects it, the held keys
+and the collision key away), and only an explicit request fetches it.
 
 All reads here are strongly consistent: the no-lost-wake-up argument for
 key collisions (see `shared.apply`) depends on it.
@@ -211,10 +214,23 @@ class ControlStore:
                     delay = min(delay * 2, 2.0)
         return found
 
-    async def quarantine_list(self, reason: str | None = None) -> list[QuarantineEntry]:
+    async def quarantine_list(self, reason: str | None = None, *, with_images: bool = True) -> list[QuarantineEntry]:
+        """Every entry (of `reason`), sorted by source item.
+
+        `with_images=False` is the listing an operator sees by default: the
+        read projects away the image (personal data, e.g. emails), the held
+        keys and the collision key (target keys can embed an email), so they
+        are not even fetched; those entries carry ``image=None`` and no held
+        keys, and must not be used to re-apply or clear anything.
+        """
+        projection: dict[str, Any] = {}
+        if not with_images:
+            projection = {"ProjectionExpression": "#t, #k, #r, #m, #d",
+                          "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason",
+                                                       "#m": "message", "#d": "detected_at"}}
         entries = []
         for bucket in range(QUARANTINE_BUCKETS):
-            async for raw in self._query(f"QUARANTINE#{bucket}"):
+            async for raw in self._query(f"QUARANTINE#{bucket}", **projection):
                 entry = self._entry(raw)
                 if reason is None or entry.reason == reason:
                     entries.append(entry)
@@ -245,12 +261,11 @@ class ControlStore:
 
     @classmethod
     def _entry(cls, raw: dict[str, Any]) -> QuarantineEntry:
-        blob = raw["image"]["B"]
         return QuarantineEntry(
             ref=cls._ref(raw),
             reason=raw["reason"]["S"],
             message=raw["message"]["S"],
-            image=decode_image(blob),
+            image=decode_image(raw["image"]["B"]) if "image" in raw else None,  # absent: projected away
             held_keys={key_from_text(k) for k in raw.get("held_keys", {}).get("SS", [])},
             detected_at=float(raw["detected_at"]["N"]),
             collision_key=key_from_text(raw["collision_key"]["S"]) if "collision_key" in raw else None,

@@ -22,7 +22,9 @@ reverse consumer first):
    then until the reverse consumer has consumed (skipped: it is gated off)
    every sc-main record up to the ends read *after* the forward drain (the
    forward mirror writes sc-main until it is drained). A sentinel written to
-   one key would prove nothing about the other shards.
+   one key would prove nothing about the other shards. `shared.drain`
+   measures it per record, from the receipts the handler writes, so it
+   holds whether Lambda's event source mappings or the local runners consume.
 5. **new** is written. Every record created before it was consumed by the
    consumer that was active when it was created, so nothing the forward
    mirror (or the backfill) wrote into sc-main can echo back, and reverse
@@ -68,7 +70,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
-from shared.errors import DrainTimeout, DynashiftError, UsageError
+from shared.errors import DrainTimeout, DynashiftError, TransientError, UsageError
 from shared.mode import Mode, ModeState, ModeStore
 from shared.settings import Settings
 
@@ -486,8 +488,8 @@ def check_lag(ports: Ports, direction: str, max_lag_s: float) -> GateCheck:
     if ports.wait_caught_up(direction, max_lag_s):
         return GateCheck(f"{direction} mirror lag", True, f"caught up in {ports.clock() - started:.2f}s")
     return GateCheck(f"{direction} mirror lag", False,
-                     f"did not catch up with every shard within {max_lag_s:g}s (is `mirror run --direction "
-                     f"{direction}` running?)")
+                     f"did not acknowledge every record in its streams within {max_lag_s:g}s (is the stack's "
+                     f"mapping enabled, or `mirror run --direction {direction}` running?)")
 
 
 # =========================================================================== AWS ports
@@ -518,15 +520,10 @@ class AwsPorts:
     def wait_caught_up(self, direction: str, timeout_s: float) -> bool:
         from shared import drain
 
-        deadline = time.monotonic() + timeout_s
-        ends = drain.shard_ends(self.settings, direction)
-        while True:
-            progress = drain.consumer_progress(self.settings, direction)
-            if all(_reached(progress.get(shard), end) for shard, end in ends.items()):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(DRAIN_POLL_S)
+        try:
+            return drain.wait_caught_up(self.settings, direction, timeout_s, poll_s=DRAIN_POLL_S)
+        except TransientError:
+            return False
 
     def clock(self) -> float:
         return time.time()
@@ -539,15 +536,6 @@ def storable(state: ModeState) -> ModeState:
     """DynamoDB takes no floats: the protocol's times go into `extra` as Decimals (ms precision)."""
     extra = {k: Decimal(repr(round(v, 3))) if isinstance(v, float) else v for k, v in state.extra.items()}
     return replace(state, extra=extra)
-
-
-def _reached(state: Any, end: str | None) -> bool:
-    """A shard's consumer got to `end` (sequence numbers are ordered within a shard)."""
-    if end is None:
-        return True
-    if state is None:
-        return False
-    return bool(state["finished"]) or (state["checkpoint"] is not None and int(state["checkpoint"]) >= int(end))
 
 
 # =========================================================================== finalize

@@ -1,73 +1,103 @@
-"""Exact drain of a stream consumer, per shard (cutover step 3).
+"""Exact drain and lag of a stream consumer, per shard, whoever runs it (cutover step 3).
 
 A sentinel written to one key proves nothing about the other shards, so the
 drain is measured per shard: a consumer (``forward``: the legacy tables'
-streams; ``reverse``: sc-main's stream) is drained when, in every shard of
-its streams, no record exists beyond the last one it fully applied.
+streams; ``reverse``: sc-main's stream) is drained when every record now in
+every shard of its streams has been consumed.
 
-* `consumer_progress` reads the consumer's checkpoints: the runner keeps
-  ``CHECKPOINT#<stream arn>`` / ``<shard id>`` in the control table (the last
-  sequence number fully applied, and whether the shard is finished). Every
-  shard the stream currently lists appears, with checkpoint None until the
-  consumer has applied something from it.
-* `shard_ends` finds each shard's current last record by reading with an
-  iterator of its own from the consumer's checkpoint (AFTER_SEQUENCE_NUMBER,
-  or TRIM_HORIZON without one) until the shard has nothing more: a closed
-  shard ends (no next iterator), an open one returns empty pages
-  (`EMPTY_PAGES_AT_END` in a row, because real DynamoDB may return an empty
-  page before later records). Reading from the checkpoint keeps this cheap:
-  only the records not yet consumed are read. It is one more reader on the
-  shard; DynamoDB allows two per shard, the consumer being the other, so no
-  other stream reader may run against these streams during a cutover.
-* Lineage: a shard split closes the parent and opens children, all listed by
-  DescribeStream; each is measured on its own. A finished shard (the
-  consumer read it to its end) is drained by definition, and a child nobody
-  has read yet is measured from TRIM_HORIZON, so its records count. DynamoDB
-  Local has one shard per table and never splits.
+The consumer may be Lambda's event source mapping, which keeps its
+checkpoints to itself, or the local runner (`dynashift mirror run`). Both
+run the same handler, and the handler writes *receipts*: the event ids of
+the records it consumed (`shared.receipts`). The drain never needs the
+consumer's checkpoint:
 
-The protocol the cutover runs with these: set freeze, wait the application's
-cache age, then `wait_drained(forward)` and after it `wait_drained(reverse)`
-(freezing towards new; the other order towards old), then flip. During the
-wait nobody writes the legacy tables any more (the application is frozen,
-the reverse mirror skips), so the legacy shard ends are final; what the
-forward mirror writes into sc-main meanwhile is then drained (skipped) by the
-reverse consumer.
+* **A reader of its own.** For each shard DescribeStream lists, the drain
+  reads the records itself (GetShardIterator + GetRecords; DynamoDB allows
+  two readers per shard, the consumer being the other, so no third reader
+  may run against these streams during a cutover).
+* **Confirmed position.** Per shard it keeps ``DRAINPOS#<stream arn>`` /
+  ``<shard id>`` in the control table: the sequence number through which
+  every record has a receipt (and ``finished`` once a closed shard is
+  confirmed to its end). It reads from there (AFTER_SEQUENCE_NUMBER, or
+  TRIM_HORIZON without one), so each record is read about once, however often
+  status, the gate and the drain ask.
+* **Per record, not per batch.** Each record read is looked up in the
+  receipts by its ``eventID``. This holds whatever the event source mapping
+  does: with ParallelizationFactor above 1 batches of one shard run
+  concurrently (order is kept per item only), a partial batch failure makes
+  it redeliver from the lowest failed record, BisectBatchOnFunctionError
+  splits a failing batch and retries the halves, and a record that exhausts
+  MaximumRetryAttempts or MaximumRecordAgeInSeconds is discarded to the
+  on-failure destination. In every case a record counts as consumed only
+  once the handler has acknowledged it, so a discarded record keeps the
+  drain from ever reporting drained (the switch times out and goes back,
+  never flips with a record missing).
+* **End of an open shard.** GetRecords may answer an empty page before later
+  records, so an open shard's end is `EMPTY_PAGES_AT_END` empty pages in a
+  row. During a freeze nobody writes the legacy tables, so their ends are
+  final.
+* **Baseline.** A local runner started with ``--from latest`` does not own
+  the records before its start: it records a baseline position
+  (`record_baseline`), found by reading the shard to its end, and starts
+  exactly after it.
+* **Lag.** The age of the oldest record without a receipt (now minus its
+  ``ApproximateCreationDateTime``), 0 when every record has one.
 
-**In AWS (Lambda event source mappings)** the mapping keeps its checkpoints
-to itself, and a stream event does not carry the shard id (only with
-tumbling windows enabled, which this project does not use), so the handler
-cannot record per-shard checkpoints. `consumer_progress` therefore only
-knows what the local runner (`dynashift mirror run`) wrote: to drain exactly
-in AWS, run the cutover with the local runners as the consumers (disable the
-mappings for the switch), or enable tumbling windows on the mappings and
-record ``shardId`` + last sequence number per invocation in the handler.
-Neither is built yet; this is a known limitation. Against Lambda consumers
-`is_drained` would wait until its timeout and then fail (never wrongly say
-drained), because a shard with records and no checkpoint is not drained.
+Lineage needs no special case: every shard, parent or child, is measured on
+its own; a shard trimmed from the stream is no longer listed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypedDict
+from dataclasses import dataclass
+from typing import Any
 
 from shared import aws
 from shared.aws import error_code, translate
 from shared.definition import get_definition
 from shared.errors import DrainTimeout, StoreError, UsageError
+from shared.receipts import receipted_ids
 from shared.settings import Settings
 
 DIRECTIONS = ("forward", "reverse")
 EMPTY_PAGES_AT_END = 2
 MAX_PAGES = 100_000
+POSITION_PREFIX = "DRAINPOS#"
 
 
-class ShardProgress(TypedDict):
-    checkpoint: str | None
-    stream_arn: str
-    finished: bool
+@dataclass(frozen=True)
+class StreamRecord:
+    sequence_number: str
+    event_id: str
+    created_at: float | None
+
+
+@dataclass
+class ShardLag:
+    """One shard as the drain sees it."""
+
     table: str
+    stream_arn: str
+    shard_id: str
+    confirmed: str | None  # every record through this one has a receipt
+    last_read: str | None  # the last record now in the shard (as far as read)
+    pending: int  # records read without a receipt
+    oldest_pending_at: float | None  # creation time of the first of them
+    finished: bool  # closed and confirmed to its end
+
+    @property
+    def drained(self) -> bool:
+        return self.pending == 0
+
+    def lag_s(self, now: float) -> float:
+        return 0.0 if self.oldest_pending_at is None else max(0.0, now - self.oldest_pending_at)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {"table": self.table, "stream_arn": self.stream_arn, "shard_id": self.shard_id,
+                "confirmed": self.confirmed, "pending": self.pending, "lag_s": round(self.lag_s(now), 1),
+                "finished": self.finished}
 
 
 def consumer_tables(settings: Settings, direction: str) -> list[str]:
@@ -79,14 +109,14 @@ def consumer_tables(settings: Settings, direction: str) -> list[str]:
     raise UsageError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
 
 
-def _stream_arn(dynamodb: Any, table: str) -> str:
+def stream_arn_of(dynamodb: Any, table: str) -> str:
     try:
         description = dynamodb.describe_table(TableName=table)["Table"]
     except Exception as exc:
         raise translate(exc, f"describe {table}") from exc
     arn = description.get("LatestStreamArn")
     if not arn or not (description.get("StreamSpecification") or {}).get("StreamEnabled"):
-        raise StoreError(f"table {table} has no stream enabled")
+        raise StoreError(f"table {table} has no stream enabled (run: dynashift enable-streams)")
     return arn
 
 
@@ -105,49 +135,70 @@ def _shards(streams: Any, arn: str) -> list[dict[str, Any]]:
         kwargs["ExclusiveStartShardId"] = last
 
 
-def _checkpoints(dynamodb: Any, settings: Settings, arn: str) -> dict[str, dict[str, Any]]:
+# ------------------------------------------------------------------ positions
+def _position_key(arn: str, shard_id: str) -> dict[str, Any]:
+    return {"PK": {"S": f"{POSITION_PREFIX}{arn}"}, "SK": {"S": shard_id}}
+
+
+def _positions(dynamodb: Any, settings: Settings, arn: str) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     kwargs: dict[str, Any] = {
         "TableName": settings.control_table,
         "KeyConditionExpression": "PK = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": f"CHECKPOINT#{arn}"}},
+        "ExpressionAttributeValues": {":pk": {"S": f"{POSITION_PREFIX}{arn}"}},
         "ConsistentRead": True,
     }
     while True:
         try:
             page = dynamodb.query(**kwargs)
         except Exception as exc:
-            raise translate(exc, f"read checkpoints from {settings.control_table}") from exc
+            raise translate(exc, f"read drain positions from {settings.control_table}") from exc
         for item in page["Items"]:
-            found[item["SK"]["S"]] = item
+            found[item["SK"]["S"]] = {"sequence_number": item.get("sequence_number", {}).get("S"),
+                                      "finished": item.get("finished", {}).get("BOOL", False)}
         if "LastEvaluatedKey" not in page:
             return found
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def consumer_progress(
-    settings: Settings, direction: str, *, dynamodb: Any = None, streams: Any = None
-) -> dict[str, ShardProgress]:
-    """Per shard of the consumer's streams: its checkpoint (None if nothing applied yet)."""
-    dynamodb = dynamodb or aws.dynamodb(settings)
-    streams = streams or aws.streams(settings)
-    progress: dict[str, ShardProgress] = {}
-    for table in consumer_tables(settings, direction):
-        arn = _stream_arn(dynamodb, table)
-        saved = _checkpoints(dynamodb, settings, arn)
-        for shard in _shards(streams, arn):
-            item = saved.get(shard["ShardId"], {})
-            progress[shard["ShardId"]] = ShardProgress(
-                checkpoint=item.get("sequence_number", {}).get("S"),
-                stream_arn=arn,
-                finished=bool(item.get("finished", {}).get("BOOL", False)),
-                table=table,
-            )
-    return progress
+def _save_position(dynamodb: Any, settings: Settings, arn: str, shard_id: str, sequence: str,
+                   finished: bool) -> None:
+    """Move a shard's confirmed position forward (never back: concurrent measurers may race).
+
+    Sequence numbers have up to 40 digits, more than a DynamoDB number holds,
+    so the order is kept as the zero-padded string (`sequence_order`).
+    """
+    order = sequence.zfill(40)
+    try:
+        dynamodb.put_item(
+            TableName=settings.control_table,
+            Item={**_position_key(arn, shard_id), "sequence_number": {"S": sequence},
+                  "sequence_order": {"S": order}, "finished": {"BOOL": finished},
+                  "updated_at": {"N": repr(round(time.time(), 3))}},
+            ConditionExpression="attribute_not_exists(PK) OR sequence_order < :seq OR "
+                                "(sequence_order = :seq AND finished = :no)",
+            ExpressionAttributeValues={":seq": {"S": order}, ":no": {"BOOL": False}},
+        )
+    except Exception as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            return
+        raise translate(exc, "save a drain position") from exc
 
 
-def _read_to_end(streams: Any, arn: str, shard_id: str, after: str | None) -> str | None:
-    """The last sequence number in the shard after `after` (`after` itself if none)."""
+def record_baseline(settings: Settings, stream_arn: str, shard_id: str, sequence: str, *,
+                    dynamodb: Any = None) -> None:
+    """A consumer that starts after `sequence` does not own the records up to it."""
+    _save_position(dynamodb or aws.dynamodb(settings), settings, stream_arn, shard_id, sequence, False)
+
+
+# --------------------------------------------------------------------- reading
+def read_shard(streams: Any, arn: str, shard_id: str, after: str | None,
+               on_page: Callable[[list[StreamRecord]], bool] | None = None) -> tuple[list[StreamRecord], bool]:
+    """The records after `after` to the shard's current end, and whether the shard is closed.
+
+    `on_page`, if given, sees each non-empty page and may stop the read early
+    by returning False (the records so far are returned, closed = False).
+    """
     def iterator(start_after: str | None) -> str:
         kwargs: dict[str, Any] = (
             {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": start_after}
@@ -158,62 +209,128 @@ def _read_to_end(streams: Any, arn: str, shard_id: str, after: str | None) -> st
     try:
         next_iterator: str | None = iterator(after)
     except Exception as exc:
-        if error_code(exc) != "TrimmedDataAccessException":
+        if error_code(exc) not in ("TrimmedDataAccessException", "ResourceNotFoundException") or not after:
             raise translate(exc, f"get iterator for shard {shard_id}") from exc
-        next_iterator = iterator(None)  # the checkpoint aged out: everything left is newer
-    last, empty = after, 0
+        next_iterator = iterator(None)  # the position aged out: everything left is newer
+    records: list[StreamRecord] = []
+    empty = 0
     for _ in range(MAX_PAGES):
         if next_iterator is None:
-            return last  # closed shard, read to its end
+            return records, True
         try:
             page = streams.get_records(ShardIterator=next_iterator, Limit=1000)
         except Exception as exc:
             raise translate(exc, f"read shard {shard_id}") from exc
-        records = page.get("Records", [])
+        raw = page.get("Records", [])
         next_iterator = page.get("NextShardIterator")
-        if records:
-            last, empty = records[-1]["dynamodb"]["SequenceNumber"], 0
+        if raw:
+            empty = 0
+            batch = [_record(r) for r in raw]
+            records.extend(batch)
+            if on_page is not None and not on_page(batch):
+                return records, False
             continue
         empty += 1
         if empty >= EMPTY_PAGES_AT_END:
-            return last
+            return records, False
     raise DrainTimeout(f"shard {shard_id} of {arn} did not end within {MAX_PAGES} pages")
 
 
-def shard_ends(
-    settings: Settings,
-    direction: str,
-    *,
-    progress: dict[str, ShardProgress] | None = None,
-    dynamodb: Any = None,
-    streams: Any = None,
-) -> dict[str, str | None]:
-    """Per shard: the sequence number of its last record now (None: the shard has none)."""
+def _record(raw: dict[str, Any]) -> StreamRecord:
+    body = raw["dynamodb"]
+    created = body.get("ApproximateCreationDateTime")
+    if created is not None and hasattr(created, "timestamp"):
+        created = created.timestamp()
+    return StreamRecord(body["SequenceNumber"], raw["eventID"], float(created) if created is not None else None)
+
+
+def last_sequence(streams: Any, arn: str, shard_id: str) -> str | None:
+    """The sequence number of the shard's last record now (None: it has none)."""
+    records, _ = read_shard(streams, arn, shard_id, None)
+    return records[-1].sequence_number if records else None
+
+
+# ------------------------------------------------------------------ measuring
+def measure(settings: Settings, direction: str, *, dynamodb: Any = None, streams: Any = None,
+            stop_at_gap: bool = False) -> list[ShardLag]:
+    """Every shard of the consumer's streams: confirmed position, records pending, oldest pending.
+
+    Advances the confirmed positions it finds. With `stop_at_gap`, a shard is
+    read only until its first record without a receipt (enough to say "not
+    drained" and the lag, cheaper than reading a long backlog to its end).
+    """
+    dynamodb = dynamodb or aws.dynamodb(settings)
     streams = streams or aws.streams(settings)
-    progress = progress if progress is not None else consumer_progress(
-        settings, direction, dynamodb=dynamodb, streams=streams
-    )
-    ends: dict[str, str | None] = {}
-    for shard_id, state in progress.items():
-        if state["finished"]:
-            ends[shard_id] = state["checkpoint"]
-        else:
-            ends[shard_id] = _read_to_end(streams, state["stream_arn"], shard_id, state["checkpoint"])
-    return ends
+    shards: list[ShardLag] = []
+    for table in consumer_tables(settings, direction):
+        arn = stream_arn_of(dynamodb, table)
+        positions = _positions(dynamodb, settings, arn)
+        for shard in _shards(streams, arn):
+            shards.append(_measure_shard(settings, dynamodb, streams, table, arn, shard["ShardId"],
+                                         positions.get(shard["ShardId"]), stop_at_gap))
+    return shards
 
 
-def _reached(state: ShardProgress, end: str | None) -> bool:
-    if end is None or state["finished"]:
+def _measure_shard(settings: Settings, dynamodb: Any, streams: Any, table: str, arn: str, shard_id: str,
+                   position: dict[str, Any] | None, stop_at_gap: bool) -> ShardLag:
+    confirmed = (position or {}).get("sequence_number")
+    if position and position.get("finished"):
+        return ShardLag(table, arn, shard_id, confirmed, confirmed, 0, None, True)
+    ids: set[str] = set()
+    loaded_since: float | None = None
+
+    def receipted(record: StreamRecord) -> bool:
+        nonlocal ids, loaded_since
+        since = record.created_at if record.created_at is not None else 0.0
+        if loaded_since is None or since < loaded_since:
+            ids = receipted_ids(dynamodb, settings.control_table, arn, since)
+            loaded_since = since
+        if record.event_id in ids:
+            return True
+        # A receipt may have landed since the ids were loaded: look once more.
+        ids = receipted_ids(dynamodb, settings.control_table, arn, loaded_since)
+        return record.event_id in ids
+
+    new_confirmed = confirmed
+    pending = 0
+    oldest: float | None = None
+    gap = False
+
+    def on_page(batch: list[StreamRecord]) -> bool:
+        nonlocal new_confirmed, pending, oldest, gap
+        for record in batch:
+            if not gap and receipted(record):
+                new_confirmed = record.sequence_number
+                continue
+            if not gap:
+                gap = True
+                oldest = record.created_at if record.created_at is not None else time.time()
+                if stop_at_gap:
+                    pending += 1
+                    return False
+            pending += 0 if record.event_id in ids else 1
         return True
-    return state["checkpoint"] is not None and int(state["checkpoint"]) >= int(end)
+
+    records, closed = read_shard(streams, arn, shard_id, confirmed, on_page)
+    last = records[-1].sequence_number if records else confirmed
+    finished = closed and not gap
+    if new_confirmed and (new_confirmed != confirmed or finished):
+        _save_position(dynamodb, settings, arn, shard_id, new_confirmed, finished)
+    return ShardLag(table, arn, shard_id, new_confirmed, last, pending, oldest, finished)
 
 
 def is_drained(settings: Settings, direction: str, *, dynamodb: Any = None, streams: Any = None) -> bool:
-    """True when the consumer has applied every record now in its streams, in every shard."""
-    streams = streams or aws.streams(settings)
-    progress = consumer_progress(settings, direction, dynamodb=dynamodb, streams=streams)
-    ends = shard_ends(settings, direction, progress=progress, streams=streams)
-    return all(_reached(progress[shard], end) for shard, end in ends.items())
+    """True when the consumer has acknowledged every record now in its streams, in every shard."""
+    return all(s.drained for s in measure(settings, direction, dynamodb=dynamodb, streams=streams,
+                                          stop_at_gap=True))
+
+
+def lag_s(settings: Settings, direction: str, *, dynamodb: Any = None, streams: Any = None,
+          now: float | None = None) -> float:
+    """The age of the oldest record the consumer has not acknowledged (0 when drained)."""
+    shards = measure(settings, direction, dynamodb=dynamodb, streams=streams, stop_at_gap=True)
+    now = time.time() if now is None else now
+    return max((s.lag_s(now) for s in shards), default=0.0)
 
 
 def wait_drained(
@@ -230,15 +347,42 @@ def wait_drained(
     streams = aws.streams(settings)
     started = clock()
     while True:
-        if is_drained(settings, direction, dynamodb=dynamodb, streams=streams):
-            return clock() - started
+        try:
+            if is_drained(settings, direction, dynamodb=dynamodb, streams=streams):
+                return clock() - started
+        except Exception as exc:
+            if not aws.is_transient(exc):
+                raise  # throttled reads (the consumer shares the shard's read limit) are retried
         if clock() - started >= timeout:
             raise DrainTimeout(
-                f"the {direction} consumer did not drain its streams within {timeout:g}s "
-                "(is it running? dynashift mirror run --follow"
+                f"the {direction} consumer did not acknowledge every record of its streams within {timeout:g}s "
+                "(is it running? the stack's mapping, or dynashift mirror run --follow"
                 + (" --direction reverse)" if direction == "reverse" else ")")
             )
         sleep(poll_s)
 
 
-__all__ = ["ShardProgress", "consumer_progress", "consumer_tables", "is_drained", "shard_ends", "wait_drained"]
+def wait_caught_up(settings: Settings, direction: str, timeout: float, *, poll_s: float = 0.25) -> bool:
+    """Wait until the consumer has acknowledged every record that was in its streams at the call."""
+    dynamodb = aws.dynamodb(settings)
+    streams = aws.streams(settings)
+    deadline = time.monotonic() + timeout
+    targets = {(s.stream_arn, s.shard_id): s.last_read
+               for s in measure(settings, direction, dynamodb=dynamodb, streams=streams)}
+    while True:
+        shards = measure(settings, direction, dynamodb=dynamodb, streams=streams, stop_at_gap=True)
+        if all(_reached(s, targets.get((s.stream_arn, s.shard_id))) for s in shards):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def _reached(shard: ShardLag, target: str | None) -> bool:
+    if target is None or shard.finished or shard.pending == 0:
+        return True
+    return shard.confirmed is not None and int(shard.confirmed) >= int(target)
+
+
+__all__ = ["ShardLag", "consumer_tables", "is_drained", "lag_s", "last_sequence", "measure", "read_shard",
+           "record_baseline", "stream_arn_of", "wait_caught_up", "wait_drained"]

@@ -7,7 +7,12 @@ from a table scan or an export, and counts what would happen.
 
 Collision detection keeps one small fingerprint per target key in memory
 (16 bytes), which is fine up to tens of millions of target items; past that,
-run it per table or on a sample.
+run it per table or on a sample. The items themselves are never kept: feed
+`DryRun.add_all` one page (or export chunk) at a time.
+
+`render_dry_run` prints the report for a person (rich is imported inside it,
+so the module stays importable without the CLI's dependencies);
+`DryRunReport.as_dict` is the JSON form (`--json`, `--report FILE`).
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.definition import Item, MigrationDefinition, SourceRef
 from shared.errors import ItemTooLarge, KeyCollision, QuarantineError
 from shared.itemsize import MAX_ITEM_BYTES, item_size_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SAMPLES_PER_REASON = 5
 
@@ -40,6 +48,7 @@ class DryRunReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "dry_run": True,
             "source_items": dict(self.source_items),
             "source_items_total": sum(self.source_items.values()),
             "target_items_per_entity": dict(self.target_items),
@@ -51,6 +60,35 @@ class DryRunReport:
 
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def render_dry_run(console: Console, report: DryRunReport) -> None:
+    """The report for a person: items per source table and per entity, quarantine reasons with sample keys."""
+    from rich.table import Table
+
+    sources = sum(report.source_items.values())
+    targets = sum(report.target_items.values())
+    console.print(f"dry run: {sources:,} source items would become {targets:,} target items; "
+                  f"{report.total_quarantined:,} would be quarantined; nothing was written")
+    view = Table(title="items")
+    view.add_column("")
+    view.add_column("name")
+    view.add_column("items", justify="right")
+    for table, count in sorted(report.source_items.items()):
+        view.add_row("source table", table, f"{count:,}")
+    for entity, count in sorted(report.target_items.items()):
+        view.add_row("target entity", entity, f"{count:,}")
+    console.print(view)
+    if not report.quarantined:
+        console.print("quarantine: none")
+        return
+    # Plain lines, never wrapped: an operator greps and copies these keys.
+    console.print("would be quarantined (reason: items; sample keys):")
+    for reason, count in sorted(report.quarantined.items()):
+        console.print(f"  {reason}: {count:,}", markup=False, highlight=False)
+        for sample in report.samples.get(reason, []):
+            console.print(f"    {sample['table']} {sample['key']}: {sample['message']}",
+                          markup=False, highlight=False, soft_wrap=True)
 
 
 def check_target_items(items: list[Item]) -> None:

@@ -8,6 +8,9 @@
   and moves on. `reason` is a stable machine code (used by
   `quarantine list --reason`), `message` is what a person reads.
 - `TransientError`: throttling, timeouts, 5xx. The only reason to retry.
+  Exit code 1 (try again later), except `EndpointUnreachable` (exit 2): an
+  endpoint that refuses connections is almost always a configuration
+  problem (no AWS_ENDPOINT_URL, engine not started), not a passing fault.
 - `StoreError`: a DynamoDB call failed for a non-transient reason; the
   botocore error is kept as `__cause__`.
 """
@@ -47,6 +50,16 @@ class StoreError(DynashiftError):
 
 class TransientError(DynashiftError):
     """Throttling, a timeout or a 5xx: retrying later is the right answer."""
+
+
+class EndpointUnreachable(TransientError):
+    """Nobody answers at the endpoint (connection refused, DNS, connect timeout).
+
+    Still transient for the retry loops (an engine may be restarting), but the
+    CLI exits 2 for it: from an operator's shell it is nearly always a wrong
+    or missing endpoint setting."""
+
+    exit_code = 2
 
 
 class QuarantineError(DynashiftError):

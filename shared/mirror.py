@@ -49,6 +49,7 @@ from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, S
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.errors import TransientError
 from shared.mode import forward_applies, read_mode_async
+from shared.receipts import acknowledge
 from shared.settings import Settings
 
 
@@ -146,8 +147,15 @@ class MirrorEngine:
         )
 
     def apply_records(self, records: list[dict[str, Any]]) -> set[str]:
-        """Apply a batch; returns the sequence numbers of records that failed."""
-        return self.loop.run_until_complete(self._apply_records(records))
+        """Apply a batch and acknowledge it (`shared.receipts`); returns the sequence numbers that failed."""
+        return self.loop.run_until_complete(self._apply_and_acknowledge(records))
+
+    async def _apply_and_acknowledge(self, records: list[dict[str, Any]]) -> set[str]:
+        failed = await self._apply_records(records)
+        applier = await self._ensure_applier()
+        failed = await acknowledge(applier.client, self.settings.control_table, records, failed)
+        self.last_stats.failed_records = max(self.last_stats.failed_records, len(failed))
+        return failed
 
     # ---------------------------------------------------------------- batch
     def _chains(self, records: list[dict[str, Any]]) -> OrderedDict[SourceRef, Chain]:

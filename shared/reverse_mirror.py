@@ -83,6 +83,7 @@ from shared.control import ControlStore, QuarantineEntry, key_from_text, key_tex
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.errors import QuarantineError, TransformFailed, TransientError, WriteRejected
 from shared.mode import read_mode_async, reverse_applies
+from shared.receipts import acknowledge
 from shared.settings import Settings
 
 STATE_PK = "REVERSE#"
@@ -187,8 +188,14 @@ class ReverseEngine:
         )
 
     def apply_records(self, records: list[dict[str, Any]]) -> set[str]:
-        """Apply a batch; returns the sequence numbers of records that failed."""
-        return self.loop.run_until_complete(self._apply_records(records))
+        """Apply a batch and acknowledge it (`shared.receipts`); returns the sequence numbers that failed."""
+        return self.loop.run_until_complete(self._apply_and_acknowledge(records))
+
+    async def _apply_and_acknowledge(self, records: list[dict[str, Any]]) -> set[str]:
+        failed = await self._apply_records(records)
+        failed = await acknowledge(self.client, self.settings.control_table, records, failed)
+        self.last_stats.failed_records = max(self.last_stats.failed_records, len(failed))
+        return failed
 
     # ---------------------------------------------------------------- batch
     def _groups(self, records: list[dict[str, Any]], stats: ReverseStats) -> OrderedDict[SourceRef, _Group]:

@@ -3,7 +3,23 @@
 Precedence: explicit arguments > ``DYNASHIFT_*`` environment variables >
 ``dynashift.toml`` (in the working directory, or the file named by
 ``DYNASHIFT_CONFIG``) > defaults. It is validated once and frozen; a bad value
-fails with a `ConfigError` that names the setting.
+fails with a `ConfigError` that names the setting and where its value came
+from (the ``DYNASHIFT_*`` variable, or the file).
+
+`load_settings` also refuses, each with one line naming it:
+
+- an unknown ``DYNASHIFT_*`` variable (a typo would otherwise silently fall
+  back to the default, e.g. the real ``sc-main``); the closest known name is
+  suggested. Known: one per setting, `DYNASHIFT_CONFIG`, and `NOT_SETTINGS`
+  (variables the test suite reads itself);
+- a ``DYNASHIFT_CONFIG`` that names a missing file (a missing default
+  ``./dynashift.toml`` is fine: no file, no settings from it);
+- a `table_names` key that is not a source table of the migration, and a
+  target (or control) table that is also a source table's physical name or
+  each other: the migration would write into its own source.
+
+The last check needs the migration definition; it is imported inside
+`load_settings`, so this module (the bottom layer) imports without it.
 
 The DynamoDB endpoint follows the standard AWS conventions:
 ``DYNASHIFT_ENDPOINT_URL`` if set, else ``AWS_ENDPOINT_URL_DYNAMODB``, else
@@ -14,8 +30,10 @@ Credentials come from the usual botocore chain.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +44,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -33,6 +52,10 @@ from shared.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE_ENV = "DYNASHIFT_CONFIG"
+ENV_PREFIX = "DYNASHIFT_"
+# DYNASHIFT_* variables that are deliberately not settings (read by the race
+# property tests themselves); any other unknown one is refused as a typo.
+NOT_SETTINGS = frozenset({CONFIG_FILE_ENV, "DYNASHIFT_RACE_EXAMPLES", "DYNASHIFT_RACE_STEPS", "DYNASHIFT_RACE_RANDOM"})
 
 
 def _config_file() -> Path:
@@ -41,7 +64,7 @@ def _config_file() -> Path:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="DYNASHIFT_",
+        env_prefix=ENV_PREFIX,
         frozen=True,
         extra="forbid",
         validate_default=True,
@@ -96,6 +119,16 @@ class Settings(BaseSettings):
     mirror_batch_size: int = Field(100, ge=1, le=10000, description="records per handler call")
     mirror_batching_window_s: float = Field(0.0, ge=0, le=300, description="like MaximumBatchingWindowInSeconds")
     mirror_concurrency: int = Field(32, ge=1, le=512, description="concurrent writes per batch")
+    mirror_function: str | None = Field(
+        None, description="the forward mirror's Lambda function (stack-output/MirrorFunctionName): its event source "
+                          "mappings tell the backfill and status that the mirror covers the legacy tables"
+    )
+    reverse_mirror_function: str | None = Field(
+        None, description="the reverse mirror's Lambda function (stack-output/ReverseMirrorFunctionName), for status"
+    )
+    mirror_wait_s: float = Field(
+        120.0, ge=0, le=3600, description="a backfill waits this long for the mirror to cover a table before refusing"
+    )
 
     # --- verify ---------------------------------------------------------------------
     verify_settle_s: float = Field(
@@ -236,16 +269,92 @@ def _check_table_name(value: str) -> str:
 
 def load_settings(**overrides: Any) -> Settings:
     """Build and validate the settings; a bad value raises ConfigError naming it."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    _check_env_names()
+    config = _config_file()
+    in_file = _read_config_keys(config)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        name = ".".join(str(p) for p in first["loc"][:1]) or "settings"
         message = first["msg"].removeprefix("Value error, ")
-        source = f" (env DYNASHIFT_{name.upper()})" if f"DYNASHIFT_{name.upper()}" in os.environ else ""
-        raise ConfigError(f"invalid setting {name}{source}: {message}") from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed dynashift.toml
-        raise ConfigError(f"cannot read {_config_file()}: {exc}") from None
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown setting {name}{_origin(name, given, in_file, config)}") from None
+        raise ConfigError(f"invalid setting {name}{_origin(name, given, in_file, config)}: {message}") from None
+    except SettingsError as exc:  # a DYNASHIFT_* value pydantic-settings could not even parse (bad JSON)
+        match = re.search(r'field "([^"]+)"', str(exc))
+        name = match.group(1) if match else "settings"
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid setting {name}{_origin(name, given, in_file, config)}: cannot parse the "
+                          f"value{cause}") from None
+    except (OSError, ValueError) as exc:  # unreadable dynashift.toml
+        raise ConfigError(f"cannot read {config}: {exc}") from None
+    _check_tables(settings, given, in_file, config)
+    return settings
+
+
+def _origin(name: str, given: dict[str, Any], in_file: set[str], config: Path) -> str:
+    """Where the value of setting `name` came from (argument > env > file), for the message."""
+    if name in given:
+        return ""
+    env = f"{ENV_PREFIX}{name.upper()}"
+    if any(var.upper() == env for var in os.environ):
+        return f" (env {env})"
+    if name in in_file:
+        return f" (in {config})"
+    return ""
+
+
+def _check_env_names() -> None:
+    known = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields} | NOT_SETTINGS
+    for var in sorted(os.environ):
+        if var.upper().startswith(ENV_PREFIX) and var.upper() not in known:
+            close = difflib.get_close_matches(var.upper(), sorted(known - NOT_SETTINGS | {CONFIG_FILE_ENV}), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown environment variable {var}{hint}: not a dynashift setting")
+
+
+def _read_config_keys(config: Path) -> set[str]:
+    """The keys of the config file (empty when there is none); a named file must exist."""
+    if CONFIG_FILE_ENV in os.environ and not config.is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}: {config} does not exist (unset it to use ./dynashift.toml, if any)")
+    if not config.is_file():
+        return set()
+    try:
+        with config.open("rb") as handle:
+            return set(tomllib.load(handle))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {config}: {exc}") from None
+
+
+def _check_tables(settings: Settings, given: dict[str, Any], in_file: set[str], config: Path) -> None:
+    """Table names against the migration: known sources, and no table used twice."""
+    from shared.definition import get_definition  # settings is the bottom layer: the definitions import it
+
+    sources = [s.name for s in get_definition(settings.migration).sources]
+    unknown = sorted(set(settings.table_names) - set(sources))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sources, n=1)
+        hint = f", did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"invalid setting table_names{_origin('table_names', given, in_file, config)}: unknown source table "
+            f"{unknown[0]!r} (migration {settings.migration} has: {', '.join(sources)}{hint})"
+        )
+    owners: dict[str, str] = {}
+    for logical in sources:
+        physical = settings.physical_name(logical)
+        if physical in owners:
+            raise ConfigError(f"invalid setting table_names: {owners[physical]} and {logical} are both {physical!r}")
+        owners[physical] = f"source table {logical}"
+    for name in ("target_table", "control_table"):
+        value = getattr(settings, name)
+        if value in owners:
+            raise ConfigError(
+                f"invalid setting {name}{_origin(name, given, in_file, config)}: {value!r} is also the "
+                f"{owners[value]}; the migration would write into it"
+            )
+        owners[value] = name
 
 
 @lru_cache(maxsize=1)

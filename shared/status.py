@@ -7,7 +7,10 @@ GetItem or a Query; never a scan of a data table):
   ``old`` when absent (the mode module owns the writes; only the raw item is
   read here);
 * backfill progress per table (`backfill.run.status`);
-* the mirror's checkpoints: per source table, its latest stream ARN, then
+* both stream consumers (`consumers`): the Lambda event source mappings of
+  the configured functions, and per shard what the consumer acknowledged
+  (`shared.drain`), which holds for Lambda and the local runner alike;
+* the local runner's checkpoints: per source table, its latest stream ARN, then
   the items ``CHECKPOINT#<arn>`` / ``<shard id>`` written by
   `shared.stream_runner` (``updated_at``, ``finished``, ``sequence_number``);
   age = now - updated_at. A runner only writes a checkpoint when it applied
@@ -36,6 +39,7 @@ from shared.aws import translate
 from shared.codec import to_native
 from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
 from shared.definition import get_definition
+from shared.errors import StoreError
 from shared.settings import Settings
 from shared.verify import jsonable, last_verify, preflight
 
@@ -95,6 +99,56 @@ def mirror_checkpoints(client: Any, settings: Settings, now: float) -> list[dict
     return rows
 
 
+def consumers(settings: Settings, now: float, *, lambdas: Any = None) -> dict[str, Any]:
+    """Both stream consumers as AWS or the local runner shows them.
+
+    ``mappings``: per direction and stream, the Lambda event source mappings
+    of the configured function (state, starting position, last processing
+    result), or why they are not known. ``shards``: per shard, what the
+    consumer has acknowledged (`shared.drain.measure`: confirmed position,
+    records pending, lag), which holds whoever consumes.
+    """
+    from shared import coverage, drain
+
+    dynamodb = aws.dynamodb(settings)
+    streams = aws.streams(settings)
+    functions = {"forward": settings.mirror_function, "reverse": settings.reverse_mirror_function}
+    mappings: list[dict[str, Any]] = []
+    shards: list[dict[str, Any]] = []
+    for direction in drain.DIRECTIONS:
+        for table in drain.consumer_tables(settings, direction):
+            row: dict[str, Any] = {"direction": direction, "table": table, "function": functions[direction]}
+            try:
+                arn = drain.stream_arn_of(dynamodb, table)
+            except StoreError as exc:
+                mappings.append({**row, "note": str(exc)})
+                continue
+            if not functions[direction]:
+                mappings.append({**row, "note": "function not configured (DYNASHIFT_"
+                                 + ("MIRROR_FUNCTION" if direction == "forward" else "REVERSE_MIRROR_FUNCTION")
+                                 + "): local runner, or unknown"})
+            else:
+                try:
+                    client = lambdas or coverage.lambda_client(settings)
+                    found = client.list_event_source_mappings(EventSourceArn=arn,
+                                                              FunctionName=functions[direction])
+                    for mapping in found.get("EventSourceMappings", []):
+                        mappings.append({**row, "uuid": mapping.get("UUID"), "state": mapping.get("State"),
+                                         "starting_position": mapping.get("StartingPosition"),
+                                         "last_processing_result": mapping.get("LastProcessingResult")})
+                    if not found.get("EventSourceMappings"):
+                        mappings.append({**row, "note": "no event source mapping on this stream"})
+                except Exception as exc:
+                    mappings.append({**row, "note": f"mappings unknown: {translate(exc, 'list event source mappings')}"})
+        try:
+            measured = drain.measure(settings, direction, dynamodb=dynamodb, streams=streams, stop_at_gap=True)
+        except StoreError as exc:
+            shards.append({"direction": direction, "note": str(exc)})
+            continue
+        shards.extend({"direction": direction, **shard.as_dict(now)} for shard in measured)
+    return {"mappings": mappings, "shards": shards}
+
+
 def last_backup(client: Any, settings: Settings) -> dict[str, Any] | None:
     try:
         page = client.query(TableName=settings.control_table, KeyConditionExpression="PK = :pk",
@@ -149,6 +203,7 @@ def gather(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
         "mode": read_mode(client, settings),
         "backfill": backfill_status(settings),
         "mirror": mirror_checkpoints(client, settings, now),
+        "consumers": consumers(settings, now),
         "quarantine": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "verify": last_verify(settings),
         "backup": last_backup(client, settings),

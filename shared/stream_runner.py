@@ -8,7 +8,9 @@ mapping where correctness depends on it:
 * **Lineage.** A shard is read only once its parent is finished (or gone
   from the stream), so per-item order holds across shard splits.
 * **Start position.** A shard without a checkpoint starts at TRIM_HORIZON,
-  or with `--from latest` at LATEST, but only if it existed when the runner
+  or with `--from latest` right after its last record at the start (read to
+  its end, and recorded as the drain's baseline, so that the cutover's drain
+  knows those records are not this consumer's), but only if it existed when the runner
   started and no run has read its parent: a child born of a split is always
   read from its start, or the records written to it before its first poll
   would be lost.
@@ -320,7 +322,19 @@ class StreamRunner:
         if shard.checkpoint:
             kwargs = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": shard.checkpoint}
         elif shard.at_latest:
-            kwargs = {"ShardIteratorType": "LATEST"}
+            # Not LATEST, whose position is unknown: read the shard to its end,
+            # record that end as the drain's baseline (the records up to it are
+            # not this consumer's), and start exactly after it.
+            from shared import drain
+
+            end = drain.last_sequence(self.streams, shard.stream_arn, shard.shard_id)
+            if end is None:
+                kwargs = {"ShardIteratorType": "TRIM_HORIZON"}
+            else:
+                drain.record_baseline(self.settings, shard.stream_arn, shard.shard_id, end, dynamodb=self.dynamodb)
+                kwargs = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": end}
+                # Positioned: a later re-acquisition resumes after the baseline, never skips again.
+                shard.checkpoint, shard.at_latest = end, False
         else:
             kwargs = {"ShardIteratorType": "TRIM_HORIZON"}
         try:

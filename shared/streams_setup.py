@@ -12,18 +12,33 @@ remove). `enable_streams`:
 * otherwise enables the stream (UpdateTable) and waits until the table is
   ACTIVE again and reports its stream ARN.
 
-`sam_deploy_command` turns the ARNs into the exact `sam deploy
---parameter-overrides ...` line; the parameter names are checked against
-template.yaml's Parameters, so a renamed parameter fails loudly instead of
-printing a line sam would reject.
+`deploy_overrides` turns the ARNs and the settings into the stack's
+parameters: every parameter of template.yaml without a default (the stream
+ARNs, BackupBucketName), BackupPrefix, the alarm subscriber (AlarmEmail or
+AlarmTopicArn: the template's Rules require one) and non-default table names.
+A value dynashift cannot know (no backup_bucket set, no alarm subscriber
+given) is a placeholder that fails the template's AllowedPattern, so `sam
+deploy` stops at once and names it. `sam_deploy_command` prints them as the
+exact `sam deploy --region ... --parameter-overrides ...` line; the parameter
+names are checked against template.yaml's Parameters, so a renamed parameter
+fails loudly instead of printing a line sam would reject.
+
+`write_samconfig` writes the same values (parameter_overrides and region) into
+the `[default.deploy.parameters]` table of a samconfig.toml (`enable-streams
+--write-samconfig`), changing only those two lines of an existing file (its
+comments and other settings stay), or creating a minimal one.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shared import aws
@@ -40,6 +55,15 @@ SAM_PARAMETERS: dict[str, tuple[str, str]] = {
 }
 TARGET_PARAMETER = "TargetTableName"
 CONTROL_PARAMETER = "ControlTableName"
+BUCKET_PARAMETER = "BackupBucketName"
+PREFIX_PARAMETER = "BackupPrefix"
+ALARM_EMAIL_PARAMETER = "AlarmEmail"
+ALARM_TOPIC_PARAMETER = "AlarmTopicArn"
+# Placeholders for what dynashift cannot know: each fails the template's
+# AllowedPattern, so CloudFormation refuses the deploy before changing anything.
+BUCKET_PLACEHOLDER = "BACKUP_BUCKET_NAME"
+ALARM_EMAIL_PLACEHOLDER = "ALARM_EMAIL"
+SAMCONFIG_SECTION = "default.deploy.parameters"
 
 
 @dataclass(frozen=True)
@@ -95,9 +119,9 @@ def enable_streams(settings: Settings, *, client: Any = None, sleep: Callable[[f
     return results
 
 
-def sam_deploy_command(settings: Settings, results: list[StreamResult],
-                       template: dict[str, Any] | None = None) -> str:
-    """The `sam deploy --parameter-overrides ...` line for these stream ARNs (and non-default table names)."""
+def deploy_overrides(settings: Settings, results: list[StreamResult], template: dict[str, Any] | None = None,
+                     *, alarm_email: str | None = None, alarm_topic_arn: str | None = None) -> list[tuple[str, str]]:
+    """The stack's parameters for these streams: every required one, with placeholders where unknown."""
     from shared.tables import load_template
 
     parameters = (template or load_template()).get("Parameters", {})
@@ -108,13 +132,97 @@ def sam_deploy_command(settings: Settings, results: list[StreamResult],
         except KeyError:
             raise ConfigError(f"no template.yaml parameters are known for legacy table {result.table}") from None
         overrides += [(name_param, result.physical), (arn_param, result.stream_arn)]
+    overrides.append((BUCKET_PARAMETER, settings.backup_bucket or BUCKET_PLACEHOLDER))
+    overrides.append((PREFIX_PARAMETER, settings.backup_prefix))
+    if alarm_topic_arn:
+        overrides.append((ALARM_TOPIC_PARAMETER, alarm_topic_arn))
+    else:
+        overrides.append((ALARM_EMAIL_PARAMETER, alarm_email or ALARM_EMAIL_PLACEHOLDER))
     for param, value in ((TARGET_PARAMETER, settings.target_table), (CONTROL_PARAMETER, settings.control_table)):
         if param not in parameters or parameters[param].get("Default") != value:
             overrides.append((param, value))
     missing = [p for p, _ in overrides if p not in parameters]
     if missing:
         raise ConfigError(f"template.yaml has no parameter {', '.join(missing)}: update the template or dynashift")
-    return "sam deploy --parameter-overrides " + " ".join(shlex.quote(f"{p}={v}") for p, v in overrides)
+    given = {p for p, _ in overrides}
+    required = [p for p, spec in parameters.items() if "Default" not in spec and p not in given]
+    if required:
+        raise ConfigError(f"dynashift does not know template.yaml's required parameter {', '.join(required)}: "
+                          "update dynashift")
+    return overrides
+
+
+def placeholders(overrides: list[tuple[str, str]]) -> list[str]:
+    """The parameters still holding a placeholder (to fill in before `sam deploy`)."""
+    return [p for p, v in overrides if v in (BUCKET_PLACEHOLDER, ALARM_EMAIL_PLACEHOLDER)]
+
+
+def sam_deploy_command(settings: Settings, results: list[StreamResult], template: dict[str, Any] | None = None,
+                       *, alarm_email: str | None = None, alarm_topic_arn: str | None = None) -> str:
+    """The `sam deploy --region ... --parameter-overrides ...` line for these stream ARNs."""
+    overrides = deploy_overrides(settings, results, template, alarm_email=alarm_email,
+                                 alarm_topic_arn=alarm_topic_arn)
+    return (f"sam deploy --region {shlex.quote(settings.effective_region)} --parameter-overrides "
+            + " ".join(shlex.quote(f"{p}={v}") for p, v in overrides))
+
+
+def samconfig_overrides(overrides: list[tuple[str, str]]) -> str:
+    """parameter_overrides as samconfig.toml spells it: Name="value" pairs, space-separated."""
+    return " ".join(f"{p}={json.dumps(v)}" for p, v in overrides)
+
+
+_SECTION_LINE = re.compile(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$")
+
+NEW_SAMCONFIG = """# SAM CLI configuration written by `dynashift enable-streams --write-samconfig`.
+# Deploy what `make sam-build` built (template_file), never the project directory.
+version = 0.1
+
+[default.deploy.parameters]
+stack_name = "dynashift"
+template_file = ".aws-sam/build/template.yaml"
+resolve_s3 = true
+s3_prefix = "dynashift"
+capabilities = "CAPABILITY_IAM"
+confirm_changeset = true
+fail_on_empty_changeset = false
+"""
+
+
+def write_samconfig(path: Path, overrides: list[tuple[str, str]], region: str) -> None:
+    """Set parameter_overrides and region in `[default.deploy.parameters]` of `path` (created if absent).
+
+    Only those two lines change (or are added at the top of the table):
+    comments and every other setting stay. The result is parsed back and
+    checked before it replaces the file.
+    """
+    values = {"region": region, "parameter_overrides": samconfig_overrides(overrides)}
+    text = path.read_text() if path.exists() else NEW_SAMCONFIG
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}): fix it, or write another file") from None
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if (m := _SECTION_LINE.match(line)) and m.group(1).strip() == SAMCONFIG_SECTION), None)
+    if start is None:
+        lines += ["", f"[{SAMCONFIG_SECTION}]"]
+        start = len(lines) - 1
+    end = next((i for i in range(start + 1, len(lines)) if _SECTION_LINE.match(lines[i])), len(lines))
+    for key, value in values.items():
+        line = f"{key} = {json.dumps(value)}"
+        at = next((i for i in range(start + 1, end) if re.match(rf"^\s*{key}\s*=", lines[i])), None)
+        if at is None:
+            lines.insert(start + 1, line)
+            end += 1
+        else:
+            lines[at] = line
+    result = "\n".join(lines) + "\n"
+    written = tomllib.loads(result)["default"]["deploy"]["parameters"]
+    if any(written.get(key) != value for key, value in values.items()):
+        raise ConfigError(f"{path}: could not update [{SAMCONFIG_SECTION}] safely (a multi-line value?); edit it by hand")
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(result)
+    staging.replace(path)
 
 
 def _view_type(table: dict[str, Any]) -> str | None:

@@ -64,7 +64,7 @@ How, in bounded memory (the design):
    exactly what was seen. Then those differences are judged again and the
    report says how many were fixed.
 
-The report (``--json FILE``; also returned by `run`):
+The report (``--json`` on stdout, ``--json-file FILE``; also returned by `run`):
 
 | field | meaning |
 |---|---|
@@ -968,7 +968,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     try:
         path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     except OSError as exc:
-        raise UsageError(f"--json: cannot write {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"--json-file: cannot write {path}: {exc.strerror or exc}") from None
 
 
 # =========================================================================== the stored result

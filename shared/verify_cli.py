@@ -3,7 +3,20 @@
 Thin: parse options, call `shared.verify` / `shared.status`, render with
 rich. Exit codes: 0 when verify is ok, 1 when differences remain, 2 on bad
 input or an unreachable table (`shared.cli.main` turns the DynashiftError
-into one line).
+into one line). Nothing here catches an error to exit by itself.
+
+`--json` always means: the report as JSON on stdout and nothing else there
+(no progress, no table); `verify --json-file FILE` also (or instead) writes
+it to a file.
+
+`--reason` accepts only the reason codes the engine and the configured
+migration definition can raise (every `QuarantineError` subclass once the
+definition is imported); an unknown one exits 2 listing them.
+
+Quarantine entries keep the full legacy image, which is personal data. The
+listing shows source table, key, reason, message and detection time only;
+`--with-images` adds the image and the target keys (held, collision), which
+can embed an email. Without it the images are not even read (projection).
 """
 
 from __future__ import annotations
@@ -13,13 +26,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from shared.cli_context import Context, console, pass_ctx
+
+if TYPE_CHECKING:
+    from shared.control import QuarantineEntry
+    from shared.settings import Settings
 
 
 class RichObserver:
@@ -46,25 +64,31 @@ class RichObserver:
               help="Fraction of source items (and the target items they own) to verify, by key hash.")
 @click.option("--settle", type=float, default=None,
               help="Seconds to wait before re-checking a difference (default: setting verify_settle_s).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (nothing else there).")
+@click.option("--json-file", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON report to this file.")
 @click.option("--repair", is_flag=True, help="Re-sync every difference from the source (race-safe), then re-check.")
 @pass_ctx
-def verify(ctx: Context, table: str, segments: int, sample: float, settle: float | None, json_path: Path | None,
-           repair: bool) -> None:
+def verify(ctx: Context, table: str, segments: int, sample: float, settle: float | None, as_json: bool,
+           json_path: Path | None, repair: bool) -> None:
     """Compare source and target both ways; exit 0 when they agree, 1 when they differ."""
     from shared import verify as verifier
 
     settings = ctx.settings
     request = verifier.make_request(settings, table=table, segments=segments, sample=sample, settle_s=settle,
                                     repair=repair, json_path=json_path)
-    progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
-                        TextColumn("{task.completed:,.0f} items"), TimeElapsedColumn(), console=console,
-                        transient=True)
-    with progress:
-        report = verifier.run(settings, request, RichObserver(progress))
-    render_verify(report)
-    if json_path:
-        console.print(f"report written to {json_path}")
+    if as_json:
+        report = verifier.run(settings, request)  # no progress: stdout carries the JSON only
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
+                            TextColumn("{task.completed:,.0f} items"), TimeElapsedColumn(), console=console,
+                            transient=True)
+        with progress:
+            report = verifier.run(settings, request, RichObserver(progress))
+        render_verify(report)
+        if json_path:
+            console.print(f"report written to {json_path}")
     if not report["ok"]:
         sys.exit(1)
 
@@ -104,7 +128,7 @@ def render_verify(report: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
-    """One screen: mode, backfill, mirror checkpoints, quarantine, last verify, last backup."""
+    """One screen: mode, backfill, stream consumers, quarantine, last verify, last backup."""
     from shared.status import gather
 
     data = gather(ctx.settings)
@@ -123,13 +147,23 @@ def status(ctx: Context, as_json: bool) -> None:
         console.print(view)
     else:
         console.print("backfill: not planned yet")
-    view = Table(title="mirror checkpoints")
-    for column in ("table", "shard", "age", "state"):
+    view = Table(title="stream consumers (Lambda event source mappings)")
+    for column in ("direction", "table", "function", "state"):
         view.add_column(column)
-    for row in data["mirror"]:
-        age = f"{row['age_s']:.0f}s" if row["age_s"] is not None else "-"
-        state = row.get("note") or ("finished" if row["finished"] else "open")
-        view.add_row(row["table"], row["shard_id"] or "-", age, state)
+    for row in data["consumers"]["mappings"]:
+        state = row.get("note") or f"{row['state']} from {row['starting_position']}, last: {row['last_processing_result']}"
+        view.add_row(row["direction"], row["table"], row["function"] or "-", state)
+    console.print(view)
+    view = Table(title="stream consumers: acknowledged records per shard")
+    for column in ("direction", "table", "shard", "pending", "lag", "state"):
+        view.add_column(column)
+    for row in data["consumers"]["shards"]:
+        if "note" in row:
+            view.add_row(row["direction"], "-", "-", "-", "-", row["note"])
+            continue
+        state = "finished" if row["finished"] else ("caught up" if row["pending"] == 0 else "behind")
+        view.add_row(row["direction"], row["table"], row["shard_id"], str(row["pending"]), f"{row['lag_s']:.1f}s",
+                     state)
     console.print(view)
     quarantine = data["quarantine"]
     reasons = ", ".join(f"{r}: {n}" for r, n in quarantine["by_reason"].items())
@@ -156,31 +190,95 @@ def quarantine() -> None:
     """Source items that cannot be migrated as they are."""
 
 
-@quarantine.command("list")
-@click.option("--reason", help="Only this reason (e.g. invalid_email, key_collision).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (with each item's full source image).")
-@pass_ctx
-def quarantine_list(ctx: Context, reason: str | None, as_json: bool) -> None:
-    """List quarantined source items with their reasons."""
-    from shared.status import entry_as_dict, quarantine_entries
+def known_reasons(settings: Settings) -> list[str]:
+    """Every quarantine reason code: the engine's and the configured definition's `QuarantineError`s."""
+    from shared.definition import get_definition
+    from shared.errors import QuarantineError
 
-    entries = asyncio.run(quarantine_entries(ctx.settings, reason))
+    get_definition(settings.migration)  # imports the definition's modules, and so its own error classes
+    reasons: set[str] = set()
+    pending: list[type[QuarantineError]] = [QuarantineError]
+    while pending:
+        cls = pending.pop()
+        reasons.add(cls.reason)
+        pending.extend(cls.__subclasses__())
+    return sorted(reasons)
+
+
+def _reason_choice(click_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--reason`: a click.Choice built at run time, from the settings' migration definition."""
+    if value is None:
+        return None
+    settings = click_ctx.find_object(Context).settings  # type: ignore[union-attr]
+    return str(click.Choice(known_reasons(settings)).convert(value, param, click_ctx))
+
+
+REASON_HELP = "Only this reason code (e.g. invalid_email, key_collision); an unknown one lists the allowed."
+
+
+def quarantine_row(entry: QuarantineEntry, *, with_images: bool) -> dict[str, Any]:
+    """One entry as JSON: without images, only what names the item and says why (no personal data)."""
+    from shared.verify import jsonable
+
+    row: dict[str, Any] = {
+        "table": entry.ref.table,
+        "key": list(entry.ref.key),
+        "reason": entry.reason,
+        "message": entry.message,
+        "detected_at": entry.detected_at,
+    }
+    if with_images:
+        row["image"] = jsonable(entry.image)
+        row["held_keys"] = sorted(list(k) for k in entry.held_keys)
+        row["collision_key"] = list(entry.collision_key) if entry.collision_key else None
+    return row
+
+
+async def _quarantine_entries(settings: Settings, reason: str | None, with_images: bool) -> list[QuarantineEntry]:
+    from shared import aws
+    from shared.control import ControlStore
+    from shared.verify import preflight
+
+    await asyncio.to_thread(preflight, settings, [settings.control_table])
+    async with aws.aio_dynamodb(settings) as client:
+        return await ControlStore(client, settings.control_table).quarantine_list(reason, with_images=with_images)
+
+
+@quarantine.command("list")
+@click.option("--reason", metavar="REASON", callback=_reason_choice, help=REASON_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table.")
+@click.option("--with-images", is_flag=True,
+              help="Also show each item's full legacy image and target keys (personal data: emails).")
+@pass_ctx
+def quarantine_list(ctx: Context, reason: str | None, as_json: bool, with_images: bool) -> None:
+    """List quarantined source items with their reasons (no images unless --with-images)."""
+    entries = asyncio.run(_quarantine_entries(ctx.settings, reason, with_images))
     if as_json:
-        click.echo(json.dumps([entry_as_dict(e) for e in entries], indent=2, default=str))
+        click.echo(json.dumps([quarantine_row(e, with_images=with_images) for e in entries], indent=2,
+                              default=str))
         return
     if not entries:
         console.print("quarantine is empty" + (f" for reason {reason}" if reason else ""))
         return
     view = Table(title=f"quarantine ({len(entries)})")
-    for column in ("table", "key", "reason", "message"):
+    for column in ("table", "key", "reason", "message", "detected"):
         view.add_column(column)
+    if with_images:
+        view.add_column("image")
     for entry in entries:
-        view.add_row(entry.ref.table, "|".join(entry.ref.key), entry.reason, entry.message[:120])
+        detected = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.detected_at))
+        row = [Text(entry.ref.table), Text("|".join(entry.ref.key)), Text(entry.reason), Text(entry.message[:120]),
+               Text(detected)]
+        if with_images:
+            from shared.verify import jsonable
+
+            row.append(Text(json.dumps(jsonable(entry.image), sort_keys=True, default=str)))
+        view.add_row(*row)
     console.print(view)
 
 
 @quarantine.command("retry")
-@click.option("--reason", help="Only entries with this reason.")
+@click.option("--reason", metavar="REASON", callback=_reason_choice, help=REASON_HELP)
 @pass_ctx
 def quarantine_retry(ctx: Context, reason: str | None) -> None:
     """Re-read each quarantined item and apply it again (after a fix, or once a collision cleared)."""

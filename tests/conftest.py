@@ -28,14 +28,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's AWS config, endpoint or dynashift.toml."""
+    """No test reads the developer's AWS config, endpoint or dynashift.toml.
+
+    DYNASHIFT_CONFIG names an empty file of the test's own: a named file must
+    exist (`load_settings` refuses a missing one), and the working directory's
+    dynashift.toml, if any, is then never read.
+    """
     for var in list(os.environ):
         if var.startswith("DYNASHIFT_") or var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
             monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("DYNASHIFT_CONFIG", str(tmp_path / "absent.toml"))
+    empty = tmp_path / "no-settings.toml"
+    empty.write_text("")
+    monkeypatch.setenv("DYNASHIFT_CONFIG", str(empty))
 
 
 @pytest.fixture(scope="session")

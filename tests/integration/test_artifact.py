@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,6 @@ def lambda_env(settings: Settings) -> dict[str, str]:
     return {
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
-        "DYNASHIFT_CONFIG": "/nonexistent/dynashift.toml",
         "DYNASHIFT_ENDPOINT_URL": settings.endpoint_url or "",
         "DYNASHIFT_TARGET_TABLE": settings.target_table,
         "DYNASHIFT_CONTROL_TABLE": settings.control_table,
@@ -146,3 +146,37 @@ def test_mirror_artifact_applies_a_recorded_stream_event(built, sc_settings, tmp
     profile = client.get_item(TableName=sc_settings.target_table,
                               Key={"PK": {"S": "ACCOUNT#acc-1001"}, "SK": {"S": "PROFILE"}}, ConsistentRead=True)
     assert profile.get("Item", {}).get("entity") == {"S": "account"}
+
+
+# ------------------------------------------- deploying only the build (issue 13)
+SAM = PROJECT_ROOT / ".venv-sam" / "bin" / "sam"
+
+
+def test_sam_deploy_without_a_build_stops_at_once(tmp_path):
+    # GIVEN the project's template and samconfig.toml, and no `make sam-build` output
+    shutil.copy(PROJECT_ROOT / "template.yaml", tmp_path)
+    shutil.copy(PROJECT_ROOT / "samconfig.toml", tmp_path)
+    (tmp_path / "backfill").mkdir()
+    shutil.copy(PROJECT_ROOT / "backfill" / "statemachine.asl.json", tmp_path / "backfill")
+    (tmp_path / ".venv").mkdir()  # what a plain deploy of template.yaml would zip with CodeUri "."
+    # WHEN a plain `sam deploy` runs (no credentials: nothing may reach AWS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {
+        "SAM_CLI_TELEMETRY": "0", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    result = subprocess.run([str(SAM), "deploy"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            check=False, env=env)
+    # THEN it refuses before packaging anything, naming the build template it wants
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Template file not found" in output and ".aws-sam/build/template.yaml" in output, output
+    assert not (tmp_path / ".aws-sam").exists()
+
+
+def test_built_template_ships_only_the_build_folders(built):
+    # GIVEN the template `make sam-build` wrote (the one samconfig.toml deploys)
+    template = load_yaml((built / "template.yaml").read_text())
+    # THEN every function's code is its own build folder, never the project directory
+    for name, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            assert resource["Properties"]["CodeUri"] == name, (name, resource["Properties"]["CodeUri"])
+            assert not (built / name / ".venv").exists() and not (built / name / ".cache").exists()

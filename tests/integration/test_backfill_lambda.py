@@ -1,8 +1,8 @@
 """The backfill in AWS, on DynamoDB Local: the Lambda handlers driven by the real state machine.
 
 `AslDriver` runs `backfill/statemachine.asl.json` in Python: it follows the
-definition's own states (Task, Map, Choice, Wait, Succeed), its paths,
-ItemSelector, OutputPath and ResultPath, and calls the handler that each
+definition's own states (Task, Map, Choice, Wait, Succeed, Fail), its paths,
+ItemSelector, OutputPath, ResultPath and Catch, and calls the handler that each
 `${...FunctionArn}` substitution stands for, with a fake Lambda context. A
 construct it does not know fails the test, so a change to the definition is
 either understood here or noticed.
@@ -57,6 +57,14 @@ PAGES_PER_INVOCATION = 2
 MARGIN_S = 30.0
 
 
+class ExecutionFailed(Exception):
+    """The execution ended in a Fail state (or with an uncaught error), as Step Functions reports it."""
+
+    def __init__(self, error: str, cause: str) -> None:
+        super().__init__(f"{error}: {cause}")
+        self.error, self.cause = error, cause
+
+
 class Killed(BaseException):
     """The Lambda runtime stopping an invocation dead (not an exception the code may catch)."""
 
@@ -106,10 +114,20 @@ class AslDriver:
                 continue
             if kind == "Succeed":
                 return data
-            if kind == "Task":
-                data = self._task(state, data, context)
-            elif kind == "Map":
-                data = self._map(state, data, context)
+            if kind == "Fail":
+                raise ExecutionFailed(state["Error"], state["Cause"])
+            if kind in ("Task", "Map"):
+                try:
+                    data = self._task(state, data, context) if kind == "Task" else self._map(state, data, context)
+                except ExecutionFailed as failed:
+                    catcher = next((c for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]
+                                    or failed.error in c["ErrorEquals"]), None)
+                    if catcher is None:
+                        raise
+                    assert catcher["ResultPath"].startswith("$.") and "." not in catcher["ResultPath"][2:]
+                    data = {**data, catcher["ResultPath"][2:]: {"Error": failed.error, "Cause": failed.cause}}
+                    name = catcher["Next"]
+                    continue
             elif kind == "Wait":
                 seconds = _path(data, state["SecondsPath"], context)
                 assert isinstance(seconds, int) and seconds >= 0, f"Wait.SecondsPath gave {seconds!r}"
@@ -124,12 +142,15 @@ class AslDriver:
 
     def _task(self, state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
         assert state["Resource"] == "arn:aws:states:::lambda:invoke"
-        known = {"Type", "Resource", "Parameters", "OutputPath", "Retry", "Next", "End", "Comment"}
+        known = {"Type", "Resource", "Parameters", "OutputPath", "Retry", "Catch", "Next", "End", "Comment"}
         assert set(state) <= known, f"unsupported Task fields {set(state) - known}"
         params = _resolve(state["Parameters"], data, context)
         handler = FUNCTIONS[params["FunctionName"]]
         payload = json.loads(json.dumps(params["Payload"]))  # what crosses the wire is JSON
-        result = handler(payload, FakeContext())
+        try:
+            result = handler(payload, FakeContext())
+        except Exception as exc:  # the function error, named by its class (no Retry here: retries exhausted)
+            raise ExecutionFailed(type(exc).__name__, str(exc)) from exc
         json.dumps(result)  # must be JSON-able
         with self.lock:
             self.invocations.append((params["FunctionName"], payload, result))
@@ -145,9 +166,19 @@ class AslDriver:
             selected = _resolve(state["ItemSelector"], data, item_context)
             return self._states(processor, selected, {"Execution": {"Name": f"{self.execution['Name']}/{index}"}})
 
+        def settled(index: int, item: Any) -> Any:
+            try:
+                return child(index, item)
+            except ExecutionFailed as failed:
+                return failed
+
         workers = min(self.map_threads, state["MaxConcurrency"])
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(child, range(len(items)), items))
+            results = list(pool.map(settled, range(len(items)), items))
+        failed = [r for r in results if isinstance(r, ExecutionFailed)]
+        if failed and len(failed) * 100 > state.get("ToleratedFailurePercentage", 0) * len(items):
+            raise ExecutionFailed("States.ExceedToleratedFailureThreshold",
+                                  f"{len(failed)} of {len(items)} items failed; first: {failed[0]}")
         assert "ResultPath" in state and state["ResultPath"] is None, "the Map must not carry its results on"
         del results
         return data
@@ -379,6 +410,64 @@ def test_finish_refuses_while_units_are_not_done(lambda_env):
     with pytest.raises(BackfillIncomplete, match="exec-1 is not finished"):
         finish_handler({"run": plan["run"]}, FakeContext())
     assert len(_registry(lambda_env)) == 1
+
+
+def test_failed_units_are_recorded_and_a_new_execution_resumes(lambda_env, monkeypatch):
+    # GIVEN seeded legacy tables, and a unit function that fails on its first invocation of unit 1
+    settings = lambda_env
+    _seed(settings, 10, 30)
+    failing = {"left": 1}
+
+    def flaky_unit(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if event["unit"] == 1 and failing["left"]:
+            failing["left"] -= 1
+            from shared.errors import StoreError
+
+            raise StoreError("control table refused the checkpoint of unit 1")
+        return unit_handler(event, context)
+
+    monkeypatch.setitem(FUNCTIONS, "${BackfillUnitFunctionArn}", flaky_unit)
+    definition = json.loads(ASL_PATH.read_text())
+    execution_input = {"table": "sc-accounts", "segments": 2, "page_items": PAGE_ITEMS, "allow_no_mirror": True}
+    # WHEN the execution runs
+    with pytest.raises(ExecutionFailed) as failed:
+        AslDriver(definition, "exec-fail").run(execution_input)
+    # THEN it ends Failed (the console shows it), after RecordFailure ran instead of Finish
+    assert failed.value.error == "BackfillIncomplete"
+    # AND `backfill status` shows the run failed, with the reason, not done
+    (row,) = [r for r in status(settings) if r["table"] == "sc-accounts"]
+    assert row["failed"] is True and row["finished"] is False
+    assert "exec-fail" in row["failure"] and "States.ExceedToleratedFailureThreshold" in row["failure"]
+    assert "units not done" in row["failure"]
+    # WHEN the execution is started again / THEN it resumes and finishes, and the failure mark is gone
+    result = AslDriver(definition, "exec-again").run(execution_input)
+    assert result["tables"] == ["sc-accounts"]
+    (row,) = [r for r in status(settings) if r["table"] == "sc-accounts"]
+    assert row["finished"] is True and row["failed"] is False and row["failure"] is None
+    assert row["units_done"] == row["units_total"] == 2
+
+
+def test_record_failure_marks_the_run_failed_and_the_cli_shows_it(lambda_env):
+    # GIVEN a planned run whose units never ran
+    plan = _plan(lambda_env, table="sc-accounts")
+    # WHEN the Finish function gets RecordFailure's input (what the Catch caught)
+    failure = {"Error": "States.ExceedToleratedFailureThreshold", "Cause": "1 of 2 items failed"}
+    result = finish_handler({"run": plan["run"], "failure": failure}, FakeContext())
+    # THEN it records the run as failed with the reason
+    assert result["failed"] is True and result["units_not_done"] == {"sc-accounts": 2}
+    (row,) = [r for r in status(lambda_env) if r["table"] == "sc-accounts"]
+    assert row["failed"] is True and "ExceedToleratedFailureThreshold" in row["failure"]
+    # AND `dynashift backfill status` prints FAILED and the reason, not "done"
+    from click.testing import CliRunner
+
+    from shared.cli import cli
+
+    output = CliRunner().invoke(cli, ["backfill", "status"], catch_exceptions=False).output
+    assert "FAILED" in output and "1 of 2 items failed" in output
+    # AND a new Plan (the next execution) clears the mark
+    _plan(lambda_env, table="sc-accounts")
+    (row,) = [r for r in status(lambda_env) if r["table"] == "sc-accounts"]
+    assert row["failed"] is False and row["failure"] is None
 
 
 @pytest.mark.parametrize(

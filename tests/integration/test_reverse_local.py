@@ -20,7 +20,7 @@ from shared.apply import Applier
 from shared.codec import to_native, to_wire
 from shared.control import ControlStore
 from shared.definition import SourceRef, get_definition
-from shared.drain import consumer_progress, is_drained, shard_ends, wait_drained
+from shared.drain import is_drained, lag_s, measure, wait_drained
 from shared.errors import UsageError
 from shared.mode import Mode, ModeState, ModeStore
 from shared.reverse_mirror import ReverseEngine, reverse_quarantine_ref
@@ -436,20 +436,20 @@ def test_drain_reports_progress_and_ends_per_shard(tables):
     client = aws.dynamodb(tables)
     client.put_item(TableName=tables.physical_name(ACC), Item=to_wire(account("d1")))
     client.put_item(TableName=tables.physical_name(REPO), Item=to_wire(repo("dr", "d1", "x")))
-    # THEN the forward consumer is not drained: two shards (one per legacy table), no checkpoint, an end each
-    progress = consumer_progress(tables, "forward")
-    assert len(progress) == 2 and all(p["checkpoint"] is None for p in progress.values())
-    ends = shard_ends(tables, "forward")
-    assert set(ends) == set(progress) and all(e is not None for e in ends.values())
-    assert not is_drained(tables, "forward")
-    with pytest.raises(Exception, match="did not drain"):
+    # THEN the forward consumer is not drained: two shards (one per legacy table), nothing acknowledged,
+    # one record pending in each, with its age as the lag
+    shards = measure(tables, "forward")
+    assert len(shards) == 2 and all(s.confirmed is None and s.pending == 1 for s in shards)
+    ends = {s.shard_id: s.last_read for s in shards}
+    assert all(e is not None for e in ends.values())
+    assert not is_drained(tables, "forward") and lag_s(tables, "forward") >= 0
+    with pytest.raises(Exception, match="did not acknowledge every record"):
         wait_drained(tables, "forward", timeout=0.3, poll_s=0.1)
-    # WHEN the forward mirror runs / THEN each shard's checkpoint is its end
+    # WHEN the forward mirror runs / THEN every shard is confirmed to its end, from the handler's receipts
     run_forward_mirror(tables)
-    progress = consumer_progress(tables, "forward")
-    assert {s: p["checkpoint"] for s, p in progress.items()} == ends
+    assert {s.shard_id: s.confirmed for s in measure(tables, "forward")} == ends
     assert wait_drained(tables, "forward", timeout=5) >= 0
-    # AND an unread sc-main stream (no checkpoint yet) is not drained for reverse until it runs
+    # AND sc-main's stream (the mirror's writes) is not drained for reverse until the reverse consumer runs
     assert not is_drained(tables, "reverse")
     run_reverse_mirror(tables)
     assert is_drained(tables, "reverse")

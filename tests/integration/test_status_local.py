@@ -92,7 +92,7 @@ def test_status_quarantine_list_and_retry(env, capsys, tmp_path):
     profile = f"ACCOUNT#{fixed['key'][0]}"
     client.delete_item(TableName=env.target_table, Key=to_wire({"PK": profile, "SK": "PROFILE"}))
     with pytest.raises(SystemExit) as exited:
-        cli(env, "verify", "--settle", "0", "--json", str(tmp_path / "v.json"))
+        cli(env, "verify", "--settle", "0", "--json-file", str(tmp_path / "v.json"))
     assert exited.value.code == 1
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["ok"] is False and report["missing"] == 1

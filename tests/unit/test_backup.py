@@ -169,10 +169,12 @@ def test_a_missing_bucket_is_refused_before_anything_starts(aws):
     assert aws_backups() == [] and control_items(settings) == []
 
 
-def test_missing_legacy_or_control_table_is_one_clear_error(aws):
+def test_missing_legacy_table_is_one_clear_error(aws, capsys):
     settings = load_settings(backup_bucket=BUCKET)
-    # GIVEN no tables at all / THEN the control table is named, with the command that creates it
+    # GIVEN no tables at all / THEN the missing legacy table is named (the control table is not needed)
     assert main(["backup", "create", "--kind", "on_demand"]) == 2
+    err = capsys.readouterr().err
+    assert "legacy table sc-accounts" in err and "control table" not in err and "tables create" not in err
     # GIVEN only dynashift's own tables / THEN the missing legacy table is named
     create_tables(settings, with_sources=False)
     with pytest.raises(Exception, match="legacy table sc-accounts sc-accounts not found"):
@@ -202,11 +204,14 @@ def test_cli_create_prints_the_dry_run_line_for_each_export(settings, monkeypatc
     out = capsys.readouterr().out
     lines = [line.strip() for line in out.splitlines() if "backfill run --dry-run" in line]
     assert len(lines) == 2
+    exports = {r.table: r for r in BackupManager(load_settings(backup_bucket=BUCKET)).records() if r.kind == EXPORT}
     for table, line in zip(("sc-accounts", "sc-repositories"), lines, strict=True):
-        assert line.startswith(f"dynashift backfill run --dry-run --table {table} --source export:s3://{BUCKET}/"
-                               f"dynashift-backups/{table}/")
+        # THEN the line is exactly the runbook's dry run for that table's export
+        assert line == (f"dynashift backfill run --dry-run --source export:{exports[table].s3_uri} "
+                        f"--table {table} --report dry-run-{table}.json")
+        assert exports[table].s3_uri.startswith(f"s3://{BUCKET}/dynashift-backups/{table}/")
         # AND the backfill reads that source as the export's own S3 prefix
-        location = parse_source(line.split("--source export:", 1)[1])
+        location = parse_source(line.split("--source export:", 1)[1].split()[0])
         assert location.bucket == BUCKET and location.prefix.startswith(f"dynashift-backups/{table}/")
 
 
@@ -217,11 +222,12 @@ def test_no_wait_records_in_progress_and_list_refreshes(settings, monkeypatch, c
     records = m.start([EXPORT])
     for record in records:  # as if AWS had not finished when we asked
         m._update_status(BackupRecord(**{**record.__dict__, "status": "IN_PROGRESS"}))
-    assert {r.status for r in m.records()} == {"IN_PROGRESS"}
+    assert {i["status"]["S"] for i in control_items(settings)} == {"IN_PROGRESS"}
     # WHEN listing / THEN unfinished records are re-read from AWS and stored
     assert main(["backup", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [r["status"] for r in listed] == ["COMPLETED", "COMPLETED"]
+    assert {i["status"]["S"] for i in control_items(settings)} == {"COMPLETED"}
     assert {r.status for r in m.records()} == {"COMPLETED"}
 
 
@@ -394,3 +400,88 @@ def test_every_backup_command_has_help(command, capsys):
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "Usage:" in out and len(out.splitlines()) > 3
+
+
+# ------------------------------------------------- before the stack (issue 13)
+def create_legacy_only() -> None:
+    for name, key in (("sc-accounts", "accountId"), ("sc-repositories", "repoId")):
+        ddb().create_table(TableName=name, AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+                           KeySchema=[{"AttributeName": key, "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+
+
+@pytest.fixture
+def before_stack(aws: None, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Phase 2: the legacy tables and the bucket exist, the stack (control table included) does not."""
+    create_legacy_only()
+    s3().create_bucket(Bucket=BUCKET)
+    s3().put_object(Bucket=BUCKET, Key="assets/logo.png", Body=b"the users' own object")
+    monkeypatch.setenv("DYNASHIFT_BACKUP_BUCKET", BUCKET)
+    return load_settings(backup_bucket=BUCKET)
+
+
+def test_backup_create_and_list_work_without_the_control_table(before_stack, capsys):
+    settings = before_stack
+    # WHEN backing up through the CLI before the stack exists
+    assert main(["backup", "create", "--enable-pitr"]) == 0
+    out = capsys.readouterr().out
+    # THEN the backups were made, the dry run is printed per table, and no table was created
+    assert len(aws_backups()) == 2
+    assert out.count("dynashift backfill run --dry-run --source export:") == 2
+    assert set(ddb().list_tables()["TableNames"]) == {"sc-accounts", "sc-repositories"}
+    # AND `backup list` finds them in AWS's own listings
+    assert main(["backup", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted((r["table"], r["kind"], r["status"]) for r in listed) == [
+        ("sc-accounts", EXPORT, "COMPLETED"), ("sc-accounts", ON_DEMAND, "AVAILABLE"),
+        ("sc-repositories", EXPORT, "COMPLETED"), ("sc-repositories", ON_DEMAND, "AVAILABLE"),
+    ]
+    assert all(r["source"] == r["table"] for r in listed)
+    # AND the cutover gate sees them too
+    assert backup_gate_problems(settings) == []
+    # AND the control table, created later by the stack, merges with the listings (no duplicates)
+    create_tables(settings, with_sources=False)
+    assert len(manager(settings).records()) == 4
+
+
+def test_listings_ignore_backups_and_exports_that_are_not_ours(before_stack):
+    settings = before_stack
+    enable_pitr("sc-accounts", "sc-repositories")
+    # GIVEN someone else's backup and export of a legacy table
+    ddb().create_backup(TableName="sc-accounts", BackupName="nightly-sc-accounts")
+    arn = ddb().describe_table(TableName="sc-accounts")["Table"]["TableArn"]
+    ddb().export_table_to_point_in_time(TableArn=arn, S3Bucket=BUCKET, S3Prefix="elsewhere/sc-accounts",
+                                        ExportFormat="DYNAMODB_JSON")
+    # WHEN listing / THEN neither is listed (so prune never deletes them)
+    assert manager(settings).records() == []
+
+
+def test_prune_works_without_the_control_table(before_stack, monkeypatch):
+    from moto.dynamodb.models.table_export import TableExport
+
+    # moto's DescribeExport has no StartTime: give it one (AWS's date of the export), settable per export
+    original = TableExport.response
+    monkeypatch.setattr(TableExport, "response",
+                        lambda self: {**original(self), "StartTime": getattr(self, "start_time", time.time())})
+    settings = before_stack
+    enable_pitr("sc-accounts", "sc-repositories")
+    # GIVEN backups made 10 days ago (as AWS dates them) and new ones, no control table
+    old = manager(settings, NOW - 10 * DAY_S).wait(manager(settings, NOW - 10 * DAY_S).start())
+    from moto.dynamodb.models import dynamodb_backends
+
+    for export in dynamodb_backends[ACCOUNT]["us-east-1"].table_exports.values():
+        export.start_time = NOW - 10 * DAY_S
+    for record in old:
+        age_in_moto(record, NOW - 10 * DAY_S)
+    aged = {r.arn: r for r in manager(settings).records()}
+    new = manager(settings).wait(manager(settings).start())
+    # WHEN pruning with a 7-day retention
+    m = manager(settings)
+    cutoff, candidates = m.prune_candidates(7)
+    assert {r.arn for r in candidates} == {r.arn for r in old} == set(aged)
+    report = m.prune(candidates, cutoff)
+    # THEN the old backups and export objects are gone, the new ones and the users' objects stay
+    assert len(report.backups_deleted) == 2 and report.objects_deleted == 2 and report.kept == []
+    assert {b["BackupArn"] for b in aws_backups()} == {r.arn for r in new if r.kind == ON_DEMAND}
+    assert s3_keys("assets/") == ["assets/logo.png"]
+    # AND the pruned exports, still listed by AWS, are no longer shown
+    assert {r.arn for r in manager(settings).records()} == {r.arn for r in new}

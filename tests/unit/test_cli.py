@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shared.cli import cli, main
 
 COMMANDS = [[], ["local"], ["local", "start"], ["local", "stop"], ["tables", "create"], ["seed"], ["demo"],
+            ["backfill", "run"],
             ["mirror", "run"]]
 
 
@@ -41,11 +44,11 @@ def test_bad_input_is_one_line_and_exit_2(argv, named, capsys):
 
 
 def test_unreachable_endpoint_is_one_line(capsys, monkeypatch):
-    # GIVEN an endpoint nobody listens on / WHEN creating tables / THEN one line, non-zero exit
+    # GIVEN an endpoint nobody listens on / WHEN creating tables / THEN one line, exit 2
     from shared.local_engine import free_port
 
     code = main(["--endpoint-url", f"http://127.0.0.1:{free_port()}", "tables", "create"])
-    assert code != 0
+    assert code == 2
     err = capsys.readouterr().err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     assert "cannot reach endpoint" in err
@@ -53,3 +56,57 @@ def test_unreachable_endpoint_is_one_line(capsys, monkeypatch):
 
 def test_cli_group_lists_the_commands():
     assert {"local", "tables", "seed", "demo", "mirror"} <= set(cli.commands)
+
+
+def fake_seed_report():
+    from shared.seed import SeedReport
+
+    return SeedReport(written={"sc-accounts": 1200, "sc-repositories": 3000},
+                      bad={"invalid_email": 7, "missing_attribute": 2}, collisions=3, elapsed_s=1.25)
+
+
+@pytest.fixture
+def fake_seed(monkeypatch):
+    from shared import commands
+
+    async def run_seed(settings, accounts, repos, bad_fraction, seed_value, console):
+        return fake_seed_report()
+
+    monkeypatch.setattr(commands, "run_seed", run_seed)
+
+
+def test_seed_prints_a_readable_summary(fake_seed, capsys):
+    # GIVEN a seed run / WHEN it finishes / THEN a summary per table and per bad reason, no repr
+    assert main(["--endpoint-url", "http://127.0.0.1:9", "seed", "--accounts", "1", "--repos", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "SeedReport(" not in out
+    assert "sc-accounts: 1,200 items written" in out
+    assert "sc-repositories: 3,000 items written" in out
+    assert "invalid_email: 7" in out and "missing_attribute: 2" in out
+    assert "3 pair(s)" in out
+
+
+def test_seed_json_prints_only_json(fake_seed, capsys, monkeypatch):
+    # GIVEN physical table names that differ from the logical ones
+    monkeypatch.setenv("DYNASHIFT_TABLE_NAMES", '{"sc-accounts": "prod-accounts"}')
+    # WHEN seed runs with --json
+    assert main(["--endpoint-url", "http://127.0.0.1:9", "seed", "--accounts", "1", "--repos", "1", "--json"]) == 0
+    # THEN stdout is one JSON document with the counts
+    data = json.loads(capsys.readouterr().out)
+    assert data["tables"][0] == {"table": "sc-accounts", "physical": "prod-accounts", "written": 1200}
+    assert data["written_total"] == 4200
+    assert data["bad_per_reason"] == {"invalid_email": 7, "missing_attribute": 2} and data["bad_total"] == 9
+    assert data["collisions"] == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["backfill", "run", "--json-file", "x.json"], "--json-file"),
+        (["backfill", "run", "--dry-run", "--restart", "--yes"], "--restart"),
+    ],
+)
+def test_backfill_run_option_combinations(argv, named, capsys):
+    assert main(["--endpoint-url", "http://127.0.0.1:9", *argv]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0]

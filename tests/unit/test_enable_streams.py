@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
 import tomllib
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +16,14 @@ from moto import mock_aws
 from shared.cli import main
 from shared.errors import ConfigError, StoreError, UsageError
 from shared.settings import PROJECT_ROOT, Settings, load_settings
-from shared.streams_setup import SAM_PARAMETERS, StreamResult, enable_streams, sam_deploy_command
+from shared.streams_setup import (
+    SAM_PARAMETERS,
+    StreamResult,
+    deploy_overrides,
+    enable_streams,
+    sam_deploy_command,
+    write_samconfig,
+)
 from shared.tables import load_template
 
 LEGACY = ("sc-accounts", "sc-repositories")
@@ -89,13 +98,119 @@ def test_cli_prints_the_sam_deploy_line_with_the_stream_arns(settings, capsys, m
     create_legacy("prod-repos", "repoId")
     assert main(["enable-streams"]) == 0
     out = capsys.readouterr().out
-    line = next(line.strip() for line in out.splitlines() if line.strip().startswith("sam deploy"))
-    overrides = dict(word.split("=", 1) for word in shlex.split(line)[3:])
+    region, overrides = printed_deploy_line(out)
     # THEN the line names exactly the template's parameters, with the real ARNs
     assert overrides == {
         "AccountsTableName": "prod-accounts", "AccountsStreamArn": stream_of("prod-accounts")[1],
         "RepositoriesTableName": "prod-repos", "RepositoriesStreamArn": stream_of("prod-repos")[1],
+        "BackupBucketName": "BACKUP_BUCKET_NAME", "BackupPrefix": "dynashift-backups", "AlarmEmail": "ALARM_EMAIL",
     }
+    assert region == "us-east-1"
+
+
+def printed_deploy_line(out: str) -> tuple[str, dict[str, str]]:
+    """The region and the parameter overrides of the `sam deploy` line enable-streams printed."""
+    line = next(line.strip() for line in out.splitlines() if line.strip().startswith("sam deploy"))
+    words = shlex.split(line)
+    assert words[:3] == ["sam", "deploy", "--region"] and words[4] == "--parameter-overrides", line
+    return words[3], dict(word.split("=", 1) for word in words[5:])
+
+
+def required_parameters() -> set[str]:
+    return {name for name, spec in load_template()["Parameters"].items() if "Default" not in spec}
+
+
+def test_printed_line_carries_every_required_parameter_of_the_template(settings, capsys, monkeypatch):
+    # GIVEN legacy tables, a backup bucket in the settings, and a region
+    monkeypatch.setenv("DYNASHIFT_BACKUP_BUCKET", "radiant-assets")
+    monkeypatch.setenv("DYNASHIFT_REGION", "us-east-1")
+    create_legacy("sc-accounts", "accountId")
+    create_legacy("sc-repositories", "repoId")
+    # WHEN enable-streams runs (its main path, against moto), with an alarm address
+    assert main(["enable-streams", "--alarm-email", "ops@example.com"]) == 0
+    out = capsys.readouterr().out
+    region, overrides = printed_deploy_line(out)
+    parameters = load_template()["Parameters"]
+    # THEN every parameter of template.yaml without a default is on the line, and only template parameters
+    assert required_parameters() <= set(overrides)
+    assert set(overrides) <= set(parameters)
+    assert overrides["BackupBucketName"] == "radiant-assets"
+    assert overrides["BackupPrefix"] == "dynashift-backups"
+    assert overrides["AlarmEmail"] == "ops@example.com" and "AlarmTopicArn" not in overrides
+    assert region == "us-east-1"
+    # AND every value passes its parameter's AllowedPattern: CloudFormation takes the line as printed
+    # (but the stream ARNs: moto's stream labels have microseconds, AWS's milliseconds)
+    for name, value in overrides.items():
+        pattern = None if name.endswith("StreamArn") else parameters[name].get("AllowedPattern")
+        assert pattern is None or re.fullmatch(pattern, value), (name, value)
+    # AND no placeholder is left to replace, and the build comes first
+    assert "placeholder" not in out
+    assert "make sam-build" in out
+
+
+def test_unknown_values_are_placeholders_the_template_refuses(settings):
+    # GIVEN no backup bucket and no alarm subscriber
+    results = [StreamResult("sc-accounts", "sc-accounts", "arn:a", "enabled"),
+               StreamResult("sc-repositories", "sc-repositories", "arn:r", "enabled")]
+    overrides = dict(deploy_overrides(settings, results))
+    parameters = load_template()["Parameters"]
+    # THEN they are placeholders that fail the AllowedPattern (sam deploy stops at once)
+    for name in ("BackupBucketName", "AlarmEmail"):
+        assert not re.fullmatch(parameters[name]["AllowedPattern"], overrides[name]), name
+    # AND an alarm topic replaces the e-mail
+    with_topic = dict(deploy_overrides(settings, results, alarm_topic_arn="arn:aws:sns:us-east-1:123456789012:ops"))
+    assert with_topic["AlarmTopicArn"].endswith(":ops") and "AlarmEmail" not in with_topic
+
+
+def test_write_samconfig_updates_the_deploy_parameters_and_keeps_the_rest(settings, capsys, monkeypatch, tmp_path):
+    # GIVEN a copy of the repository's samconfig.toml, and legacy tables with physical names
+    monkeypatch.setenv("DYNASHIFT_TABLE_NAMES", '{"sc-accounts": "prod-accounts", "sc-repositories": "prod-repos"}')
+    monkeypatch.setenv("DYNASHIFT_BACKUP_BUCKET", "radiant-assets")
+    monkeypatch.setenv("DYNASHIFT_REGION", "us-east-1")
+    create_legacy("prod-accounts", "accountId")
+    create_legacy("prod-repos", "repoId")
+    config = tmp_path / "samconfig.toml"
+    shutil.copy(PROJECT_ROOT / "samconfig.toml", config)
+    before = tomllib.loads(config.read_text())
+    # WHEN enable-streams writes it
+    assert main(["enable-streams", "--alarm-email", "ops@example.com", "--write-samconfig", str(config)]) == 0
+    out = capsys.readouterr().out
+    after = tomllib.loads(config.read_text())
+    deploy = after["default"]["deploy"]["parameters"]
+    # THEN the parameters are the printed line's, and the region is the settings' region
+    region, printed = printed_deploy_line(out)
+    written = dict(word.split("=", 1) for word in shlex.split(deploy["parameter_overrides"]))
+    assert written == printed and required_parameters() <= set(written)
+    assert deploy["region"] == region == "us-east-1"
+    # AND every other setting and the comments stay
+    assert {k: v for k, v in deploy.items() if k not in ("region", "parameter_overrides")} == {
+        k: v for k, v in before["default"]["deploy"]["parameters"].items() if k != "parameter_overrides"}
+    assert after["default"]["build"] == before["default"]["build"]
+    assert "Deployable by construction" in config.read_text()
+    # AND writing again changes nothing
+    text = config.read_text()
+    write_samconfig(config, list(written.items()), "us-east-1")
+    assert config.read_text() == text
+
+
+def test_write_samconfig_without_a_path_creates_samconfig_toml_here(settings, capsys, monkeypatch, tmp_path):
+    create_legacy("sc-accounts", "accountId")
+    create_legacy("sc-repositories", "repoId")
+    monkeypatch.chdir(tmp_path)
+    assert main(["enable-streams", "--write-samconfig"]) == 0
+    deploy = tomllib.loads((tmp_path / "samconfig.toml").read_text())["default"]["deploy"]["parameters"]
+    # THEN a deployable configuration: built template, region, every required parameter
+    assert deploy["template_file"] == ".aws-sam/build/template.yaml"
+    assert deploy["region"] == "us-east-1" and "CAPABILITY_IAM" in deploy["capabilities"]
+    assert required_parameters() <= set(dict(w.split("=", 1) for w in shlex.split(deploy["parameter_overrides"])))
+    # AND the placeholders are named on the console
+    assert "BackupBucketName, AlarmEmail" in capsys.readouterr().out
+
+
+def test_alarm_email_and_topic_together_are_refused(settings, capsys):
+    assert main(["enable-streams", "--alarm-email", "a@b.co", "--alarm-topic-arn",
+                 "arn:aws:sns:us-east-1:123456789012:ops"]) == 2
+    assert "--alarm-email and --alarm-topic-arn" in capsys.readouterr().err
 
 
 def test_sam_line_adds_non_default_target_and_control_names_and_checks_the_template():
@@ -160,3 +275,9 @@ def test_samconfig_example_is_valid_and_matches_the_template():
     parameters = load_template()["Parameters"]
     assert set(overrides) <= set(parameters)
     assert {"AccountsStreamArn", "RepositoriesStreamArn"} <= set(overrides)
+    # AND it is deployable by construction: no region placeholder (SAM uses the usual AWS chain),
+    # stream ARN placeholders the template refuses, and only the built template is deployed
+    assert "region" not in deploy
+    for name in ("AccountsStreamArn", "RepositoriesStreamArn"):
+        assert not re.fullmatch(parameters[name]["AllowedPattern"], overrides[name]), name
+    assert deploy["template_file"] == ".aws-sam/build/template.yaml"

@@ -235,6 +235,11 @@ class FakeDynamoDB:
 
     def put_item(self, TableName: str, Item: dict[str, Any], **conditional: Any) -> dict[str, Any]:
         assert TableName == CONTROL
+        if Item["PK"]["S"].startswith("DRAINPOS#"):
+            # The drain's baseline, recorded by a `--from latest` start.
+            self.items[(Item["PK"]["S"], Item["SK"]["S"])] = copy.deepcopy(Item)
+            self.log.append(("baseline", Item["SK"]["S"], Item["sequence_number"]["S"]))
+            return {}
         if Item["PK"]["S"] == "MIRROR":
             # The runner's record of when the mirror started (put only if absent).
             self.items.setdefault(("MIRROR", Item["SK"]["S"]), copy.deepcopy(Item))
@@ -631,21 +636,28 @@ def test_the_batching_window_delivers_a_partial_batch_when_it_ends(world: World)
 
 
 # ------------------------------------------------------------ 7. --from latest
-def test_from_latest_without_a_checkpoint_starts_at_latest(world: World) -> None:
+def test_from_latest_without_a_checkpoint_starts_after_the_end_it_records_as_the_drain_baseline(
+    world: World,
+) -> None:
     # GIVEN old records, and new ones written after the runner positioned itself
+    # (the baseline read takes GetRecords calls 1 to 3: one page, two empty ones)
     world.streams.add_shard("shardId-1")
-    world.streams.put_many("shardId-1", 3)
+    old = world.streams.put_many("shardId-1", 3)
     new: list[str] = []
     world.streams.before_get_records = lambda call: (
-        new.extend(world.streams.put_many("shardId-1", 2)) if call == 1 else None
+        new.extend(world.streams.put_many("shardId-1", 2)) if call == 4 else None
     )
     handler = world.handler()
 
     # WHEN the runner starts from latest
     world.runner(handler, start_from="latest").run()
 
-    # THEN it asked for LATEST and delivered only the new records
-    assert world.streams.iterator_requests == [("shardId-1", "LATEST", None)]
+    # THEN it read the shard from its start to find the end, started exactly after it
+    assert world.streams.iterator_requests == [("shardId-1", "TRIM_HORIZON", None),
+                                               ("shardId-1", "AFTER_SEQUENCE_NUMBER", old[-1])]
+    # AND recorded that end as the drain's baseline (the records up to it are not its own)
+    assert ("baseline", "shardId-1", old[-1]) in world.log
+    # AND delivered only the new records
     assert handler.delivered == new
 
 
@@ -671,11 +683,11 @@ def test_from_latest_reads_a_shard_born_during_the_run_from_its_start(world: Wor
     # a record, closes (a split) and its two children receive records before
     # the runner first sees them
     world.streams.add_shard("shardId-parent")
-    world.streams.put("shardId-parent")  # before the start: skipped by LATEST
+    world.streams.put("shardId-parent")  # before the start: skipped (the baseline read ends after it)
     written: list[str] = []
 
     def split(call: int) -> None:
-        if call == 1:
+        if call == 4:  # the runner's first poll: the baseline read took calls 1 to 3
             written.append(world.streams.put("shardId-parent", "p"))
             world.streams.close("shardId-parent")
             for child in ("shardId-child-1", "shardId-child-2"):

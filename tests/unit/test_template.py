@@ -31,6 +31,12 @@ LEGACY_STREAM_PARAMS = ("AccountsStreamArn", "RepositoriesStreamArn")
 # The only statements allowed a Resource of "*", and why AWS requires it.
 STAR_RESOURCE_ALLOWED = {
     "XRayTracing": "xray:PutTraceSegments and xray:PutTelemetryRecords have no resource types",
+    "StateMachineLogDelivery": "CloudWatch Logs' vended-log delivery actions have no resource types",
+}
+# The exact actions of StateMachineLogDelivery (the Step Functions guide's list for logging to CloudWatch Logs).
+LOG_DELIVERY_ACTIONS = {
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
 }
 
 # The mirror's exact grants, per resource (the key is how the template names it).
@@ -38,6 +44,9 @@ STAR_RESOURCE_ALLOWED = {
 EXPECTED_GRANTS = {
     "stream:AccountsStreamArn": {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"},
     "stream:RepositoriesStreamArn": {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"},
+    # the event source mapping lists the table's streams (AWSLambdaDynamoDBExecutionRole's fourth action)
+    "streams:AccountsTableName": {"dynamodb:ListStreams"},
+    "streams:RepositoriesTableName": {"dynamodb:ListStreams"},
     # conditional Put/Delete (also as TransactWriteItems actions), GetItem after a collision
     "TargetTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
     # quarantine (UpdateItem), key waiters, stale-writer registry, the mode flag (GetItem, once per batch)
@@ -54,6 +63,7 @@ EXPECTED_GRANTS = {
 # Reverse replication's exact grants (ReverseMirrorFunctionRole).
 REVERSE_EXPECTED_GRANTS = {
     "stream:TargetTable": {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"},
+    "streams:TargetTable": {"dynamodb:ListStreams"},
     # strongly consistent reads of an owner's target items; GSI1 to find memberships / a moved repository
     "TargetTable": {"dynamodb:BatchGetItem"},
     "index:TargetTable/GSI1": {"dynamodb:Query"},
@@ -69,6 +79,9 @@ REVERSE_EXPECTED_GRANTS = {
 
 LEGACY_READ_ACTIONS = {"dynamodb:GetItem", "dynamodb:ConditionCheckItem"}
 STREAM_READ_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"}
+# What a Lambda event source mapping on a DynamoDB stream calls with the function's role
+# (the actions of the managed policy AWSLambdaDynamoDBExecutionRole, minus its log writes).
+EVENT_SOURCE_MAPPING_ACTIONS = STREAM_READ_ACTIONS | {"dynamodb:ListStreams"}
 
 
 @cache
@@ -149,12 +162,17 @@ def resource_label(resource: Any) -> str:
         index = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/(\w+)", resource["Fn::Sub"])
         if index:
             return f"index:{index.group(1)}/{index.group(2)}"
+        streams = re.fullmatch(r"\$\{(\w+)\.Arn\}/stream/\*", resource["Fn::Sub"])
+        if streams:
+            return f"streams:{streams.group(1)}"
         for param in LEGACY_TABLE_PARAMS:
             if resource["Fn::Sub"].endswith(":table/${" + param + "}"):
                 return "table:" + param
-        s3 = re.fullmatch(r"arn:\$\{AWS::Partition\}:s3:::\$\{(\w+)\}(/\*)?", resource["Fn::Sub"])
+            if resource["Fn::Sub"].endswith(":table/${" + param + "}/stream/*"):
+                return "streams:" + param
+        s3 = re.fullmatch(r"arn:\$\{AWS::Partition\}:s3:::\$\{(\w+)\}(/\$\{\w+\})?(/\*)?", resource["Fn::Sub"])
         if s3:
-            return f"s3:{s3.group(1)}{s3.group(2) or ''}"
+            return f"s3:{s3.group(1)}{s3.group(2) or ''}{s3.group(3) or ''}"
         states = re.fullmatch(
             r"arn:\$\{AWS::Partition\}:states:\$\{AWS::Region\}:\$\{AWS::AccountId\}:(\w+):(\S+)", resource["Fn::Sub"]
         )
@@ -193,8 +211,13 @@ def star_violations(doc: dict[str, Any]) -> list[str]:
         for action in as_list(statement.get("Action", [])):
             if "*" in action:
                 problems.append(f"{owner}/{sid}: wildcard action {action}")
-        if "*" in as_list(statement.get("Resource", [])) and sid not in STAR_RESOURCE_ALLOWED:
-            problems.append(f"{owner}/{sid}: Resource '*'")
+        if "*" in as_list(statement.get("Resource", [])):
+            if sid not in STAR_RESOURCE_ALLOWED:
+                problems.append(f"{owner}/{sid}: Resource '*'")
+            elif sid == "StateMachineLogDelivery" and set(as_list(statement["Action"])) != LOG_DELIVERY_ACTIONS:
+                problems.append(f"{owner}/{sid}: Resource '*' for more than log delivery")
+            elif sid == "XRayTracing" and not all(a.startswith("xray:") for a in as_list(statement["Action"])):
+                problems.append(f"{owner}/{sid}: Resource '*' for more than X-Ray")
     return problems
 
 
@@ -580,9 +603,9 @@ BACKFILL_EXPECTED_GRANTS = {
         # mode flag and mirror marker, the run and its units, the run's stale-writer registration
         "ControlTable": {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem",
                          "dynamodb:DeleteItem"},
-        # an export source's manifests, found below a prefix
-        "s3:BackupBucketName/*": {"s3:GetObject"},
-        "s3:BackupBucketName": {"s3:ListBucket"},
+        # an export source's manifests, found below a prefix: only below BackupPrefix
+        "s3:BackupBucketName/${BackupPrefix}/*": {"s3:GetObject"},
+        "s3:BackupBucketName": {"s3:ListBucket"},  # with an s3:prefix condition (test below)
         "BackfillPlanFunctionLogGroup": LOG_WRITES,
         "*": XRAY_WRITES,
     },
@@ -597,7 +620,7 @@ BACKFILL_EXPECTED_GRANTS = {
         # units, registration, quarantine, key waiters
         "ControlTable": {"dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
                          "dynamodb:BatchGetItem"},
-        "s3:BackupBucketName/*": {"s3:GetObject"},
+        "s3:BackupBucketName/${BackupPrefix}/*": {"s3:GetObject"},
         "BackfillUnitFunctionLogGroup": LOG_WRITES,
         "*": XRAY_WRITES,
     },
@@ -614,6 +637,8 @@ BACKFILL_EXPECTED_GRANTS = {
         # the Distributed Map's child executions
         f"states:stateMachine:{STATE_MACHINE_NAME}": {"states:StartExecution"},
         f"states:execution:{STATE_MACHINE_NAME}/*": {"states:DescribeExecution", "states:StopExecution"},
+        # log delivery to its log group, and X-Ray with EnableXRayTracing (both only on "*")
+        "*": LOG_DELIVERY_ACTIONS | XRAY_WRITES | {"xray:GetSamplingRules", "xray:GetSamplingTargets"},
     },
 }
 
@@ -713,3 +738,166 @@ def test_sam_transform_builds_the_state_machine_with_our_role():
     assert set(machine["DefinitionSubstitutions"]) == {f"{n}Arn" for n in BACKFILL_FUNCTIONS}
     assert machine["StateMachineName"] == {"Fn::Sub": STATE_MACHINE_NAME}
     assert machine["StateMachineType"] == "STANDARD"
+
+
+# ------------------------------------------------------------ issue 13 (template)
+STREAM_READERS = {"MirrorFunctionRole": LEGACY_TABLE_PARAMS, "ReverseMirrorFunctionRole": ("TargetTable",)}
+
+
+@pytest.mark.parametrize("role", sorted(STREAM_READERS))
+def test_stream_readers_have_every_action_of_an_event_source_mapping(role):
+    # GIVEN a role whose function an event source mapping polls a DynamoDB stream with
+    granted = grants(template(), role)
+    stream_labels = [label for label in granted if label.startswith("stream:")]
+    assert stream_labels, role
+    # THEN each stream gets the three stream reads, and ListStreams is granted, scoped to
+    # the streams of exactly the tables it reads (never "*")
+    for label in stream_labels:
+        assert granted[label] == STREAM_READ_ACTIONS, label
+    listed = {label for label, actions in granted.items() if "dynamodb:ListStreams" in actions}
+    assert listed == {f"streams:{table}" for table in STREAM_READERS[role]}
+    assert "dynamodb:ListStreams" not in granted.get("*", set())
+    every = set().union(*granted.values())
+    assert EVENT_SOURCE_MAPPING_ACTIONS <= every
+
+
+def test_list_streams_resources_name_the_tables_streams():
+    # GIVEN the ListStreams statements / THEN their ARNs are <table ARN>/stream/* (the stream resource type)
+    resources = [r for _, s in policy_statements(template()) if "dynamodb:ListStreams" in as_list(s["Action"])
+                 for r in as_list(s["Resource"])]
+    assert len(resources) == 3
+    for resource in resources:
+        assert resource["Fn::Sub"].endswith("/stream/*"), resource
+
+
+def _s3_statements(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(owner, s) for owner, s in policy_statements(doc)
+            if any(a.startswith("s3:") for a in as_list(s["Action"]))]
+
+
+def test_s3_grants_stay_below_the_backup_prefix():
+    # GIVEN every statement with an S3 action
+    statements = _s3_statements(template())
+    assert statements, "no S3 statements found: the walk is broken"
+    for owner, statement in statements:
+        for action in as_list(statement["Action"]):
+            resources = [r["Fn::Sub"] for r in as_list(statement["Resource"])]
+            if action == "s3:ListBucket":
+                # THEN a listing names the bucket, and only keys below the prefix
+                assert resources == ["arn:${AWS::Partition}:s3:::${BackupBucketName}"], owner
+                assert statement["Condition"] == {"StringLike": {"s3:prefix": [{"Fn::Sub": "${BackupPrefix}/*"}]}}
+            else:
+                # AND every object-level grant is below the prefix
+                assert action == "s3:GetObject", (owner, action)
+                assert resources == ["arn:${AWS::Partition}:s3:::${BackupBucketName}/${BackupPrefix}/*"], owner
+
+
+def test_backup_prefix_parameter_matches_the_setting_and_reaches_the_functions(monkeypatch):
+    doc = template()
+    parameter = doc["Parameters"]["BackupPrefix"]
+    # GIVEN the parameter / THEN its default is the setting's, and it is passed to every function
+    assert parameter["Default"] == load_settings().backup_prefix == "dynashift-backups"
+    assert doc["Globals"]["Function"]["Environment"]["Variables"]["DYNASHIFT_BACKUP_PREFIX"] == {"Ref": "BackupPrefix"}
+    # AND the pattern accepts what the setting accepts, and refuses what would widen the grant
+    pattern = parameter["AllowedPattern"]
+    for ok in ("dynashift-backups", "team/dynashift", "a.b_c"):
+        assert re.fullmatch(pattern, ok), ok
+    for bad in ("", "/lead", "trail/", "a//b", "*", "a/*", "x y"):
+        assert not re.fullmatch(pattern, bad), bad
+    monkeypatch.setenv("DYNASHIFT_BACKUP_PREFIX", "team/dynashift")
+    assert load_settings().backup_prefix == "team/dynashift"
+
+
+def _evaluate_rule(value: Any, params: dict[str, str]) -> Any:
+    """The few rule functions the template uses, evaluated like CloudFormation does."""
+    if not isinstance(value, dict):
+        return value
+    ((name, arg),) = value.items()
+    if name == "Ref":
+        return params[arg]
+    if name == "Fn::Equals":
+        return _evaluate_rule(arg[0], params) == _evaluate_rule(arg[1], params)
+    if name == "Fn::Not":
+        return not _evaluate_rule(arg[0], params)
+    if name == "Fn::Or":
+        return any(_evaluate_rule(a, params) for a in arg)
+    if name == "Fn::And":
+        return all(_evaluate_rule(a, params) for a in arg)
+    raise AssertionError(f"unexpected rule function {name}")
+
+
+@pytest.mark.parametrize(
+    ("email", "topic", "accepted"),
+    [("", "", False), ("ops@example.com", "", True), ("", "arn:aws:sns:eu-west-1:123456789012:ops", True),
+     ("ops@example.com", "arn:aws:sns:eu-west-1:123456789012:ops", True)],
+)
+def test_a_deploy_without_an_alarm_subscriber_is_refused(email, topic, accepted):
+    # GIVEN the template's Rules / WHEN evaluated with AlarmEmail and AlarmTopicArn
+    rules = template()["Rules"]
+    params = {"AlarmEmail": email, "AlarmTopicArn": topic}
+    results = [_evaluate_rule(a["Assert"], params) for rule in rules.values() for a in rule["Assertions"]]
+    # THEN the deploy is refused exactly when nobody would get the alarms
+    assert all(results) is accepted
+    assert all(a.get("AssertDescription") for rule in rules.values() for a in rule["Assertions"])
+
+
+def test_rules_survive_the_sam_transform_and_lint():
+    # GIVEN the SAM transform / THEN the Rules reach CloudFormation (and lint clean, above)
+    assert translated()["Rules"] == template()["Rules"]
+    # AND cfn-lint really reads Rules: an unknown rule function is reported
+    broken = _template_text().replace("- Assert: !Or", "- Assert: !Sub")
+    assert broken != _template_text()
+    assert lint(broken)
+
+
+def test_state_machine_logs_errors_without_execution_data_to_a_retained_group():
+    doc = template()
+    props = doc["Resources"]["BackfillStateMachine"]["Properties"]
+    # GIVEN the state machine / THEN it logs (errors or all), never the execution data (item keys)
+    logging = props["Logging"]
+    assert logging["Level"] in ("ERROR", "ALL")
+    assert logging["IncludeExecutionData"] is False
+    (destination,) = logging["Destinations"]
+    group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+    # AND to a log group of this stack with the retention parameter
+    assert doc["Resources"][group]["Type"] == "AWS::Logs::LogGroup"
+    assert doc["Resources"][group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    # AND its role may deliver logs (the actions AWS requires on "*", and nothing more there)
+    role = grants(template(), "BackfillStateMachineRole")
+    assert LOG_DELIVERY_ACTIONS <= role["*"]
+    # AND tracing follows EnableXRayTracing
+    assert props["Tracing"] == {"Enabled": {"Fn::If": ["XRayTracingEnabled", True, False]}}
+    machine = resources_of(translated(), "AWS::StepFunctions::StateMachine")["BackfillStateMachine"]["Properties"]
+    assert machine["LoggingConfiguration"]["IncludeExecutionData"] is False
+
+
+def test_star_check_refuses_extra_actions_in_the_log_delivery_statement():
+    # GIVEN the log delivery statement with one more action on "*"
+    doc = template()
+    statements = doc["Resources"]["BackfillStateMachineRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    delivery = next(s for s in statements if isinstance(s, dict) and s.get("Sid") == "StateMachineLogDelivery")
+    delivery["Action"].append("logs:PutLogEvents")
+    # WHEN checked / THEN it is reported
+    assert any("StateMachineLogDelivery" in p for p in star_violations(doc))
+
+
+def test_failed_units_lead_to_record_failure_and_a_failed_execution():
+    # GIVEN the definition
+    states = backfill_definition()["States"]
+    units, finish = states["Units"], states["Finish"]
+    # THEN a failed Map run (any failed unit: no tolerated failures) is caught, keeping $.run
+    assert units["ToleratedFailurePercentage"] == 0
+    (catch,) = units["Catch"]
+    assert catch["ErrorEquals"] == ["States.ALL"] and catch["ResultPath"] == "$.failure"
+    # AND so is Finish finding units not done
+    (finish_catch,) = finish["Catch"]
+    assert finish_catch["ErrorEquals"] == ["BackfillIncomplete"] and finish_catch["ResultPath"] == "$.failure"
+    # AND both go to RecordFailure: the Finish function with the run and the failure, retried like it
+    record = states[catch["Next"]]
+    assert finish_catch["Next"] == catch["Next"] == "RecordFailure"
+    assert record["Parameters"] == {"FunctionName": "${BackfillFinishFunctionArn}",
+                                    "Payload": {"run.$": "$.run", "failure.$": "$.failure"}}
+    assert record["Retry"] == finish["Retry"]
+    # AND then the execution ends Failed, which the console and ExecutionsFailed (the alarm) show
+    end = states[record["Next"]]
+    assert end["Type"] == "Fail" and end["Error"] == "BackfillIncomplete" and "backfill status" in end["Cause"]
