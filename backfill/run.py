@@ -10,6 +10,12 @@ tombstones the mirror left while the backfill ran and prints a summary.
 Running it again resumes: the plan is found, done units are skipped, and
 units left by dead workers are resumed from their checkpoints once their
 leases expire. `--restart` forgets the plan, and asks first.
+
+`run_backfill_report` also returns the run's report as data (`--json`
+prints it on stdout; the CLI then hands this module stderr's console).
+`--dry-run` plans nothing and writes nothing, not even to the control
+table: it feeds every source item (scanned page by page, or read from an
+export chunk by chunk) through `shared.dryrun.DryRun` and prints its report.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ class BackfillRequest:
     source: str = "scan"
     dry_run: bool = False
     restart: bool = False
-    report_path: Path | None = None  # --dry-run --report FILE: the dry-run report as JSON
+    report_path: Path | None = None  # --dry-run --json-file FILE: the dry-run report as JSON
     allow_no_mirror: bool = False
 
 
@@ -277,11 +283,29 @@ def status(settings: Settings) -> list[dict[str, Any]]:
     """Per-table progress of the backfill, for `backfill status` and `status`."""
     definition = get_definition(settings.migration)
     runs = asyncio.run(_load(settings, [s.name for s in definition.sources]))
+    failures = asyncio.run(_failures(settings, [run.table for run in runs]))
     now = time.time()
-    return [_status_row(run, now) for run in runs]
+    return [_status_row(run, now, failures.get(run.table)) for run in runs]
 
 
-def _status_row(run: Run, now: float) -> dict[str, Any]:
+async def _failures(settings: Settings, tables: list[str]) -> dict[str, str | None]:
+    """The failure mark of each table's run item (set by the state machine's RecordFailure), if any."""
+    from backfill.units import _pk
+
+    found: dict[str, str | None] = {}
+    async with aws.aio_dynamodb(settings) as client:
+        for table in tables:
+            try:
+                response = await client.get_item(TableName=settings.control_table,
+                                                  Key={"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
+                                                  ProjectionExpression="failure", ConsistentRead=True)
+            except Exception as exc:
+                raise aws.translate(exc, f"read the backfill run of {table}") from exc
+            found[table] = response.get("Item", {}).get("failure", {}).get("S")
+    return found
+
+
+def _status_row(run: Run, now: float, failure: str | None = None) -> dict[str, Any]:
     totals = run.totals()
     started = min((u.started_at for u in run.units if u.started_at), default=None)
     elapsed = ((run.finished_at or now) - started) if started else 0.0
@@ -299,6 +323,9 @@ def _status_row(run: Run, now: float) -> dict[str, Any]:
         "eta_s": None if run.finished_at or rate == 0 else round(remaining / rate, 1),
         "approx_items": run.approx_items,
         "finished": run.finished_at is not None,
+        # A failed Step Functions execution (backfill/lambda_unit.py record_failure), until a run resumes.
+        "failed": run.finished_at is None and failure is not None,
+        "failure": None if run.finished_at else failure,
         "max_completions_per_unit": max((u.completions for u in run.units), default=0),
     }
 
@@ -333,7 +360,7 @@ def run_dry(
         try:
             dry.report.write_json(request.report_path)
         except OSError as exc:
-            raise UsageError(f"--report: cannot write {request.report_path}: {exc.strerror or exc}") from None
+            raise UsageError(f"--json-file: cannot write {request.report_path}: {exc.strerror or exc}") from None
         console.print(f"report written to {request.report_path}")
     return 0, dry.report.as_dict()
 

@@ -162,7 +162,7 @@ def enable_streams_command(ctx: Context, alarm_email: str | None, alarm_topic_ar
                       soft_wrap=True)
     missing = placeholders(overrides)
     if missing:
-        console.print(f"replace the placeholder of {', '.join(missing)} before deploying (sam deploy refuses it)",
+        console.print(f"replace the placeholder of {', '.join(missing)} before deploying (CloudFormation refuses it)",
                       markup=False, highlight=False, soft_wrap=True)
     console.print("build and deploy the stack with:")
     console.print("  make sam-build", markup=False, highlight=False)

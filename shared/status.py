@@ -10,11 +10,6 @@ GetItem or a Query; never a scan of a data table):
 * both stream consumers (`consumers`): the Lambda event source mappings of
   the configured functions, and per shard what the consumer acknowledged
   (`shared.drain`), which holds for Lambda and the local runner alike;
-* the local runner's checkpoints: per source table, its latest stream ARN, then
-  the items ``CHECKPOINT#<arn>`` / ``<shard id>`` written by
-  `shared.stream_runner` (``updated_at``, ``finished``, ``sequence_number``);
-  age = now - updated_at. A runner only writes a checkpoint when it applied
-  something, so on an idle table the age grows although nothing is behind;
 * quarantine counts by reason (`ControlStore.quarantine_counts`: reasons
   only, streamed, so a quarantine of millions is counted, not loaded);
 * the last verify result (`shared.verify.last_verify`);
@@ -37,7 +32,7 @@ from shared import aws
 from shared.apply import Applier
 from shared.aws import translate
 from shared.codec import to_native
-from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
+from shared.control import ControlStore, StaleWriterRegistry, StaleWriterWatch
 from shared.definition import get_definition
 from shared.errors import StoreError
 from shared.settings import Settings
@@ -64,39 +59,6 @@ def _query_all(client: Any, **kwargs: Any) -> list[dict[str, Any]]:
         if "LastEvaluatedKey" not in page:
             return items
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def mirror_checkpoints(client: Any, settings: Settings, now: float) -> list[dict[str, Any]]:
-    rows = []
-    for source in get_definition(settings.migration).sources:
-        physical = settings.physical_name(source.name)
-        try:
-            arn = client.describe_table(TableName=physical)["Table"].get("LatestStreamArn")
-        except Exception as exc:
-            raise translate(exc, f"describe {physical}") from exc
-        if not arn:
-            rows.append({"table": source.name, "stream_arn": None, "shard_id": None, "age_s": None,
-                         "finished": None, "note": "no stream"})
-            continue
-        try:
-            items = _query_all(client, TableName=settings.control_table, KeyConditionExpression="PK = :pk",
-                               ExpressionAttributeValues={":pk": {"S": f"CHECKPOINT#{arn}"}})
-        except Exception as exc:
-            raise translate(exc, "read mirror checkpoints") from exc
-        if not items:
-            rows.append({"table": source.name, "stream_arn": arn, "shard_id": None, "age_s": None,
-                         "finished": None, "note": "no checkpoint yet (the mirror has not applied anything)"})
-        for raw in items:
-            updated = float(raw["updated_at"]["N"]) if "updated_at" in raw else None
-            rows.append({
-                "table": source.name,
-                "stream_arn": arn,
-                "shard_id": raw["SK"]["S"],
-                "age_s": round(now - updated, 1) if updated is not None else None,
-                "finished": raw.get("finished", {}).get("BOOL", False),
-                "sequence_number": raw.get("sequence_number", {}).get("S"),
-            })
-    return rows
 
 
 def consumers(settings: Settings, now: float, *, lambdas: Any = None) -> dict[str, Any]:
@@ -163,32 +125,11 @@ def last_backup(client: Any, settings: Settings) -> dict[str, Any] | None:
     return {name: item.get(name) for name in ("SK", "table", "kind", "created_at", "status")}
 
 
-async def quarantine_entries(settings: Settings, reason: str | None = None) -> list[QuarantineEntry]:
-    await asyncio.to_thread(preflight, settings, [settings.control_table])
-    async with aws.aio_dynamodb(settings) as client:
-        return await ControlStore(client, settings.control_table).quarantine_list(reason)
-
-
 async def quarantine_counts(settings: Settings) -> dict[str, int]:
     """Entries per reason, streamed without images: a large quarantine is counted, not loaded."""
     await asyncio.to_thread(preflight, settings, [settings.control_table])
     async with aws.aio_dynamodb(settings) as client:
         return await ControlStore(client, settings.control_table).quarantine_counts()
-
-
-def entry_as_dict(entry: QuarantineEntry, *, with_image: bool = True) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "table": entry.ref.table,
-        "key": list(entry.ref.key),
-        "reason": entry.reason,
-        "message": entry.message,
-        "detected_at": entry.detected_at,
-        "held_keys": sorted(list(k) for k in entry.held_keys),
-        "collision_key": list(entry.collision_key) if entry.collision_key else None,
-    }
-    if with_image:
-        row["image"] = jsonable(entry.image)
-    return row
 
 
 def gather(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
@@ -202,7 +143,6 @@ def gather(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
         "at": now,
         "mode": read_mode(client, settings),
         "backfill": backfill_status(settings),
-        "mirror": mirror_checkpoints(client, settings, now),
         "consumers": consumers(settings, now),
         "quarantine": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "verify": last_verify(settings),

@@ -26,11 +26,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="chaos scenarios: more faults, longer workloads (slow)")
 
 
+@pytest.fixture(scope="session")
+def _empty_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty settings file, outside every test's tmp_path (some tests list theirs)."""
+    empty = tmp_path_factory.mktemp("config") / "no-settings.toml"
+    empty.write_text("")
+    return empty
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, _empty_config: Path) -> None:
     """No test reads the developer's AWS config, endpoint or dynashift.toml.
 
-    DYNASHIFT_CONFIG names an empty file of the test's own: a named file must
+    DYNASHIFT_CONFIG names an empty file (one per session): a named file must
     exist (`load_settings` refuses a missing one), and the working directory's
     dynashift.toml, if any, is then never read.
     """
@@ -40,9 +48,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    empty = tmp_path / "no-settings.toml"
-    empty.write_text("")
-    monkeypatch.setenv("DYNASHIFT_CONFIG", str(empty))
+    monkeypatch.setenv("DYNASHIFT_CONFIG", str(_empty_config))
 
 
 @pytest.fixture(scope="session")

@@ -40,10 +40,11 @@ def test_status_quarantine_list_and_retry(env, capsys, tmp_path):
     # WHEN status runs as JSON
     assert cli(env, "status", "--json") == 0
     data = json.loads(capsys.readouterr().out)
-    # THEN it shows the default mode, no verify and no backup yet, the checkpoints and the quarantine
+    # THEN it shows the default mode, no verify and no backup yet, what each consumer acknowledged, the quarantine
     assert data["mode"] == "old" and data["verify"] is None and data["backup"] is None
-    assert {row["table"] for row in data["mirror"]} == {"sc-accounts", "sc-repositories"}
-    assert all(row["age_s"] is not None and row["age_s"] >= 0 for row in data["mirror"])
+    forward = [row for row in data["consumers"]["shards"] if row["direction"] == "forward"]
+    assert {row["table"] for row in forward} == {env.physical_name("sc-accounts"), env.physical_name("sc-repositories")}
+    assert all(row["confirmed"] is not None and row["pending"] == 0 for row in forward)
     assert data["quarantine"]["total"] == sum(data["quarantine"]["by_reason"].values()) > 0
     # AND its counts (streamed, reasons only) agree with the full listing, reason by reason
     assert cli(env, "quarantine", "list", "--json") == 0

