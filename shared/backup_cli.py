@@ -174,7 +174,7 @@ def dry_run_command(record: BackupRecord) -> str:
     """The dry run that tests the migration against a completed export (runbook phase 2.2)."""
     table = record.source or record.table  # --table takes the logical name
     return (f"dynashift backfill run --dry-run --source export:{record.s3_uri} --table {shlex.quote(table)} "
-            f"--report {shlex.quote(f'dry-run-{table}.json')}")
+            f"--json-file {shlex.quote(f'dry-run-{table}.json')}")
 
 
 def _label(record: BackupRecord) -> str:

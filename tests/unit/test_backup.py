@@ -208,7 +208,7 @@ def test_cli_create_prints_the_dry_run_line_for_each_export(settings, monkeypatc
     for table, line in zip(("sc-accounts", "sc-repositories"), lines, strict=True):
         # THEN the line is exactly the runbook's dry run for that table's export
         assert line == (f"dynashift backfill run --dry-run --source export:{exports[table].s3_uri} "
-                        f"--table {table} --report dry-run-{table}.json")
+                        f"--table {table} --json-file dry-run-{table}.json")
         assert exports[table].s3_uri.startswith(f"s3://{BUCKET}/dynashift-backups/{table}/")
         # AND the backfill reads that source as the export's own S3 prefix
         location = parse_source(line.split("--source export:", 1)[1].split()[0])
