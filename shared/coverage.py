@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -140,6 +140,7 @@ async def wait_for_coverage(
     progress: Callable[[str], None] | None = None,
     check: Callable[[], Coverage] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> float:
     """The mirror's start for `table`, waiting up to `timeout_s` for it; UsageError after that."""
     check = check or (lambda: mirror_coverage(settings, table))
@@ -159,7 +160,7 @@ async def wait_for_coverage(
         if progress is not None and coverage.detail != last_note:
             progress(f"waiting for the mirror to cover {table} ({coverage.detail}); up to {timeout_s - waited:.0f}s more")
             last_note = coverage.detail
-        await asyncio.sleep(min(POLL_S, max(0.05, timeout_s - waited)))
+        await sleep(min(POLL_S, max(0.05, timeout_s - waited)))
 
 
 __all__ = ["Coverage", "from_mappings", "mirror_coverage", "stream_created_at", "wait_for_coverage"]

@@ -32,6 +32,7 @@ LEGACY_STREAM_PARAMS = ("AccountsStreamArn", "RepositoriesStreamArn")
 STAR_RESOURCE_ALLOWED = {
     "XRayTracing": "xray:PutTraceSegments and xray:PutTelemetryRecords have no resource types",
     "StateMachineLogDelivery": "CloudWatch Logs' vended-log delivery actions have no resource types",
+    "ReadMirrorMappings": "lambda:ListEventSourceMappings has no resource type",
 }
 # The exact actions of StateMachineLogDelivery (the Step Functions guide's list for logging to CloudWatch Logs).
 LOG_DELIVERY_ACTIONS = {
@@ -70,8 +71,9 @@ REVERSE_EXPECTED_GRANTS = {
     # the rebuilt legacy item (Put/Delete inside TransactWriteItems) and its strong read
     "table:AccountsTableName": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
     "table:RepositoriesTableName": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
-    # mode flag, per-owner version (Update in the transaction), quarantine
-    "ControlTable": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchGetItem"},
+    # mode flag, per-owner version (Update in the transaction), quarantine, the batch's receipt (PutItem)
+    "ControlTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                     "dynamodb:BatchGetItem"},
     "MirrorFailureQueue": {"sqs:SendMessage"},
     "ReverseMirrorFunctionLogGroup": {"logs:CreateLogStream", "logs:PutLogEvents"},
     "*": {"xray:PutTraceSegments", "xray:PutTelemetryRecords"},
@@ -218,6 +220,8 @@ def star_violations(doc: dict[str, Any]) -> list[str]:
                 problems.append(f"{owner}/{sid}: Resource '*' for more than log delivery")
             elif sid == "XRayTracing" and not all(a.startswith("xray:") for a in as_list(statement["Action"])):
                 problems.append(f"{owner}/{sid}: Resource '*' for more than X-Ray")
+            elif sid == "ReadMirrorMappings" and as_list(statement["Action"]) != ["lambda:ListEventSourceMappings"]:
+                problems.append(f"{owner}/{sid}: Resource '*' for more than listing event source mappings")
     return problems
 
 
@@ -607,7 +611,8 @@ BACKFILL_EXPECTED_GRANTS = {
         "s3:BackupBucketName/${BackupPrefix}/*": {"s3:GetObject"},
         "s3:BackupBucketName": {"s3:ListBucket"},  # with an s3:prefix condition (test below)
         "BackfillPlanFunctionLogGroup": LOG_WRITES,
-        "*": XRAY_WRITES,
+        # the mirror's event source mappings: the coverage of a table nobody writes (no resource type)
+        "*": XRAY_WRITES | {"lambda:ListEventSourceMappings"},
     },
     "BackfillUnitFunctionRole": {
         # scan pages, re-read of exported keys, the validated write's read and ConditionCheck
@@ -901,3 +906,12 @@ def test_failed_units_lead_to_record_failure_and_a_failed_execution():
     # AND then the execution ends Failed, which the console and ExecutionsFailed (the alarm) show
     end = states[record["Next"]]
     assert end["Type"] == "Fail" and end["Error"] == "BackfillIncomplete" and "backfill status" in end["Cause"]
+
+
+def test_the_plan_step_knows_the_mirror_function_and_waits_within_its_timeout():
+    # GIVEN the Plan function / THEN it names the mirror function (its mappings are the coverage fact on a
+    # table nobody writes, shared/coverage.py) and waits for the mirror less long than its own time limit
+    plan = template()["Resources"]["BackfillPlanFunction"]["Properties"]
+    variables = plan["Environment"]["Variables"]
+    assert variables["DYNASHIFT_MIRROR_FUNCTION"] == {"Ref": "MirrorFunction"}
+    assert float(variables["DYNASHIFT_MIRROR_WAIT_S"]) < plan["Timeout"] / 1.5
