@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -448,17 +448,27 @@ class BackupManager:
                 raise
         return found
 
-    def _listed_backups(self, logical: str, physical: str) -> list[BackupRecord]:
-        prefix = f"dynashift-{physical[:200]}-"
-        kwargs: dict[str, Any] = {"TableName": physical, "BackupType": "USER"}
-        found = []
+    def _pages(self, call: Callable[..., dict[str, Any]], what: str, token_out: str, token_in: str,
+               **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Every page of a listing that pages by a token (`token_out` in the answer, `token_in` in the request)."""
         while True:
             try:
-                page = self.dynamodb.list_backups(**kwargs)
+                page = call(**kwargs)
             except Exception as exc:
                 if aws.error_code(exc) in UNSUPPORTED_CODES:
                     raise
-                raise aws.translate(exc, f"list the backups of {physical}") from exc
+                raise aws.translate(exc, what) from exc
+            yield page
+            if not page.get(token_out):
+                return
+            kwargs[token_in] = page[token_out]
+
+    def _listed_backups(self, logical: str, physical: str) -> list[BackupRecord]:
+        prefix = f"dynashift-{physical[:200]}-"
+        found = []
+        for page in self._pages(self.dynamodb.list_backups, f"list the backups of {physical}",
+                                "LastEvaluatedBackupArn", "ExclusiveStartBackupArn",
+                                TableName=physical, BackupType="USER"):
             for summary in page.get("BackupSummaries", []):
                 if not summary.get("BackupName", "").startswith(prefix):
                     continue  # not ours
@@ -468,21 +478,13 @@ class BackupManager:
                     # no date from AWS: count it as new, so the retention never takes it for old
                     created_at=created.timestamp() if isinstance(created, datetime) else self.clock(),
                     status=summary.get("BackupStatus", "AVAILABLE"), source=logical, name=summary["BackupName"]))
-            if not page.get("LastEvaluatedBackupArn"):
-                return found
-            kwargs["ExclusiveStartBackupArn"] = page["LastEvaluatedBackupArn"]
+        return found
 
     def _listed_exports(self, logical: str, physical: str, table_arn: str) -> list[BackupRecord]:
         ours = f"{self.settings.backup_prefix}/{physical}/"
-        kwargs: dict[str, Any] = {"TableArn": table_arn}
         found = []
-        while True:
-            try:
-                page = self.dynamodb.list_exports(**kwargs)
-            except Exception as exc:
-                if aws.error_code(exc) in UNSUPPORTED_CODES:
-                    raise
-                raise aws.translate(exc, f"list the exports of {physical}") from exc
+        for page in self._pages(self.dynamodb.list_exports, f"list the exports of {physical}",
+                                "NextToken", "NextToken", TableArn=table_arn):
             for summary in page.get("ExportSummaries", []):
                 description = self._call("DescribeExport", f"describe export {summary['ExportArn']}",
                                          self.dynamodb.describe_export,
@@ -499,9 +501,7 @@ class BackupManager:
                     table=physical, kind=EXPORT, arn=summary["ExportArn"],
                     created_at=started.timestamp() if isinstance(started, datetime) else self.clock(), status=status,
                     s3_uri=f"s3://{bucket}/{prefix}", source=logical, name=prefix, failure=_failure(description)))
-            if not page.get("NextToken"):
-                return found
-            kwargs["NextToken"] = page["NextToken"]
+        return found
 
     def _has_objects(self, bucket: str, prefix: str) -> bool:
         try:

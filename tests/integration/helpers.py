@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared import aws
+from shared.cli import main
 from shared.commands import create_tables
 from shared.settings import Settings
 from shared.workload import Operation, Workload, apply_operation
@@ -18,3 +21,20 @@ def run_workload(settings: Settings, workload: Workload, count: int) -> list[Ope
     for op in ops:
         apply_operation(client, settings, op)
     return ops
+
+
+def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run `dynashift ARGS` through the CLI's entry point; (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exited:  # verify exits 1 by sys.exit when differences remain
+        code = int(exited.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The single non-blank line of an error output (fails if there are more or none)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]

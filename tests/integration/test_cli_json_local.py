@@ -12,11 +12,11 @@ import re
 import pytest
 
 from shared import aws
-from shared.cli import main
 from shared.seed import seed
 from shared.settings import Settings
 from shared.stream_runner import run_forward_mirror
-from tests.integration.helpers import make_tables
+from tests.integration.helpers import make_tables, one_line
+from tests.integration.helpers import run_cli as run
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
@@ -42,19 +42,6 @@ def migrated(env: Settings) -> Settings:
     return env
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exited:  # verify exits 1 by sys.exit when differences remain
-        code = int(exited.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_verify_json_goes_to_stdout_alone_and_json_file_to_the_file(migrated, capsys, tmp_path):

@@ -11,7 +11,6 @@ import pytest
 from shared import aws
 from shared.app_sim import ConsumerThread
 from shared.apply import tombstone_item
-from shared.cli import main
 from shared.codec import to_wire
 from shared.commands import create_tables
 from shared.control import StaleWriterRegistry
@@ -19,6 +18,8 @@ from shared.cutover import read_mode
 from shared.definition import get_definition
 from shared.mode import Mode
 from shared.settings import Settings, load_settings
+from tests.integration.helpers import one_line
+from tests.integration.helpers import run_cli as run
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 
@@ -49,16 +50,6 @@ def mirrors(cli_settings: Settings) -> Iterator[None]:
         consumer.stop()
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_mode_shows_the_flag_and_is_set_by_hand_only_with_force(

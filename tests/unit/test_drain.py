@@ -192,3 +192,48 @@ def test_receipts_name_only_the_records_that_did_not_fail_and_split_large_batche
     assert len(ids) == 8999 and event_id(17) not in ids and len(items) == 3
     assert all(len(item["ids"]["SS"]) <= 4000 for item in items)
     assert all(int(item["expires_at"]["N"]) > CREATED + 86400 for item in items)  # outlives the stream's 24 h
+
+
+class FakeAsyncControl:
+    def __init__(self, fail_with: str | None = None) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.fail_with = fail_with
+
+    async def put_item(self, TableName: str, Item: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+        if self.fail_with:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": self.fail_with, "Message": "x"}}, "PutItem")
+        self.items.append(Item)
+        return {}
+
+
+def batch(*numbers: int) -> list[dict[str, Any]]:
+    return [{"eventID": event_id(n), "eventSourceARN": ARN, "dynamodb": {"SequenceNumber": seq(n)}} for n in numbers]
+
+
+def test_a_batch_acknowledges_what_it_applied_and_never_a_failed_record():
+    import asyncio
+
+    from shared.receipts import acknowledge
+
+    # GIVEN a batch in which record 2 hit a transient fault
+    control = FakeAsyncControl()
+    failed = asyncio.run(acknowledge(control, "control", batch(1, 2, 3), {seq(2)}))
+    # THEN the failed set is reported unchanged and the receipt names 1 and 3 only
+    assert failed == {seq(2)}
+    assert [item["ids"]["SS"] for item in control.items] == [[event_id(1), event_id(3)]]
+
+
+def test_a_receipt_that_cannot_be_written_fails_the_whole_batch_for_redelivery():
+    import asyncio
+
+    from shared.receipts import acknowledge
+
+    # GIVEN the receipt write is throttled / THEN every record is reported failed (the stream redelivers,
+    # re-applying is idempotent), so no applied record is ever left without a receipt
+    failed = asyncio.run(acknowledge(FakeAsyncControl("ThrottlingException"), "control", batch(1, 2), set()))
+    assert failed == {seq(1), seq(2)}
+    # AND a non-transient failure is an error, not a silent loss
+    with pytest.raises(Exception, match="write consumer receipts"):
+        asyncio.run(acknowledge(FakeAsyncControl("AccessDeniedException"), "control", batch(1), set()))
