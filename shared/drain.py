@@ -86,6 +86,7 @@ class ShardLag:
     pending: int  # records read without a receipt
     oldest_pending_at: float | None  # creation time of the first of them
     finished: bool  # closed and confirmed to its end
+    counted_all: bool = True  # False: read only to the first record without a receipt (`pending` is a floor)
 
     @property
     def drained(self) -> bool:
@@ -96,8 +97,8 @@ class ShardLag:
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {"table": self.table, "stream_arn": self.stream_arn, "shard_id": self.shard_id,
-                "confirmed": self.confirmed, "pending": self.pending, "lag_s": round(self.lag_s(now), 1),
-                "finished": self.finished}
+                "confirmed": self.confirmed, "pending": self.pending, "pending_counted_all": self.counted_all,
+                "lag_s": round(self.lag_s(now), 1), "finished": self.finished}
 
 
 def consumer_tables(settings: Settings, direction: str) -> list[str]:
@@ -295,9 +296,10 @@ def _measure_shard(settings: Settings, dynamodb: Any, streams: Any, table: str, 
     pending = 0
     oldest: float | None = None
     gap = False
+    stopped = False
 
     def on_page(batch: list[StreamRecord]) -> bool:
-        nonlocal new_confirmed, pending, oldest, gap
+        nonlocal new_confirmed, pending, oldest, gap, stopped
         for record in batch:
             if not gap and receipted(record):
                 new_confirmed = record.sequence_number
@@ -306,7 +308,7 @@ def _measure_shard(settings: Settings, dynamodb: Any, streams: Any, table: str, 
                 gap = True
                 oldest = record.created_at if record.created_at is not None else time.time()
                 if stop_at_gap:
-                    pending += 1
+                    pending, stopped = pending + 1, True
                     return False
             pending += 0 if record.event_id in ids else 1
         return True
@@ -316,7 +318,7 @@ def _measure_shard(settings: Settings, dynamodb: Any, streams: Any, table: str, 
     finished = closed and not gap
     if new_confirmed and (new_confirmed != confirmed or finished):
         _save_position(dynamodb, settings, arn, shard_id, new_confirmed, finished)
-    return ShardLag(table, arn, shard_id, new_confirmed, last, pending, oldest, finished)
+    return ShardLag(table, arn, shard_id, new_confirmed, last, pending, oldest, finished, counted_all=not stopped)
 
 
 def is_drained(settings: Settings, direction: str, *, dynamodb: Any = None, streams: Any = None) -> bool:

@@ -162,8 +162,8 @@ def status(ctx: Context, as_json: bool) -> None:
             view.add_row(row["direction"], "-", "-", "-", "-", row["note"])
             continue
         state = "finished" if row["finished"] else ("caught up" if row["pending"] == 0 else "behind")
-        view.add_row(row["direction"], row["table"], row["shard_id"], str(row["pending"]), f"{row['lag_s']:.1f}s",
-                     state)
+        pending = str(row["pending"]) + ("" if row["pending_counted_all"] else "+")  # read to the first gap only
+        view.add_row(row["direction"], row["table"], row["shard_id"], pending, f"{row['lag_s']:.1f}s", state)
     console.print(view)
     quarantine = data["quarantine"]
     reasons = ", ".join(f"{r}: {n}" for r, n in quarantine["by_reason"].items())

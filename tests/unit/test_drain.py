@@ -237,3 +237,14 @@ def test_a_receipt_that_cannot_be_written_fails_the_whole_batch_for_redelivery()
     # AND a non-transient failure is an error, not a silent loss
     with pytest.raises(Exception, match="write consumer receipts"):
         asyncio.run(acknowledge(FakeAsyncControl("AccessDeniedException"), "control", batch(1), set()))
+
+
+def test_a_read_that_stops_at_the_first_gap_says_its_count_is_a_floor(settings):
+    # GIVEN three records, none acknowledged
+    streams = FakeStreams({"s": ([1, 2, 3], False)})
+    # WHEN measured cheaply (to the first gap) / THEN one pending, marked as counted only so far
+    cheap = measure(settings, FakeControl(), streams, stop_at_gap=True)["s"]
+    assert cheap.pending == 1 and not cheap.counted_all and cheap.as_dict(CREATED)["pending_counted_all"] is False
+    # AND a full read counts all three
+    full = measure(settings, FakeControl(), streams)["s"]
+    assert full.pending == 3 and full.counted_all
