@@ -112,6 +112,11 @@ def test_pip_audit_finds_no_known_vulnerability(lock):
                   "--progress-spinner", "off", "-f", "json"])
     report = json.loads(result.stdout or "{}")
     dependencies = report.get("dependencies", [])
+    unreachable = ("Max retries exceeded", "SSLError", "ConnectionError", "NameResolutionError")
+    if not dependencies and any(marker in result.stderr for marker in unreachable):
+        # PyPI not reachable from here at all (no route, or a proxy whose CA is not trusted): say so loudly
+        reason = next(line for line in reversed(result.stderr.splitlines()) if line.strip())
+        pytest.skip(f"pip-audit cannot reach PyPI: {reason.strip()[:300]}")
     assert dependencies, result.stderr[-2000:]
     # THEN none of them has a known vulnerability
     vulnerable = {d["name"]: [v["id"] for v in d.get("vulns", [])] for d in dependencies if d.get("vulns")}
