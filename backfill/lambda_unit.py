@@ -265,8 +265,9 @@ async def plan_run(settings: Settings, raw_input: Any, run_id: str | None = None
         )
     async with aws.aio_dynamodb(settings) as client:
         # A resumed run is running again, not failed.
+        store = UnitStore(client, settings.control_table)
         for table in tables:
-            await _mark_failure(settings, client, table, None)
+            await store.mark_failure(table, None)
         # Registering now starts the fence while the Map starts up.
         await RunRegistration(settings, client, spec.writer_id).renew()
     return plan
@@ -427,7 +428,7 @@ async def finish_run(settings: Settings, spec: RunSpec) -> dict[str, Any]:
         await RunRegistration(settings, client, spec.writer_id).remove()
         totals = {run.table: run.totals() for run in runs if run is not None}
         for table in spec.tables:
-            await _mark_failure(settings, client, table, None)
+            await store.mark_failure(table, None)
     swept = await _finish(settings, spec.tables)
     return {"run_id": spec.run_id, "tables": spec.tables, "tombstones_swept": swept, "totals": totals}
 
@@ -452,32 +453,9 @@ async def record_failure(settings: Settings, spec: RunSpec, failure: Any) -> dic
         reason = f"execution {spec.run_id} failed ({error or 'unknown error'}: {cause or 'no cause given'}); {pending}"
         reason = reason[:2000]
         for table in spec.tables:
-            await _mark_failure(settings, client, table, reason)
+            await store.mark_failure(table, reason)
     return {"run_id": spec.run_id, "tables": spec.tables, "failed": True, "reason": reason, "units_not_done": not_done}
 
-
-async def _mark_failure(settings: Settings, client: Any, table: str, reason: str | None) -> None:
-    """Set (or, with None, clear) the failure mark on a table's run item; a table without a plan has none."""
-    from backfill.units import _pk
-
-    if reason is None:
-        update, values = "REMOVE failure, failed_at", None
-    else:
-        update, values = "SET failure = :reason, failed_at = :now", {
-            ":reason": {"S": reason}, ":now": {"N": repr(round(time.time(), 3))}}
-    kwargs: dict[str, Any] = {
-        "TableName": settings.control_table,
-        "Key": {"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
-        "UpdateExpression": update,
-        "ConditionExpression": "attribute_exists(PK)",
-    }
-    if values:
-        kwargs["ExpressionAttributeValues"] = values
-    try:
-        await client.update_item(**kwargs)
-    except Exception as exc:
-        if error_code(exc) != "ConditionalCheckFailedException":
-            raise translate(exc, f"record the backfill state of {table}") from exc
 
 
 __all__ = [

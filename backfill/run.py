@@ -283,29 +283,11 @@ def status(settings: Settings) -> list[dict[str, Any]]:
     """Per-table progress of the backfill, for `backfill status` and `status`."""
     definition = get_definition(settings.migration)
     runs = asyncio.run(_load(settings, [s.name for s in definition.sources]))
-    failures = asyncio.run(_failures(settings, [run.table for run in runs]))
     now = time.time()
-    return [_status_row(run, now, failures.get(run.table)) for run in runs]
+    return [_status_row(run, now) for run in runs]
 
 
-async def _failures(settings: Settings, tables: list[str]) -> dict[str, str | None]:
-    """The failure mark of each table's run item (set by the state machine's RecordFailure), if any."""
-    from backfill.units import _pk
-
-    found: dict[str, str | None] = {}
-    async with aws.aio_dynamodb(settings) as client:
-        for table in tables:
-            try:
-                response = await client.get_item(TableName=settings.control_table,
-                                                  Key={"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
-                                                  ProjectionExpression="failure", ConsistentRead=True)
-            except Exception as exc:
-                raise aws.translate(exc, f"read the backfill run of {table}") from exc
-            found[table] = response.get("Item", {}).get("failure", {}).get("S")
-    return found
-
-
-def _status_row(run: Run, now: float, failure: str | None = None) -> dict[str, Any]:
+def _status_row(run: Run, now: float) -> dict[str, Any]:
     totals = run.totals()
     started = min((u.started_at for u in run.units if u.started_at), default=None)
     elapsed = ((run.finished_at or now) - started) if started else 0.0
@@ -324,8 +306,8 @@ def _status_row(run: Run, now: float, failure: str | None = None) -> dict[str, A
         "approx_items": run.approx_items,
         "finished": run.finished_at is not None,
         # A failed Step Functions execution (backfill/lambda_unit.py record_failure), until a run resumes.
-        "failed": run.finished_at is None and failure is not None,
-        "failure": None if run.finished_at else failure,
+        "failed": run.finished_at is None and run.failure is not None,
+        "failure": None if run.finished_at else run.failure,
         "max_completions_per_unit": max((u.completions for u in run.units), default=0),
     }
 

@@ -66,6 +66,7 @@ class Run:
     units: list[Unit] = field(default_factory=list)
     finished_at: float | None = None
     approx_items: int | None = None
+    failure: str | None = None  # why the last Step Functions execution failed, until a run resumes
 
     @property
     def done(self) -> int:
@@ -183,9 +184,31 @@ class UnitStore:
             created_at=float(run_item["created_at"]["N"]),
             finished_at=float(run_item["finished_at"]["N"]) if "finished_at" in run_item else None,
             approx_items=int(run_item["approx_items"]["N"]) if "approx_items" in run_item else None,
+            failure=run_item["failure"]["S"] if "failure" in run_item else None,
         )
         run.units = [self._unit(table, i) for i in items if i["SK"]["S"].startswith("UNIT#")]
         return run
+
+    async def mark_failure(self, table: str, reason: str | None) -> None:
+        """Set (or, with None, clear) the failure mark on a table's run item; a table without a plan has none."""
+        if reason is None:
+            update, values = "REMOVE failure, failed_at", None
+        else:
+            update, values = "SET failure = :reason, failed_at = :now", {
+                ":reason": {"S": reason}, ":now": {"N": repr(round(self.clock(), 3))}}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
+            "UpdateExpression": update,
+            "ConditionExpression": "attribute_exists(PK)",
+        }
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        try:
+            await self.client.update_item(**kwargs)
+        except Exception as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise translate(exc, f"record the backfill state of {table}") from exc
 
     async def mark_finished(self, table: str) -> None:
         try:
