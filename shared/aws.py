@@ -15,7 +15,7 @@ a readable message.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import boto3
@@ -89,6 +89,19 @@ async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
 
     async with get_session().create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
         yield client
+
+
+def query_items(client: Any, what: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item a Query returns, page after page; a failure is translated as doing `what`."""
+    while True:
+        try:
+            page = client.query(**kwargs)
+        except Exception as exc:
+            raise translate(exc, what) from exc
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def error_code(exc: BaseException) -> str | None:

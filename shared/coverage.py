@@ -116,20 +116,24 @@ def mirror_coverage(settings: Settings, table: str, *, dynamodb: Any = None, lam
     arn = description.get("LatestStreamArn")
     if not arn:
         return Coverage(None, f"{physical} has no stream (dynashift enable-streams)")
-    lambdas = lambdas or lambda_client(settings)
-    mappings: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"EventSourceArn": arn, "FunctionName": settings.mirror_function}
     try:
-        while True:
-            page = lambdas.list_event_source_mappings(**kwargs)
-            mappings.extend(page.get("EventSourceMappings", []))
-            if not page.get("NextMarker"):
-                break
-            kwargs["Marker"] = page["NextMarker"]
+        mappings = event_source_mappings(lambdas or lambda_client(settings), arn, settings.mirror_function)
     except Exception as exc:
         translated = aws.translate(exc, "list the mirror's event source mappings")
         return Coverage(None, str(translated))
     return from_mappings(mappings, description.get("LatestStreamLabel"))
+
+
+def event_source_mappings(lambdas: Any, stream_arn: str, function: str) -> list[dict[str, Any]]:
+    """Every event source mapping of `function` on `stream_arn` (ListEventSourceMappings, all pages)."""
+    mappings: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"EventSourceArn": stream_arn, "FunctionName": function}
+    while True:
+        page = lambdas.list_event_source_mappings(**kwargs)
+        mappings.extend(page.get("EventSourceMappings", []))
+        if not page.get("NextMarker"):
+            return mappings
+        kwargs["Marker"] = page["NextMarker"]
 
 
 async def wait_for_coverage(
@@ -163,4 +167,4 @@ async def wait_for_coverage(
         await sleep(min(POLL_S, max(0.05, timeout_s - waited)))
 
 
-__all__ = ["Coverage", "from_mappings", "mirror_coverage", "stream_created_at", "wait_for_coverage"]
+__all__ = ["Coverage", "event_source_mappings", "from_mappings", "mirror_coverage", "stream_created_at", "wait_for_coverage"]

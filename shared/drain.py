@@ -142,24 +142,11 @@ def _position_key(arn: str, shard_id: str) -> dict[str, Any]:
 
 
 def _positions(dynamodb: Any, settings: Settings, arn: str) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    kwargs: dict[str, Any] = {
-        "TableName": settings.control_table,
-        "KeyConditionExpression": "PK = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": f"{POSITION_PREFIX}{arn}"}},
-        "ConsistentRead": True,
-    }
-    while True:
-        try:
-            page = dynamodb.query(**kwargs)
-        except Exception as exc:
-            raise translate(exc, f"read drain positions from {settings.control_table}") from exc
-        for item in page["Items"]:
-            found[item["SK"]["S"]] = {"sequence_number": item.get("sequence_number", {}).get("S"),
-                                      "finished": item.get("finished", {}).get("BOOL", False)}
-        if "LastEvaluatedKey" not in page:
-            return found
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items = aws.query_items(dynamodb, f"read drain positions from {settings.control_table}",
+                            TableName=settings.control_table, KeyConditionExpression="PK = :pk",
+                            ExpressionAttributeValues={":pk": {"S": f"{POSITION_PREFIX}{arn}"}}, ConsistentRead=True)
+    return {item["SK"]["S"]: {"sequence_number": item.get("sequence_number", {}).get("S"),
+                              "finished": item.get("finished", {}).get("BOOL", False)} for item in items}
 
 
 def _save_position(dynamodb: Any, settings: Settings, arn: str, shard_id: str, sequence: str,

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from shared.aws import translate
+from shared.aws import is_transient, query_items, translate
 
 RECEIPT_PREFIX = "RECEIPT#"
 IDS_PER_ITEM = 4000  # ~40 bytes each: well under the 400 KB item limit
@@ -82,8 +82,6 @@ async def acknowledge(client: Any, table: str, records: list[dict[str, Any]], fa
         for item in items:
             await client.put_item(TableName=table, Item=item)
     except Exception as exc:
-        from shared.aws import is_transient
-
         if not is_transient(exc):
             raise translate(exc, f"write consumer receipts to {table}") from exc
         return {r["dynamodb"]["SequenceNumber"] for r in records}
@@ -93,24 +91,11 @@ async def acknowledge(client: Any, table: str, records: list[dict[str, Any]], fa
 def receipted_ids(dynamodb: Any, table: str, stream_arn: str, since: float) -> set[str]:
     """Every event id receipted for `stream_arn` by a batch processed at or after `since` (minus the margin)."""
     start = f"{max(0, round((since - CLOCK_MARGIN_S) * 1000)):013d}"
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "KeyConditionExpression": "PK = :pk AND SK >= :since",
-        "ExpressionAttributeValues": {":pk": {"S": receipt_pk(stream_arn)}, ":since": {"S": start}},
-        "ProjectionExpression": "ids",
-        "ConsistentRead": True,
-    }
-    found: set[str] = set()
-    while True:
-        try:
-            page = dynamodb.query(**kwargs)
-        except Exception as exc:
-            raise translate(exc, f"read consumer receipts from {table}") from exc
-        for item in page.get("Items", []):
-            found.update(item.get("ids", {}).get("SS", []))
-        if "LastEvaluatedKey" not in page:
-            return found
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items = query_items(dynamodb, f"read consumer receipts from {table}", TableName=table,
+                        KeyConditionExpression="PK = :pk AND SK >= :since",
+                        ExpressionAttributeValues={":pk": {"S": receipt_pk(stream_arn)}, ":since": {"S": start}},
+                        ProjectionExpression="ids", ConsistentRead=True)
+    return {event_id for item in items for event_id in item.get("ids", {}).get("SS", [])}
 
 
 __all__ = ["CLOCK_MARGIN_S", "acknowledge", "receipt_items", "receipt_pk", "receipted_ids"]

@@ -51,16 +51,6 @@ def read_mode(client: Any, settings: Settings) -> str:
     return item.get("mode", {}).get("S", MODE_DEFAULT)
 
 
-def _query_all(client: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    while True:
-        page = client.query(**kwargs)
-        items.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return items
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 def consumers(settings: Settings, now: float, *, lambdas: Any = None) -> dict[str, Any]:
     """Both stream consumers as AWS or the local runner shows them.
 
@@ -75,6 +65,8 @@ def consumers(settings: Settings, now: float, *, lambdas: Any = None) -> dict[st
     dynamodb = aws.dynamodb(settings)
     streams = aws.streams(settings)
     functions = {"forward": settings.mirror_function, "reverse": settings.reverse_mirror_function}
+    if lambdas is None and any(functions.values()):
+        lambdas = coverage.lambda_client(settings)
     mappings: list[dict[str, Any]] = []
     shards: list[dict[str, Any]] = []
     for direction in drain.DIRECTIONS:
@@ -91,14 +83,12 @@ def consumers(settings: Settings, now: float, *, lambdas: Any = None) -> dict[st
                                  + "): local runner, or unknown"})
             else:
                 try:
-                    client = lambdas or coverage.lambda_client(settings)
-                    found = client.list_event_source_mappings(EventSourceArn=arn,
-                                                              FunctionName=functions[direction])
-                    for mapping in found.get("EventSourceMappings", []):
+                    found = coverage.event_source_mappings(lambdas, arn, functions[direction])
+                    for mapping in found:
                         mappings.append({**row, "uuid": mapping.get("UUID"), "state": mapping.get("State"),
                                          "starting_position": mapping.get("StartingPosition"),
                                          "last_processing_result": mapping.get("LastProcessingResult")})
-                    if not found.get("EventSourceMappings"):
+                    if not found:
                         mappings.append({**row, "note": "no event source mapping on this stream"})
                 except Exception as exc:
                     mappings.append({**row, "note": f"mappings unknown: {translate(exc, 'list event source mappings')}"})

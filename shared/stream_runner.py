@@ -202,23 +202,11 @@ class StreamRunner:
         return {"PK": {"S": f"CHECKPOINT#{shard.stream_arn}"}, "SK": {"S": shard.shard_id}}
 
     def _load_checkpoints(self, stream_arn: str) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        kwargs: dict[str, Any] = {
-            "TableName": self.settings.control_table,
-            "KeyConditionExpression": "PK = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": f"CHECKPOINT#{stream_arn}"}},
-            "ConsistentRead": True,
-        }
-        while True:
-            try:
-                page = self.dynamodb.query(**kwargs)
-            except Exception as exc:
-                raise translate(exc, f"read checkpoints from {self.settings.control_table}") from exc
-            for item in page["Items"]:
-                found[item["SK"]["S"]] = item
-            if "LastEvaluatedKey" not in page:
-                return found
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items = aws.query_items(self.dynamodb, f"read checkpoints from {self.settings.control_table}",
+                                TableName=self.settings.control_table, KeyConditionExpression="PK = :pk",
+                                ExpressionAttributeValues={":pk": {"S": f"CHECKPOINT#{stream_arn}"}},
+                                ConsistentRead=True)
+        return {item["SK"]["S"]: item for item in items}
 
     def _save_checkpoint(self, shard: ShardState) -> None:
         item = {
