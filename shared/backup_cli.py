@@ -6,7 +6,6 @@ renders. Registered in `shared.cli`, one line per command.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -17,7 +16,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shared.backup import EXPORT, KINDS, ON_DEMAND, BackupManager, BackupRecord, iso_ms
-from shared.cli_context import Context, console, pass_ctx
+from shared.cli_context import Context, console, emit_json, pass_ctx
 from shared.errors import DynashiftError, UsageError
 from shared.settings import load_settings
 
@@ -86,7 +85,7 @@ def backup_list(ctx: Context, as_json: bool) -> None:
     """dynashift's backups, newest first, as AWS lists them (unfinished ones are re-read from AWS)."""
     records = BackupManager(ctx.settings).records(refresh=True)
     if as_json:
-        click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        emit_json([r.as_json() for r in records])
         return
     if not records:
         console.print("no backups recorded yet: `dynashift backup create` makes them")

@@ -17,7 +17,6 @@ and nothing else on stdout.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shared.cli_context import Context, console, err_console, pass_ctx, refuse_remote_endpoint
+from shared.cli_context import Context, console, emit_json, err_console, pass_ctx, refuse_remote_endpoint
 from shared.errors import DynashiftError, EndpointUnreachable, UsageError
 from shared.settings import Settings
 
@@ -164,7 +163,7 @@ def seed(ctx: Context, accounts: int, repos: int, bad_fraction: float, seed_valu
                                   err_console if as_json else console))
     summary = seed_summary(settings, report)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        emit_json(summary)
         return
     console.print(f"seeded in {summary['elapsed_s']:.1f}s:")
     for table in summary["tables"]:
@@ -293,7 +292,7 @@ def backfill_run(ctx: Context, table: str, segments: int, workers: int, rate: fl
                               allow_no_mirror=allow_no_mirror)
     code, report = run_backfill_report(ctx.settings, ctx.overrides, request, err_console if as_json else console)
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        emit_json(report)
     if code:
         sys.exit(code)
 
@@ -309,7 +308,7 @@ def backfill_status(ctx: Context, as_json: bool) -> None:
 
     rows = status(ctx.settings)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        emit_json(rows)
         return
     if not rows:
         console.print("no backfill has been planned yet")

@@ -11,6 +11,7 @@ command calls it before its first AWS call and offers `--allow-remote`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -38,6 +39,11 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def emit_json(data: Any) -> None:
+    """A command's `--json` result: one JSON document on stdout, nothing else there."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def refuse_remote_endpoint(settings: Settings, what: str, allow_remote: bool) -> None:

@@ -33,13 +33,12 @@ each into one line and its exit code.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import click
 
-from shared.cli_context import Context, console, err_console, pass_ctx
+from shared.cli_context import Context, console, emit_json, err_console, pass_ctx
 from shared.cutover import AwsPorts, GateCheck, SwitchReport
 from shared.mode import Mode, ModeState
 from shared.settings import Settings
@@ -49,10 +48,6 @@ MODES = click.Choice([m.value for m in Mode])
 
 def _progress(line: str) -> None:
     console.print(f"  {line}", markup=False, highlight=False)
-
-
-def _emit_json(data: dict[str, Any]) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def _json_option(func: click.decorators.FC) -> click.decorators.FC:
@@ -92,7 +87,7 @@ def mode(click_ctx: click.Context, as_json: bool) -> None:
     ctx: Context = click_ctx.find_object(Context)
     state = read_mode(ctx.settings)
     if as_json:
-        _emit_json(mode_as_dict(state))
+        emit_json(mode_as_dict(state))
         return
     extra = state.extra
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.since)) if state.since else "the start"
@@ -141,7 +136,7 @@ def mode_set(click_ctx: click.Context, value: str, towards: str | None, force: b
                            allow_remote)  # before any client exists
     stored = force_mode(settings, Mode(value), Mode(towards) if towards else None)
     if as_json:
-        _emit_json({**mode_as_dict(stored), "forced": True, "drained": False})
+        emit_json({**mode_as_dict(stored), "forced": True, "drained": False})
         return
     console.print(f"mode set by hand to {stored.describe()} (version {stored.version}); no drain was done")
 
@@ -204,10 +199,10 @@ def _run(settings: Settings, switch: Any, crash_after: str | None, as_json: bool
         os._exit(137)
     except (CutoverError, SwitchAborted) as exc:
         if as_json:
-            _emit_json(failed_switch_as_dict(switch.op, exc, ports, gate))
+            emit_json(failed_switch_as_dict(switch.op, exc, ports, gate))
         raise
     if as_json:
-        _emit_json(switch_as_dict(report, ports))
+        emit_json(switch_as_dict(report, ports))
     else:
         _report(report)
 
@@ -326,10 +321,10 @@ def finalize(ctx: Context, yes: bool, as_json: bool) -> None:
         report = run_finalize(settings)
     except CutoverError as exc:
         if as_json:
-            _emit_json({"outcome": "refused", "mode": state.mode.value, "reason": str(exc)})
+            emit_json({"outcome": "refused", "mode": state.mode.value, "reason": str(exc)})
         raise
     if as_json:
-        _emit_json({
+        emit_json({
             "outcome": "already_finalized" if report.already_finalized else "finalized",
             "mode": Mode.NEW.value,
             "tombstones_swept": report.tombstones_swept,

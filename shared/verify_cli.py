@@ -33,7 +33,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from shared.cli_context import Context, console, pass_ctx
+from shared.cli_context import Context, console, emit_json, pass_ctx
 
 if TYPE_CHECKING:
     from shared.control import QuarantineEntry
@@ -79,7 +79,7 @@ def verify(ctx: Context, table: str, segments: int, sample: float, settle: float
                                     repair=repair, json_path=json_path)
     if as_json:
         report = verifier.run(settings, request)  # no progress: stdout carries the JSON only
-        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        emit_json(report)
     else:
         progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
                             TextColumn("{task.completed:,.0f} items"), TimeElapsedColumn(), console=console,
@@ -133,7 +133,7 @@ def status(ctx: Context, as_json: bool) -> None:
 
     data = gather(ctx.settings)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        emit_json(data)
         return
     console.print(f"mode: [bold]{data['mode']}[/]")
     if data["backfill"]:
@@ -254,8 +254,7 @@ def quarantine_list(ctx: Context, reason: str | None, as_json: bool, with_images
     """List quarantined source items with their reasons (no images unless --with-images)."""
     entries = asyncio.run(_quarantine_entries(ctx.settings, reason, with_images))
     if as_json:
-        click.echo(json.dumps([quarantine_row(e, with_images=with_images) for e in entries], indent=2,
-                              default=str))
+        emit_json([quarantine_row(e, with_images=with_images) for e in entries])
         return
     if not entries:
         console.print("quarantine is empty" + (f" for reason {reason}" if reason else ""))
