@@ -26,8 +26,19 @@ LAMBDA_DEPS     := .build/lambda-deps
 demo: $(VENV)/.installed
 	$(BIN)/dynashift demo $(ARGS)
 
-test: $(VENV)/.installed tools
-	$(BIN)/python -m pytest $(ARGS)
+# The suite runs on TEST_WORKERS pytest-xdist workers (CI's machine has 2 cores),
+# a whole file to a worker (--dist loadfile: a file's fixtures, such as
+# test_artifact.py's `sam build`, run once), the files in the order
+# tests/conftest.py gives (heaviest first; --no-loadscope-reorder keeps it).
+# `make test TEST_WORKERS=0` runs it in this one process. The three virtualenvs
+# are built side by side (on a fresh clone that is most of the set-up time).
+# The summary ends with each part's wall time and the slowest files.
+TEST_WORKERS ?= 2
+PYTEST_DIST  = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+test:
+	$(MAKE) --no-print-directory -j3 $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_DIST) $(ARGS)
 
 setup: $(VENV)/.installed
 

@@ -82,7 +82,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backfill.lease import LeaseLapsed, install_page_gate
 from backfill.units import Unit, UnitStore
-from backfill.worker import Worker, WorkerOptions
+from backfill.worker import Worker, WorkerOptions, open_client
 from shared import aws
 from shared.aws import error_code, translate
 from shared.control import StaleWriterRegistry
@@ -107,7 +107,7 @@ class BackfillInput(BaseModel):
     table: str = "all"
     segments: int = Field(8, ge=1, le=1_000_000)
     source: str = "scan"
-    write_mode: Literal["put", "transact"] = "put"
+    write_mode: Literal["insert", "put", "transact"] = "insert"
     page_items: int = Field(500, ge=1, le=10_000)
     restart: bool = False
     allow_no_mirror: bool = False
@@ -319,7 +319,7 @@ async def run_unit(
         from backfill.export import parse_source
 
         export = parse_source(spec.source.removeprefix("export:"))
-    async with aws.aio_dynamodb(settings, pool=64, max_attempts=10, retry_mode="adaptive") as client:
+    async with open_client(settings) as client:
         store = UnitStore(client, settings.control_table)
         registration = RunRegistration(settings, client, spec.writer_id)
         await registration.renew()

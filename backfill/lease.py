@@ -6,8 +6,8 @@ up to `stale_writer_refresh_s`. So a backfill write is safe only if it lands
 while the worker's registration is live, and only if the page it writes was
 read after the registration's fence. Two things break that unless guarded:
 
-* a renewal that comes late (throttling, an adaptive client holding requests
-  back, a 5xx storm): the lease lapses while the worker is alive, the mirror
+* a renewal that comes late (throttling, botocore backing off between
+  retries, a 5xx storm): the lease lapses while the worker is alive, the mirror
   stops leaving tombstones, and the worker's next stale write resurrects
   what the mirror deleted meanwhile;
 * botocore's own retries: a request whose first attempt was fine may be sent
@@ -16,8 +16,8 @@ read after the registration's fence. Two things break that unless guarded:
 `StaleWriterLease` guards both. Every request a page makes (scan, re-read,
 conditional write, quarantine record) runs with the page's *epoch* in a
 context variable, and a `before-send` hook (called by botocore for each
-attempt, after the adaptive rate limiter's wait) lets it through only while
-the lease is past its fence and will outlive the request by `guard_s`
+attempt, after its retry back-off) lets it through only while the lease
+is past its fence and will outlive the request by `guard_s`
 (`consistency_margin_s`: clock skew plus time in flight). A renewal answered
 later than that counts as a lapse: the epoch moves on, a new fence starts,
 and every page read in an older epoch raises `LeaseLapsed`, is dropped

@@ -35,7 +35,7 @@ from backfill.worker import WorkerOptions, new_owner, run_worker, worker_process
 from shared import aws
 from shared.apply import sweep_tombstones
 from shared.definition import get_definition
-from shared.errors import StoreError, UsageError
+from shared.errors import StoreError, TransientError, UsageError
 from shared.mode import Mode, read_mode_async
 from shared.settings import Settings
 
@@ -50,12 +50,13 @@ class BackfillRequest:
     segments: int = 8
     workers: int = 1
     rate: float | None = None
-    write_mode: str = "put"
+    write_mode: str = "insert"
     source: str = "scan"
     dry_run: bool = False
     restart: bool = False
     report_path: Path | None = None  # --dry-run --json-file FILE: the dry-run report as JSON
     allow_no_mirror: bool = False
+    write_rate: float | None = None  # --dry-run --write-rate: legacy writes/s, for the mirror's cost estimate
 
 
 def resolve_tables(settings: Settings, table: str) -> list[str]:
@@ -157,12 +158,13 @@ def run_backfill_report(
     runs = asyncio.run(_load(settings, tables))
     unfinished = [r.table for r in runs if r.done < len(r.units)]
     elapsed = time.time() - started
-    render_summary(console, runs, elapsed)
+    region = settings.effective_region
+    render_summary(console, runs, elapsed, region)
     report: dict[str, Any] = {
         "dry_run": False,
         "source": request.source,
         "elapsed_s": round(elapsed, 3),
-        "tables": [_status_row(r, time.time()) for r in runs],
+        "tables": [_status_row(r, time.time(), region) for r in runs],
         "unfinished": unfinished,
         "complete": not unfinished,
         "tombstones_swept": None,
@@ -227,6 +229,9 @@ def _in_processes(
         process.join()
 
 
+PROGRESS_EVERY_S = 1.0  # each refresh is one Query per table: a display, not worth more requests
+
+
 async def _progress(settings: Settings, tables: list[str], console: Console, finished: Any) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -247,7 +252,10 @@ async def _progress(settings: Settings, tables: list[str], console: Console, fin
             while True:
                 done_flag = finished()
                 for table in tables:
-                    run = await store.load(table)
+                    try:
+                        run = await store.load(table)
+                    except TransientError:
+                        continue  # throttled or a 5xx after botocore's retries: a display, not worth failing for
                     if run is None:
                         continue
                     totals = run.totals()
@@ -261,22 +269,35 @@ async def _progress(settings: Settings, tables: list[str], console: Console, fin
                     )
                 if done_flag:
                     return
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(PROGRESS_EVERY_S)
 
 
-def render_summary(console: Console, runs: list[Run], elapsed: float) -> None:
+def render_summary(console: Console, runs: list[Run], elapsed: float, region: str) -> None:
     from rich.table import Table
 
+    from shared import capacity
+
     table = Table(title=f"backfill summary ({elapsed:.1f}s)")
-    for column in ("table", "units done", "read", "written", "skipped (mirror first)", "quarantined", "items/s"):
+    columns = ("table", "units done", "read", "written", "skipped (mirror first)", "quarantined", "items/s",
+               "write units")
+    for column in columns:
         table.add_column(column, justify="right" if column != "table" else "left")
+    total = capacity.Usage()
+    items = 0
     for run in runs:
         totals = run.totals()
+        usage = run.usage()
+        total.add(usage)
+        items += totals["read"]
         table.add_row(
             run.table, f"{run.done}/{len(run.units)}", str(totals["read"]), str(totals["written"]),
             str(totals["skipped"]), str(totals["quarantined"]), f"{totals['read'] / max(elapsed, 1e-6):,.0f}",
+            f"{usage.write_units:,.1f}",
         )
     console.print(table)
+    per_item = f"; {total.write_units / items:.2f} write units per source item" if items else ""
+    console.print(f"capacity: {capacity.describe(total, region)}{per_item} (every answer's ConsumedCapacity, "
+                  f"checkpoints included; prices as of {capacity.PRICES_AS_OF})", soft_wrap=True)
 
 
 def status(settings: Settings) -> list[dict[str, Any]]:
@@ -284,11 +305,14 @@ def status(settings: Settings) -> list[dict[str, Any]]:
     definition = get_definition(settings.migration)
     runs = asyncio.run(_load(settings, [s.name for s in definition.sources]))
     now = time.time()
-    return [_status_row(run, now) for run in runs]
+    return [_status_row(run, now, settings.effective_region) for run in runs]
 
 
-def _status_row(run: Run, now: float) -> dict[str, Any]:
+def _status_row(run: Run, now: float, region: str) -> dict[str, Any]:
+    from shared import capacity
+
     totals = run.totals()
+    usage = run.usage()
     started = min((u.started_at for u in run.units if u.started_at), default=None)
     elapsed = ((run.finished_at or now) - started) if started else 0.0
     rate = totals["read"] / elapsed if elapsed > 0 else 0.0
@@ -309,6 +333,10 @@ def _status_row(run: Run, now: float) -> dict[str, Any]:
         "failed": run.finished_at is None and run.failure is not None,
         "failure": None if run.finished_at else run.failure,
         "max_completions_per_unit": max((u.completions for u in run.units), default=0),
+        "read_units": round(usage.read_units, 1),
+        "write_units": round(usage.write_units, 1),
+        "write_units_per_item": round(usage.write_units / totals["read"], 3) if totals["read"] else None,
+        "on_demand_usd": capacity.price(usage, region),
     }
 
 
@@ -318,7 +346,7 @@ def run_dry(
     """Transform every source item (a scan, or an export), write nothing, report."""
     from shared.dryrun import DryRun, render_dry_run
 
-    dry = DryRun(get_definition(settings.migration))
+    dry = DryRun(get_definition(settings.migration), index_keys=target_index_keys(settings))
     if request.source.startswith("export:"):
         from backfill.export import iter_file, open_export, parse_source
 
@@ -337,6 +365,8 @@ def run_dry(
         asyncio.run(_scan_dry(settings, tables, request.segments, dry))
     else:
         raise UsageError(f"--source must be scan or export:PATH_OR_S3_URI, not {request.source!r}")
+    dry.finish(region=settings.effective_region, write_mode=request.write_mode, source=request.source.split(":")[0],
+               rate=request.rate, write_rate=request.write_rate)
     render_dry_run(console, dry.report)
     if request.report_path:
         try:
@@ -345,6 +375,14 @@ def run_dry(
             raise UsageError(f"--json-file: cannot write {request.report_path}: {exc.strerror or exc}") from None
         console.print(f"report written to {request.report_path}")
     return 0, dry.report.as_dict()
+
+
+def target_index_keys(settings: Settings) -> list[tuple[str, ...]]:
+    """The key attributes of each GSI of the target table, as template.yaml defines it."""
+    from shared.tables import TARGET_RESOURCE, table_specs
+
+    create = table_specs(settings)[TARGET_RESOURCE].create
+    return [tuple(k["AttributeName"] for k in index["KeySchema"]) for index in create.get("GlobalSecondaryIndexes", [])]
 
 
 async def _scan_dry(settings: Settings, tables: list[str], segments: int, dry: Any) -> None:

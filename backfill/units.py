@@ -16,6 +16,11 @@ renewing; once its lease expires another worker resumes the unit from its
 last checkpoint. Writes are create-only (see `shared.apply`), so redoing the
 pages after the last checkpoint is harmless. Completion is conditional on
 the lease too, and `completions` counts it, so no unit is completed twice.
+A claim or a completion whose answer was lost (a 500 after the update
+landed) is retried by botocore and then fails its own condition; the item
+returned with that failure tells whether the update that got in was this
+one (the claim's random `claim_id`, the completion's `updated_at`), so the
+worker neither strands a unit it holds nor counts a completion as lost.
 An invocation that stops early on purpose (a Lambda near its time limit)
 *releases* its unit: back to pending with its checkpoint, so the next claim
 need not wait for the lease to expire.
@@ -25,10 +30,12 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.aws import error_code, translate
+from shared.capacity import Usage
 from shared.errors import UsageError
 
 
@@ -50,6 +57,9 @@ class Unit:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float | None = None
+    # Capacity units this unit's work consumed (scans, writes, its own checkpoints),
+    # collected by `shared.capacity.scope` and saved with every checkpoint.
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def sk(self) -> str:
@@ -74,6 +84,12 @@ class Run:
 
     def totals(self) -> dict[str, int]:
         return {k: sum(getattr(u, k) for u in self.units) for k in ("read", "written", "skipped", "quarantined")}
+
+    def usage(self) -> Usage:
+        total = Usage()
+        for unit in self.units:
+            total.add(unit.usage)
+        return total
 
 
 def _pk(table: str) -> str:
@@ -222,18 +238,32 @@ class UnitStore:
             raise translate(exc, "mark backfill finished") from exc
 
     # ---------------------------------------------------------------- leases
-    async def claim(self, run: Run, owner: str, lease_s: float) -> Unit | None:
-        """Take a pending unit, or one whose lease expired. None if none is free."""
+    async def claim(self, run: Run, owner: str, lease_s: float, *, taken: set[str] | None = None) -> Unit | None:
+        """Take a pending unit, or one whose lease expired. None if none is free.
+
+        `taken`: the units this process's other claimers are trying or hold (shared
+        by them, updated here). Several unit loops of one worker claim at once;
+        without it they all try the same first unit, and every refused try is a
+        conditional write AWS charges for."""
         fresh = await self.load(run.table)
         units = fresh.units if fresh else []
         now = self.clock()
         candidates = [u for u in units if u.status == "pending"] + [
             u for u in units if u.status == "running" and u.lease_until < now
         ]
+        taken = set() if taken is None else taken
         for unit in candidates:
-            claimed = await self._try_claim(run.table, unit.sk, owner, lease_s, now)
+            if unit.sk in taken:
+                continue
+            taken.add(unit.sk)
+            try:
+                claimed = await self._try_claim(run.table, unit.sk, owner, lease_s, now)
+            except BaseException:
+                taken.discard(unit.sk)
+                raise
             if claimed is not None:
-                return claimed
+                return claimed  # stays taken until the caller lets it go
+            taken.discard(unit.sk)
         return None
 
     async def claim_unit(self, table: str, number: int, owner: str, lease_s: float) -> Unit | None:
@@ -241,12 +271,13 @@ class UnitStore:
         return await self._try_claim(table, Unit(table, number, "segment").sk, owner, lease_s, self.clock())
 
     async def _try_claim(self, table: str, sk: str, owner: str, lease_s: float, now: float) -> Unit | None:
+        claim_id = uuid.uuid4().hex  # this claim, and no other (several unit loops share an owner)
         try:
             response = await self.client.update_item(
                 TableName=self.table,
                 Key={"PK": {"S": _pk(table)}, "SK": {"S": sk}},
                 UpdateExpression=(
-                    "SET #s = :running, #o = :me, lease_until = :until, "
+                    "SET #s = :running, #o = :me, lease_until = :until, claim_id = :claim, "
                     "started_at = if_not_exists(started_at, :now), updated_at = :now"
                 ),
                 ConditionExpression="#s = :pending OR (#s = :running AND lease_until < :now)",
@@ -256,12 +287,18 @@ class UnitStore:
                     ":pending": {"S": "pending"},
                     ":me": {"S": owner},
                     ":until": {"N": repr(now + lease_s)},
+                    ":claim": {"S": claim_id},
                     ":now": {"N": repr(now)},
                 },
                 ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
+                current = exc.response.get("Item")  # type: ignore[attr-defined]
+                if current and current.get("claim_id", {}).get("S") == claim_id:
+                    # A retry of this very claim, after its answer was lost: it is ours.
+                    return self._unit(table, current)
                 return None  # someone else took it first (or it is done, or absent)
             raise translate(exc, "claim backfill unit") from exc
         return self._unit(table, response["Attributes"])
@@ -327,10 +364,12 @@ class UnitStore:
             ":skipped": {"N": str(unit.skipped)},
             ":quarantined": {"N": str(unit.quarantined)},
             ":now": {"N": repr(now)},
+            ":ru": {"N": repr(round(unit.usage.read_units, 3))},
+            ":wu": {"N": repr(round(unit.usage.write_units, 3))},
         }
         update = (
             "SET #c = :cursor, #r = :read, written = :written, skipped = :skipped, "
-            "quarantined = :quarantined, updated_at = :now"
+            "quarantined = :quarantined, updated_at = :now, read_units = :ru, write_units = :wu"
         )
         if done:
             update += ", #s = :done, finished_at = :now, completions = completions + :one"
@@ -344,9 +383,17 @@ class UnitStore:
                 ConditionExpression="#o = :me AND #s = :running",
                 ExpressionAttributeNames={"#o": "owner", "#s": "status", "#c": "cursor", "#r": "read"},
                 ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
+                current = exc.response.get("Item") or {}  # type: ignore[attr-defined]
+                # A retry of this very completion, after its answer was lost: done, by us.
+                ours = (current.get("owner") == values[":me"] and current.get("status") == values.get(":done")
+                        and current.get("updated_at") == values[":now"])
+                if done and ours:
+                    unit.status = "done"
+                    return True
                 return False
             raise translate(exc, "save backfill checkpoint") from exc
         if done:
@@ -394,4 +441,5 @@ class UnitStore:
             started_at=num("started_at"),
             finished_at=num("finished_at"),
             updated_at=num("updated_at"),
+            usage=Usage(read_units=num("read_units") or 0.0, write_units=num("write_units") or 0.0),
         )

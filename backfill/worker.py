@@ -22,10 +22,18 @@ that happened since (tombstones exist only while a backfill runs), so each
 chunk is re-read by key (strongly consistent BatchGetItem) right before it is
 written, and the fresh images are what is written.
 
-Throttling backs off adaptively (botocore's adaptive retry mode, then our
-own exponential backoff on a page). `--rate` caps source items per second,
-split evenly across worker processes. Nothing here ever writes to a legacy
-table.
+Throttling and 5xx answers are retried per request by botocore's standard
+retry mode on DynamoDB's own delays (`open_client`, `backfill.ratelimit`:
+jittered, from 50 ms), then by our own exponential backoff on a page. A
+table that *keeps* throttling gets fewer writes at once: the worker's
+`ThrottleGovernor` halves its write slots while a tenth or more of the
+recent answers are throttled, and regrows them as soon as that stops. Not
+botocore's adaptive mode: it cuts the rate of the whole client on every
+single throttle, renewals and checkpoints included, and with a few percent
+of the requests throttled it held the backfill to a fraction of its speed
+for the rest of the run (issue 14, bench/backfill_faults_bench.py). `--rate`
+caps source items per second, split evenly across worker processes. Nothing
+here ever writes to a legacy table.
 """
 
 from __future__ import annotations
@@ -41,10 +49,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backfill.lease import PAGE_EPOCH, LeaseLapsed, PageLease, StaleWriterLease
-from backfill.ratelimit import RateLimiter
+from backfill.ratelimit import RateLimiter, ThrottleGovernor, install_retries
 from backfill.units import Run, Unit, UnitStore
 from backfill.writer import BackfillWriter, WriteCounts
-from shared import aws
+from shared import aws, capacity
 from shared.apply import Applier, gather_settled
 from shared.codec import to_native, to_wire
 from shared.control import ControlStore, StaleWriterRegistry
@@ -53,6 +61,10 @@ from shared.errors import TransientError
 from shared.settings import Settings
 
 LEASE_S = 30.0
+# The worker's client (`open_client`). Standard retries, not adaptive: see the module
+# note; the governor does the adapting.
+CLIENT_OPTIONS: dict[str, Any] = {"pool": 64, "max_attempts": 10, "retry_mode": "standard"}
+WRITES_IN_FLIGHT = 16  # the governor's ceiling
 MAX_PAGE_RETRIES = 8
 # Scan pages between their read and their last write, per worker (see `_page_slots`).
 PAGE_SLOTS = 2
@@ -63,7 +75,7 @@ MIN_PAGE_ITEMS = 10
 @dataclass
 class WorkerOptions:
     tables: list[str]  # logical source tables
-    write_mode: str = "put"
+    write_mode: str = "insert"
     rate_per_s: float | None = None  # for this process
     units_in_flight: int = 4
     page_items: int = 500
@@ -97,10 +109,14 @@ class Worker:
         self.units = UnitStore(client, settings.control_table)
         self.registry = StaleWriterRegistry(client, settings.control_table)
         self.applier = Applier(settings, self.definition, client, ControlStore(client, settings.control_table))
-        self.writer = BackfillWriter(self.applier, options.write_mode)
+        # Every write holds one of its slots; it sees their answers on the client.
+        self.governor = ThrottleGovernor(WRITES_IN_FLIGHT)
+        self.governor.install(client)
+        self.writer = BackfillWriter(self.applier, options.write_mode, governor=self.governor)
         self.limiter = RateLimiter(options.rate_per_s)
         self.report = WorkerReport(self.owner)
         self.active: dict[str, Unit] = {}
+        self._taken: dict[str, set[str]] = {}  # per table: units a unit loop of this worker claims or holds
         # The stale-writer lease every page request is held to: `run` takes its
         # own; a Lambda unit sets its run's registration (`backfill.lambda_unit`).
         self.lease: PageLease | None = None
@@ -133,6 +149,10 @@ class Worker:
             fence_s=self.settings.stale_writer_refresh_s + self.settings.consistency_margin_s,
             guard_s=self.settings.consistency_margin_s,
         )
+        with capacity.scope("backfill"):
+            return await self._run_leased(lease)
+
+    async def _run_leased(self, lease: StaleWriterLease) -> WorkerReport:
         await lease.renew()
         lease.install(self.client)
         heartbeat = asyncio.create_task(self._heartbeats(lease))
@@ -175,8 +195,9 @@ class Worker:
                     self.active.pop(unit.sk + unit.table, None)
 
     async def _unit_loop(self, run: Run) -> None:
+        taken = self._taken.setdefault(run.table, set())  # shared by this table's unit loops
         while True:
-            unit = await self.units.claim(run, self.owner, self.options.lease_s)
+            unit = await self.units.claim(run, self.owner, self.options.lease_s, taken=taken)
             if unit is None:
                 fresh = await self.units.load(run.table)
                 others = [u for u in (fresh.units if fresh else []) if u.status != "done" and u.owner != self.owner]
@@ -191,15 +212,18 @@ class Worker:
                 completed = await self.process_unit(run, unit)
             finally:
                 self.active.pop(unit.sk + unit.table, None)
+                taken.discard(unit.sk)
             if completed:
                 self.report.units_completed += 1
 
     async def process_unit(self, run: Run, unit: Unit) -> bool:
         """Work a claimed unit from its checkpoint. True once done; False if the
-        lease was lost or `page_gate` closed (the checkpoint is saved either way)."""
-        if unit.kind == "file":
-            return await self._process_file(unit)
-        return await self._process_segment(run, unit)
+        lease was lost or `page_gate` closed (the checkpoint is saved either way).
+        The capacity units it consumes add up in `unit.usage`, saved with each checkpoint."""
+        with capacity.scope("backfill", into=unit.usage):
+            if unit.kind == "file":
+                return await self._process_file(unit)
+            return await self._process_segment(run, unit)
 
     # ---------------------------------------------------------------- segments
     async def _process_segment(self, run: Run, unit: Unit) -> bool:
@@ -351,9 +375,16 @@ class Worker:
         self.report.counts.add(counts)
 
 
+@contextlib.asynccontextmanager
+async def open_client(settings: Settings) -> AsyncIterator[Any]:
+    """A worker's client (`run_worker`, `backfill.lambda_unit`): standard retries on DynamoDB's delays."""
+    async with aws.aio_dynamodb(settings, **CLIENT_OPTIONS) as client:
+        install_retries(client)
+        yield client
+
+
 async def run_worker(settings: Settings, options: WorkerOptions, owner: str | None = None) -> WorkerReport:
-    # botocore's adaptive retry mode slows the client down by itself on throttling.
-    async with aws.aio_dynamodb(settings, pool=64, max_attempts=10, retry_mode="adaptive") as client:
+    async with open_client(settings) as client:
         return await Worker(settings, options, client, owner=owner).run()
 
 

@@ -1,10 +1,15 @@
-"""The backfill's writes: stale, create-only, in two modes.
+"""The backfill's writes: stale, create-only, in three modes.
 
 Every item follows the stale-writer protocol of `shared.apply`: create-only,
 stopped by recent tombstones, falling back to a validated write when a
 tombstone or another owner is in the way, skipped when the mirror already
 wrote this item or a newer one.
 
+* ``insert``: PartiQL INSERTs, create-only, 25 per BatchExecuteStatement
+  (1x write units, one request per 25 items: about a tenth of ``put``'s
+  client CPU per item); an item whose INSERT is refused (already there: the
+  mirror's version, a tombstone, another owner) is written as in ``put``
+  (`Applier.write_stale_batch`).
 * ``put``: one conditional PutItem per target item (1x write units), many in
   flight at once.
 * ``transact``: TransactWriteItems of up to 100 conditional puts (2x write
@@ -14,7 +19,10 @@ wrote this item or a newer one.
   transaction may not touch one key twice, so each chunk holds distinct keys.
 
 Counts are per *source* item: written, skipped (the mirror was first) and
-quarantined.
+quarantined. How many items are written at once is the worker's
+`ThrottleGovernor`'s to say (`backfill.ratelimit`): every write holds one of
+its slots, its retries included, so a table that keeps throttling gets fewer
+writes at once, and all of them again soon after it stops.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from shared.apply import Applier, gather_settled
+from backfill.ratelimit import ThrottleGovernor
+from shared.apply import Applier, ApplyResult, gather_settled
 from shared.aws import error_code, translate
 from shared.codec import to_native, to_wire
 from shared.conditions import render
 from shared.definition import Item, SourceRef
 from shared.errors import QuarantineError, TransientError
 
+WRITE_MODES = ("insert", "put", "transact")
 TRANSACT_MAX = 100
 MAX_CONFLICT_RETRIES = 8
 
@@ -47,12 +57,15 @@ class WriteCounts:
 
 
 class BackfillWriter:
-    def __init__(self, applier: Applier, mode: str, concurrency: int = 16) -> None:
-        if mode not in ("put", "transact"):
+    def __init__(
+        self, applier: Applier, mode: str, concurrency: int = 16, governor: ThrottleGovernor | None = None
+    ) -> None:
+        if mode not in WRITE_MODES:
             raise ValueError(f"unknown write mode {mode!r}")
         self.applier = applier
         self.mode = mode
-        self.semaphore = asyncio.Semaphore(concurrency)
+        # At most `concurrency` writes at once, fewer while the table keeps throttling.
+        self.governor = governor or ThrottleGovernor(concurrency)
 
     async def write(self, items: list[tuple[SourceRef, Item]], read_at: float) -> WriteCounts:
         counts = WriteCounts()
@@ -61,16 +74,17 @@ class BackfillWriter:
             for result in results:
                 counts.add(result)
             return counts
+        if self.mode == "insert":
+            async with self.governor.slot():
+                for result in await self.applier.write_stale_batch(items, read_at):
+                    counts.add(_counts_of(result))
+            return counts
         return await self._transact(items, read_at)
 
     async def _put_one(self, ref: SourceRef, image: Item, read_at: float) -> WriteCounts:
-        async with self.semaphore:
+        async with self.governor.slot():
             result = await self.applier.write_stale(ref, image, read_at)
-        if result.quarantined is not None:
-            return WriteCounts(quarantined=1)
-        if result.skipped and not result.written:
-            return WriteCounts(skipped=1)
-        return WriteCounts(written=1)
+        return _counts_of(result)
 
     # -------------------------------------------------------------- transact
     async def _transact(self, items: list[tuple[SourceRef, Item]], read_at: float) -> WriteCounts:
@@ -127,7 +141,7 @@ class BackfillWriter:
         return counts
 
     async def _validated(self, ref: SourceRef) -> WriteCounts:
-        async with self.semaphore:
+        async with self.governor.slot():
             result = await self.applier.apply_validated(ref)
         if result.quarantined is not None:
             return WriteCounts(quarantined=1)
@@ -142,7 +156,7 @@ class BackfillWriter:
                      "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **condition}}
             for _, _, target in chunk
         ]
-        async with self.semaphore:
+        async with self.governor.slot():
             try:
                 await self.applier.client.transact_write_items(TransactItems=request)
                 return {}, []
@@ -167,6 +181,15 @@ class BackfillWriter:
         if not reasons:
             retry = list(range(len(chunk)))
         return refused, retry
+
+
+def _counts_of(result: ApplyResult) -> WriteCounts:
+    """One source item's write, counted: quarantined, skipped (the mirror was first) or written."""
+    if result.quarantined is not None:
+        return WriteCounts(quarantined=1)
+    if result.skipped and not result.written:
+        return WriteCounts(skipped=1)
+    return WriteCounts(written=1)
 
 
 def _distinct_key_chunks(

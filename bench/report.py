@@ -43,11 +43,19 @@ PLOTS_DIR = ROOT / "bench" / "plots"
 # name -> (full-run arguments, quick-run arguments, what it answers)
 BENCHMARKS: dict[str, tuple[list[str], list[str], str]] = {
     "mirror": ([], ["--quick"], "forward mirror: legacy writes/s mirrored and lag, vs a naive handler"),
-    "backfill": ([], ["--quick"], "backfill: items/s of both write modes vs naive copy and the unsafe ceiling"),
+    "backfill": ([], ["--quick"], "backfill: items/s, capacity units and client CPU vs the users' naive script, "
+                 "each contender on a fresh engine; peak RSS against table size"),
+    "backfill_faults": ([], ["--quick"], "backfill under 3% throttling and 5xx vs fault-free"),
+    "engine_writes": ([], ["--quick"], "the engine's CPU per target item by write method: the floor under the "
+                      "backfill's items/s on DynamoDB Local"),
     "verify": ([], ["--quick"], "verifier: items/s and peak RSS vs a naive in-memory verifier"),
     "cutover": ([], ["--quick"], "cutover: freeze window and delayed writes over cutovers and rollbacks"),
     "artifact": ([], ["--repeats", "3"], "Lambda artifact: size per function, cold import time per handler"),
 }
+
+
+# benchmark -> result stems of its separate runs (reported after its main result, when present)
+SERIES: dict[str, tuple[str, ...]] = {"backfill": ("backfill-rss",)}
 
 
 def result_stems(name: str, quick: bool) -> list[str]:
@@ -56,6 +64,10 @@ def result_stems(name: str, quick: bool) -> list[str]:
     present = [stem for stem in preferred if (OUT / f"{stem}.json").exists() or (OUT / f"{stem}.md").exists()]
     # Extra runs kept beside the main one, e.g. cutover-at-200 (`--rate 200 --out-dir`, renamed).
     present += sorted(path.stem for path in OUT.glob(f"{name}-at-*.json"))
+    # Series run apart from the main one: the backfill's peak RSS at 100,000 and 1,000,000 items (`--rss-only`).
+    for series in SERIES.get(name, ()):
+        stems = [f"{series}-quick", series] if quick else [series, f"{series}-quick"]
+        present += [stem for stem in stems if (OUT / f"{stem}.json").exists()][:1]
     return present or [preferred[0]]
 
 

@@ -52,6 +52,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "removed": stats.removed,
             "quarantined": stats.quarantine_reasons,
             "failed_records": stats.failed_records,
+            "read_units": stats.usage.read_units,
+            "write_units": stats.usage.write_units,
         },
     )
     if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
@@ -61,6 +63,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="RecordsApplied", unit=MetricUnit.Count, value=stats.records - stats.failed_records)
     metrics.add_metric(name="RecordsQuarantined", unit=MetricUnit.Count, value=stats.quarantined)
     metrics.add_metric(name="RecordsRetried", unit=MetricUnit.Count, value=stats.failed_records)
+    metrics.add_metric(name="WriteUnits", unit=MetricUnit.Count, value=stats.usage.write_units)
+    metrics.add_metric(name="ReadUnits", unit=MetricUnit.Count, value=stats.usage.read_units)
     if stats.lag_ms:
         metrics.add_metric(name="LagMs", unit=MetricUnit.Milliseconds, value=max(stats.lag_ms))
     return response

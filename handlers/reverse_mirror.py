@@ -55,6 +55,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "mode_skipped": stats.mode_skipped,
             "quarantined": stats.quarantine_reasons,
             "failed_records": stats.failed_records,
+            "read_units": stats.usage.read_units,
+            "write_units": stats.usage.write_units,
         },
     )
     if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
@@ -64,4 +66,6 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="ReverseRecordsSkippedByMode", unit=MetricUnit.Count, value=stats.mode_skipped)
     metrics.add_metric(name="ReverseQuarantined", unit=MetricUnit.Count, value=stats.quarantined)
     metrics.add_metric(name="ReverseRecordsRetried", unit=MetricUnit.Count, value=stats.failed_records)
+    metrics.add_metric(name="ReverseWriteUnits", unit=MetricUnit.Count, value=stats.usage.write_units)
+    metrics.add_metric(name="ReverseReadUnits", unit=MetricUnit.Count, value=stats.usage.read_units)
     return response

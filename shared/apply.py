@@ -124,6 +124,17 @@ def tombstone_item(definition: MigrationDefinition, key: TargetKey, now: float) 
     return item
 
 
+INSERT_BATCH = 25  # BatchExecuteStatement's most statements per request
+INSERT_REQUESTS_IN_FLIGHT = 4  # per write_stale_batch call (a page)
+
+
+def insert_statement(table: str, item: Item) -> dict[str, Any]:
+    """A PartiQL INSERT of `item` (create-only), its values as parameters."""
+    wire = to_wire(item)
+    fields = ", ".join("'" + name.replace("'", "''") + "': ?" for name in wire)
+    return {"Statement": f'INSERT INTO "{table}" VALUE {{{fields}}}', "Parameters": list(wire.values())}
+
+
 @dataclass
 class ApplyResult:
     """What one apply did; counters are summed into metrics and reports."""
@@ -310,24 +321,34 @@ class Applier:
     async def _remove(self, ref: SourceRef, key: TargetKey) -> Item | None:
         """Remove an item this source owns: a tombstone while stale writers may
         be about, else a conditional delete. Returns what now marks the key
-        (the tombstone, or just the key attributes), None if not ours."""
-        condition = self.definition.owner_condition(ref)
-        now = self.clock()
+        (the tombstone, or just the key attributes), None if another source
+        item holds it.
+
+        A key that is already absent or a tombstone counts as released too,
+        and its waiters are woken again: a redelivered record must redo the
+        wake-up its first attempt may not have finished. The first attempt
+        may have removed the key (or left a tombstone while a backfill ran)
+        and then failed before or during the wake-up; the redelivery finds
+        nothing of ours there, and without this the waiter would stay
+        quarantined for good. Without stale writers about, a tombstone is
+        garbage, so the delete removes it as well."""
+        not_held = Attr(self.definition.target_key_attrs[0]).not_exists() | Attr("entity").eq(TOMBSTONE)
+        condition = not_held | self.definition.owner_condition(ref)
         key_item: Item = dict(zip(self.definition.target_key_attrs, key, strict=True))
         if await self.tombstones_now():
             now = self.clock()
             tomb = tombstone_item(self.definition, key, now)
-            condition = Attr(self.definition.target_key_attrs[0]).not_exists() | Attr("entity").eq(TOMBSTONE) | condition
             outcome = await self._conditional_put(tomb, condition)
             if not outcome.ok:
                 return None  # another source item holds this key: not ours to remove
             self.last_tombstone_at = max(self.last_tombstone_at, now)
             return tomb
         try:
+            # A delete of an absent key succeeds (and costs the same): nothing to tell apart.
             await self.client.delete_item(TableName=self.target, Key=to_wire(key_item), **render(condition))
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
-                return None  # absent, or held by another source item
+                return None  # held by another source item
             raise translate(exc, f"delete from {self.target}") from exc  # nosec B608  (an error message, not SQL)
         return key_item
 
@@ -377,6 +398,8 @@ class Applier:
     async def _wake(self, released: Item) -> int:
         """After removing a key, re-apply every source item waiting for it."""
         key = self.definition.target_key(released)
+        if not self.definition.shared_key(key):
+            return 0  # no other source item can claim it: nobody can be waiting
         woken = 0
         for waiter, token in await self.control.waiters(key):
             outcome = await self.apply_validated(waiter)  # it reads the waiter's entry (held keys) itself
@@ -652,6 +675,68 @@ class Applier:
         validated = await self.apply_validated(ref)
         validated.written += result.written
         return validated
+
+    async def write_stale_batch(self, items: list[tuple[SourceRef, Item]], read_at: float) -> list[ApplyResult]:
+        """`write_stale` for many items, most of them in batches of create-only INSERTs.
+
+        PartiQL's INSERT creates an item only where none exists (a duplicate
+        is refused per statement), at standard write units, up to
+        `INSERT_BATCH` statements a request: one request for 25 items instead
+        of 25. Absent is a strict part of the stale condition (absent, or a
+        tombstone older than the read), so an INSERT that succeeds is a write
+        `write_stale` would have made. Every item with a statement that did
+        not succeed (already there: the mirror's newer version, a tombstone,
+        another owner; or any other error) goes through `write_stale` itself,
+        which decides exactly as before. So does everything once the read is
+        older than the horizon. Returns one result per item, in order.
+        """
+        results: list[ApplyResult | None] = [None] * len(items)
+        statements: list[tuple[int, Item]] = []  # (item index, target item)
+        for index, (ref, image) in enumerate(items):
+            try:
+                targets = self._transform(ref, image)
+            except QuarantineError as exc:
+                await self._quarantine_stale(ref, exc, image, set())
+                results[index] = ApplyResult(quarantined=exc)
+                continue
+            statements.extend((index, target) for target in targets)
+        again: set[int] = set()
+        slots = asyncio.Semaphore(INSERT_REQUESTS_IN_FLIGHT)
+
+        async def send(chunk: list[tuple[int, Item]]) -> None:
+            async with slots:
+                # Checked right before sending, as write_stale does: the tombstones
+                # that protect this write only live `stale_write_horizon_s` past the read.
+                if self.clock() - read_at > self.settings.stale_write_horizon_s:
+                    again.update(index for index, _ in chunk)  # too old to trust: write_stale validates
+                    return
+                refused = await self._insert(chunk)
+                again.update(chunk[i][0] for i in refused)
+
+        await gather_settled(*(send(statements[start:start + INSERT_BATCH])
+                               for start in range(0, len(statements), INSERT_BATCH)))
+        targets_of: dict[int, int] = {}
+        for index, _ in statements:
+            targets_of[index] = targets_of.get(index, 0) + 1
+        retried = await gather_settled(*(self.write_stale(*items[index], read_at) for index in sorted(again)))
+        for index, result in zip(sorted(again), retried, strict=True):
+            results[index] = result
+        for index in range(len(items)):
+            if results[index] is None:
+                results[index] = ApplyResult(written=targets_of.get(index, 0))
+        return [r for r in results if r is not None]
+
+    async def _insert(self, chunk: list[tuple[int, Item]]) -> set[int]:
+        """One BatchExecuteStatement of INSERTs; the positions in `chunk` that did not succeed."""
+        request = [insert_statement(self.target, target) for _, target in chunk]
+        try:
+            answer = await self.client.batch_execute_statement(Statements=request)
+        except Exception as exc:
+            if error_code(exc) == "ValidationException":
+                return set(range(len(chunk)))  # each item alone, through write_stale: it names the bad one
+            raise translate(exc, f"write {self.target}") from exc
+        return {i for i, response in enumerate(answer.get("Responses", [])) if "Error" in response} | set(
+            range(len(answer.get("Responses", [])), len(chunk)))
 
 async def gather_settled(*awaitables: Any) -> list[Any]:
     """`asyncio.gather` that returns, or raises the first error, only once every

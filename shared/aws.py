@@ -5,6 +5,9 @@ and endpoint as `shared.settings` resolves them, credentials from the usual
 botocore chain. Against a local endpoint with no credentials configured, a
 dummy pair is used, because DynamoDB Local accepts any.
 
+Every DynamoDB client counts the capacity units it consumes
+(`shared.capacity`).
+
 `translate()` maps a botocore exception to the dynashift hierarchy, keeping
 the cause: throttling, 5xx and network faults become `TransientError` (the
 only reason to retry; an endpoint nobody answers at is its subclass
@@ -31,6 +34,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from shared import capacity
 from shared.errors import EndpointUnreachable, StoreError, TransientError
 from shared.settings import Settings
 
@@ -75,7 +79,8 @@ def client_kwargs(
 
 
 def dynamodb(settings: Settings, **kw: Any) -> Any:
-    return boto3.session.Session().client("dynamodb", **client_kwargs(settings, **kw))
+    client = boto3.session.Session().client("dynamodb", **client_kwargs(settings, **kw))
+    return capacity.attach(client, local=settings.is_local)
 
 
 def streams(settings: Settings, **kw: Any) -> Any:
@@ -88,7 +93,7 @@ async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
     from aiobotocore.session import get_session
 
     async with get_session().create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
-        yield client
+        yield capacity.attach(client, local=settings.is_local)
 
 
 def query_items(client: Any, what: str, **kwargs: Any) -> Iterator[dict[str, Any]]:

@@ -224,9 +224,12 @@ def mirror_run(ctx: Context, follow: bool, start_from: str, max_seconds: float |
     reverse it polls sc-main's stream through the reverse replication handler
     instead, which writes the legacy tables only after cutover.
     """
+    from shared import capacity
     from shared.stream_runner import run_mirror
 
     settings = ctx.settings
+    component = "mirror" if direction == "forward" else "reverse-mirror"
+    before = capacity.LEDGER.component(component)
     with console.status("mirroring") as status:
 
         def show(report: Any) -> None:
@@ -241,6 +244,9 @@ def mirror_run(ctx: Context, follow: bool, start_from: str, max_seconds: float |
         f"({report.redelivered} redelivered after transient faults, {report.expired_iterators} iterators renewed, "
         f"{report.tombstones_swept} tombstones swept)"
     )
+    usage = capacity.LEDGER.component(component).minus(before)
+    per_record = f", {usage.write_units / report.records:.2f} write units per record" if report.records else ""
+    console.print(f"capacity: {capacity.describe(usage, settings.effective_region)}{per_record}")
 
 
 # ------------------------------------------------------------------------ backfill
@@ -256,10 +262,14 @@ def backfill() -> None:
 @click.option("--workers", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Worker processes on this host; each runs several segments at once.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Cap on source items per second.")
-@click.option("--write-mode", type=click.Choice(["put", "transact"]), default="put", show_default=True,
-              help="put: conditional PutItem per item (1x WCU); transact: TransactWriteItems of 100 (2x WCU).")
+@click.option("--write-mode", type=click.Choice(["insert", "put", "transact"]), default="insert", show_default=True,
+              help="insert: create-only PartiQL INSERTs, 25 a request (1x WCU, least client CPU); put: a conditional "
+                   "PutItem per item (1x WCU); transact: TransactWriteItems of 100 (2x WCU).")
 @click.option("--source", default="scan", show_default=True, help="scan, or export:PATH_OR_S3_URI (a PITR export).")
-@click.option("--dry-run", is_flag=True, help="Transform and validate everything, write nothing, report.")
+@click.option("--dry-run", is_flag=True,
+              help="Transform and validate everything, write nothing, report, and estimate the real run's cost.")
+@click.option("--write-rate", type=click.FloatRange(min=0, min_open=True),
+              help="With --dry-run: the application's legacy writes per second, to estimate the mirror's cost a day.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the run's report as JSON on stdout (progress and the rest go to stderr).")
 @click.option("--json-file", "report_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -270,8 +280,8 @@ def backfill() -> None:
               help="Run although no mirror ever ran (only for tables nobody writes to).")
 @pass_ctx
 def backfill_run(ctx: Context, table: str, segments: int, workers: int, rate: float | None, write_mode: str,
-                 source: str, dry_run: bool, as_json: bool, report_path: Path | None, restart: bool, yes: bool,
-                 allow_no_mirror: bool) -> None:
+                 source: str, dry_run: bool, write_rate: float | None, as_json: bool, report_path: Path | None,
+                 restart: bool, yes: bool, allow_no_mirror: bool) -> None:
     """Copy every legacy item into the target. Running it again resumes.
 
     Safe while the application writes and the mirror runs: every write is
@@ -281,6 +291,8 @@ def backfill_run(ctx: Context, table: str, segments: int, workers: int, rate: fl
 
     if report_path and not dry_run:
         raise UsageError("--json-file: only with --dry-run (use --json for the report of a backfill)")
+    if write_rate and not dry_run:
+        raise UsageError("--write-rate: only with --dry-run (it feeds the cost estimate)")
     if restart and dry_run:
         raise UsageError("--restart: not with --dry-run (a dry run keeps no progress)")
     if restart and not yes and not click.confirm(
@@ -289,7 +301,7 @@ def backfill_run(ctx: Context, table: str, segments: int, workers: int, rate: fl
         raise UsageError("--restart: not confirmed (add --yes to skip the question)")
     request = BackfillRequest(table=table, segments=segments, workers=workers, rate=rate, write_mode=write_mode,
                               source=source, dry_run=dry_run, restart=restart, report_path=report_path,
-                              allow_no_mirror=allow_no_mirror)
+                              allow_no_mirror=allow_no_mirror, write_rate=write_rate)
     code, report = run_backfill_report(ctx.settings, ctx.overrides, request, err_console if as_json else console)
     if as_json:
         emit_json(report)
@@ -305,6 +317,7 @@ def backfill_status(ctx: Context, as_json: bool) -> None:
     from rich.table import Table
 
     from backfill.run import status
+    from shared import capacity
 
     rows = status(ctx.settings)
     if as_json:
@@ -314,15 +327,21 @@ def backfill_status(ctx: Context, as_json: bool) -> None:
         console.print("no backfill has been planned yet")
         return
     view = Table(title="backfill")
-    for column in ("table", "units", "read", "written", "skipped", "quarantined", "items/s", "ETA"):
+    for column in ("table", "units", "read", "written", "skipped", "quarantined", "items/s", "ETA", "write units"):
         view.add_column(column)
     for row in rows:
         eta = "done" if row["finished"] else "FAILED" if row.get("failed") else (
             f"{row['eta_s']:.0f}s" if row["eta_s"] is not None else "?")
         view.add_row(row["table"], f"{row['units_done']}/{row['units_total']}", str(row["read"]),
                      str(row["written"]), str(row["skipped"]), str(row["quarantined"]), str(row["items_per_s"]),
-                     eta)
+                     eta, f"{row['write_units']:,.1f}")
     console.print(view)
+    for row in rows:
+        dollars = row["on_demand_usd"]
+        cost = f"{capacity.format_usd(dollars)} on demand" if dollars is not None else \
+            "no on-demand rate known for the region"
+        console.print(f"{row['table']}: {row['write_units']:,.1f} write units, {row['read_units']:,.1f} read units "
+                      f"({cost})", soft_wrap=True)
     for row in rows:
         if row.get("failed"):
             console.print(f"{row['table']}: FAILED: {row['failure']} (start the execution again to resume)",

@@ -236,14 +236,19 @@ class ControlStore:
                     entries.append(entry)
         return sorted(entries, key=lambda e: e.ref)
 
-    async def quarantine_reasons(self) -> AsyncIterator[tuple[SourceRef, str]]:
+    async def quarantine_reasons(self, *, consistent: bool = True) -> AsyncIterator[tuple[SourceRef, str]]:
         """Every entry's item and reason, a page at a time, without the images.
 
         For readers that only count or compare (the verifier): memory stays one page, not the
-        whole quarantine, and the read units are those of the few attributes projected.
+        whole quarantine. A projection does not lower the read units (AWS charges the items'
+        full size, images included), so a reader that re-checks what it finds anyway (the
+        verifier) reads eventually consistently (`consistent=False`): half the units.
         """
-        projection = {"ProjectionExpression": "#t, #k, #r",
-                      "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason"}}
+        projection: dict[str, Any] = {
+            "ProjectionExpression": "#t, #k, #r",
+            "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason"},
+            "ConsistentRead": consistent,
+        }
         for bucket in range(QUARANTINE_BUCKETS):
             async for raw in self._query(f"QUARANTINE#{bucket}", **projection):
                 yield self._ref(raw), raw["reason"]["S"]
@@ -348,9 +353,21 @@ class StaleWriterRegistry:
     slow engine, botocore's retries), so the tombstone sweeper keeps every
     tombstone such a write could still need (`oldest_read`). A live lease
     without `reads_since` protects every tombstone.
+
+    A lease counts as live for `LANDING_GRACE_S` past its end. The writer's
+    gate (`backfill.lease`) sends a request only while the lease will
+    outlive it by `consistency_margin_s`, but a request is *sent* before it
+    *lands*: on a loaded engine, behind a slow proxy or a full connection
+    pool, a write sent in time can reach the table after the lease ended.
+    Had the mirror stopped leaving tombstones (or the sweeper removed them)
+    at the lease's end, such a late write could bring back a key removed
+    in between. A writer that deregisters has no write left in flight
+    (`gather_settled`), so the grace only holds for a lease that lapsed or
+    whose writer died; it costs tombstones for a few seconds more.
     """
 
     PK = "STALE_WRITERS"
+    LANDING_GRACE_S = 10.0
 
     def __init__(self, client: Any, table: str, clock: Any = time.time) -> None:
         self.client = client
@@ -411,7 +428,7 @@ class StaleWriterRegistry:
                 page = await self.client.query(**kwargs)
             except Exception as exc:
                 raise translate(exc, "read stale writer registry") from exc
-            items.extend(i for i in page.get("Items", []) if float(i["lease_until"]["N"]) > now)
+            items.extend(i for i in page.get("Items", []) if float(i["lease_until"]["N"]) + self.LANDING_GRACE_S > now)
             if "LastEvaluatedKey" not in page:
                 return items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -67,7 +67,17 @@ class ConvergenceResult:
                 for ref, expected, found in self.quarantine_missing[:3]
             )
             + "".join(f" stale quarantine {ref}" for ref in self.quarantine_stale[:3])
+            + "".join(f" mismatch at {'/'.join(key)}: {_brief(diff)}" for key, diff in self.mismatched[:2])
         )
+
+
+def _brief(diff: dict[str, Any], attributes: int = 3, width: int = 40) -> str:
+    """The first differing attributes of a mismatch, each value cut to `width`."""
+    parts = [
+        f"{name} expected {str(values['expected'])[:width]!r}, found {str(values['actual'])[:width]!r}"
+        for name, values in sorted(diff.items(), key=lambda kv: kv[0] != "entity")[:attributes]
+    ]
+    return "; ".join(parts) + (f" (+{len(diff) - attributes} more)" if len(diff) > attributes else "")
 
 
 def scan_all(settings: Settings, table: str) -> list[Item]:
@@ -109,21 +119,16 @@ def check(
             for target_item in targets:
                 claims[definition.target_key(target_item)].append((ref, target_item))
     actual = {definition.target_key(i): i for i in target}
-    collided: set[SourceRef] = set()
+    collided = _blocked(definition, claims, actual, set(expected_bad))
     expected: dict[TargetKey, Item] = {}
     for key, claimants in claims.items():
+        live = [c for c in claimants if c[0] not in collided]
+        if not live:
+            continue
         holder = definition.owner(actual.get(key, {}))
-        if holder is not None and holder in expected_bad and all(ref != holder for ref, _ in claimants):
-            # The key is held by a quarantined item's last clean version: every
-            # clean claimant is a collision until that item moves away.
-            collided.update(ref for ref, _ in claimants)
-            continue
-        if len(claimants) == 1:
-            expected[key] = claimants[0][1]
-            continue
-        chosen = next((c for c in claimants if c[0] == holder), claimants[0])
+        chosen = next((c for c in live if c[0] == holder), live[0])
         expected[key] = chosen[1]
-        collided.update(ref for ref, _ in claimants if ref != chosen[0])
+        collided.update(ref for ref, _ in live if ref != chosen[0])
     # An item that lost a collision produces nothing at all.
     for key in [k for k, v in expected.items() if definition.owner(v) in collided]:
         del expected[key]
@@ -151,6 +156,45 @@ def check(
         result.quarantined[reason] = result.quarantined.get(reason, 0) + 1
     result.quarantine_stale = [ref for ref in quarantine if ref not in expected_bad]
     return result
+
+
+def _blocked(
+    definition: MigrationDefinition,
+    claims: dict[TargetKey, list[tuple[SourceRef, Item]]],
+    actual: dict[TargetKey, Item],
+    bad: set[SourceRef],
+) -> set[SourceRef]:
+    """The clean items that cannot take a key they claim, because another item holds it.
+
+    The holder of a key blocks a claimant if it is bad, if it claims the key
+    too (whoever arrived first keeps it), or if it no longer claims the key
+    but is blocked itself: then the key is its last clean version, kept while
+    it is quarantined (a rename onto a taken name leaves the old name in
+    place, which can block a third item, and so on). Blocked items can form
+    a cycle (two items renamed onto each other's names), and each of them
+    keeps waiting, so this is the greatest fixed point: start from every
+    item whose key another item holds, and drop those with no reason left.
+    """
+    # claimant -> (holder of one of its keys, whether the holder claims that key too)
+    held_against: dict[SourceRef, list[tuple[SourceRef, bool]]] = defaultdict(list)
+    for key, claimants in claims.items():
+        holder = definition.owner(actual.get(key, {}))
+        if holder is None:
+            continue
+        claims_it = any(ref == holder for ref, _ in claimants)
+        for ref, _ in claimants:
+            if ref != holder:
+                held_against[ref].append((holder, claims_it))
+    blocked = set(held_against)
+    changed = True
+    while changed:
+        changed = False
+        for ref in list(blocked):
+            if not any(holder in bad or claims_it or holder in blocked
+                       for holder, claims_it in held_against[ref]):
+                blocked.discard(ref)
+                changed = True
+    return blocked
 
 
 def check_tables(settings: Settings) -> ConvergenceResult:

@@ -25,6 +25,10 @@ Contract of the functions (all pure and deterministic):
   exactly for target items owned by ``ref``, evaluated by DynamoDB.
 - ``reverse(source_table, target_items) -> item``: rebuild the legacy item
   from all the target items its source owns (used after cutover).
+- ``shared_key(key) -> bool`` (optional; default: always True): may two
+  source items claim this target key? Only such keys can collide, so only
+  their removals look for collision waiters (one strongly consistent Query
+  each). It must be True for every key two source items can produce.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class MigrationDefinition:
     owner: Callable[[Item], SourceRef | None]
     owner_condition: Callable[[SourceRef], Any]
     reverse: Callable[[str, list[Item]], Item]
+    shared_key: Callable[[TargetKey], bool] = lambda key: True
 
     def source(self, name: str) -> SourceTable:
         for table in self.sources:

@@ -31,16 +31,25 @@ between Lambda's clock and DynamoDB's.
 
 Cost: one control-table write per batch and stream, about 40 bytes per
 record (0.04 write units per record at a batch of 100 records).
+
+Usage: after its receipts, a batch adds its capacity units (`shared.capacity`)
+to an hourly counter, ``USAGE#<direction>`` / ``<YYYY-MM-DDTHH>`` (one
+UpdateItem ADD per batch, 1 write unit; TTL 8 days), which `status` sums
+over the last 24 hours. The counter is a report, not a proof: a failure to
+update it is logged and the batch stands.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from shared.aws import is_transient, query_items, translate
+
+logger = logging.getLogger(__name__)
 
 RECEIPT_PREFIX = "RECEIPT#"
 IDS_PER_ITEM = 4000  # ~40 bytes each: well under the 400 KB item limit
@@ -88,6 +97,44 @@ async def acknowledge(client: Any, table: str, records: list[dict[str, Any]], fa
     return failed
 
 
+USAGE_PREFIX = "USAGE#"
+USAGE_TTL_S = 8 * 86400
+
+
+async def record_usage(client: Any, table: str, direction: str, usage: Any, records: int,
+                       clock: Any = time.time) -> None:
+    """Add a batch's capacity units to its direction's hourly counter (best effort)."""
+    now = clock()
+    try:
+        await client.update_item(
+            TableName=table,
+            Key={"PK": {"S": f"{USAGE_PREFIX}{direction}"}, "SK": {"S": time.strftime("%Y-%m-%dT%H", time.gmtime(now))}},
+            UpdateExpression="ADD read_units :r, write_units :w, records :n SET expires_at = :e",
+            ExpressionAttributeValues={
+                ":r": {"N": repr(round(usage.read_units, 3))},
+                ":w": {"N": repr(round(usage.write_units, 3))},
+                ":n": {"N": str(records)},
+                ":e": {"N": str(int(now + USAGE_TTL_S))},
+            },
+        )
+    except Exception as exc:  # a report, not a proof: never fail the batch for it
+        logger.warning("could not add the batch's capacity units to the usage counter: %s", exc)
+
+
+def usage_last_day(dynamodb: Any, table: str, direction: str, clock: Any = time.time) -> dict[str, float]:
+    """Capacity units a mirror direction consumed over the last 24 hours (whole hours)."""
+    since = time.strftime("%Y-%m-%dT%H", time.gmtime(clock() - 86400))
+    items = query_items(dynamodb, f"read the mirror's usage from {table}", TableName=table,
+                        KeyConditionExpression="PK = :pk AND SK >= :since",
+                        ExpressionAttributeValues={":pk": {"S": f"{USAGE_PREFIX}{direction}"},
+                                                   ":since": {"S": since}})
+    totals = {"read_units": 0.0, "write_units": 0.0, "records": 0.0}
+    for item in items:
+        for name in totals:
+            totals[name] += float(item.get(name, {}).get("N", 0))
+    return totals
+
+
 def receipted_ids(dynamodb: Any, table: str, stream_arn: str, since: float) -> set[str]:
     """Every event id receipted for `stream_arn` by a batch processed at or after `since` (minus the margin)."""
     start = f"{max(0, round((since - CLOCK_MARGIN_S) * 1000)):013d}"
@@ -98,4 +145,5 @@ def receipted_ids(dynamodb: Any, table: str, stream_arn: str, since: float) -> s
     return {event_id for item in items for event_id in item.get("ids", {}).get("SS", [])}
 
 
-__all__ = ["CLOCK_MARGIN_S", "acknowledge", "receipt_items", "receipt_pk", "receipted_ids"]
+__all__ = ["CLOCK_MARGIN_S", "acknowledge", "receipt_items", "receipt_pk", "receipted_ids", "record_usage",
+           "usage_last_day"]

@@ -76,14 +76,16 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
+from shared import capacity
 from shared.apply import gather_settled, is_tombstone
 from shared.aws import aio_dynamodb, error_code, is_transient, translate
+from shared.capacity import Usage
 from shared.codec import from_stream_image, to_native, to_wire
 from shared.control import ControlStore, QuarantineEntry, key_from_text, key_text
 from shared.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.errors import QuarantineError, TransformFailed, TransientError, WriteRejected
 from shared.mode import read_mode_async, reverse_applies
-from shared.receipts import acknowledge
+from shared.receipts import acknowledge, record_usage
 from shared.settings import Settings
 
 STATE_PK = "REVERSE#"
@@ -125,6 +127,7 @@ class ReverseStats:
     conflicts: int = 0  # rebuilds re-done because another rebuild of the owner committed first
     failed_records: int = 0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)  # capacity units of the batch, its receipts included
 
 
 @dataclass
@@ -192,9 +195,12 @@ class ReverseEngine:
         return self.loop.run_until_complete(self._apply_and_acknowledge(records))
 
     async def _apply_and_acknowledge(self, records: list[dict[str, Any]]) -> set[str]:
-        failed = await self._apply_records(records)
-        failed = await acknowledge(self.client, self.settings.control_table, records, failed)
+        with capacity.scope("reverse-mirror") as usage:
+            failed = await self._apply_records(records)
+            failed = await acknowledge(self.client, self.settings.control_table, records, failed)
         self.last_stats.failed_records = max(self.last_stats.failed_records, len(failed))
+        self.last_stats.usage = usage
+        await record_usage(self.client, self.settings.control_table, "reverse", usage, len(records))
         return failed
 
     # ---------------------------------------------------------------- batch

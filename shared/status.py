@@ -14,7 +14,10 @@ GetItem or a Query; never a scan of a data table):
   only, streamed, so a quarantine of millions is counted, not loaded);
 * the last verify result (`shared.verify.last_verify`);
 * the last backup: items ``BACKUP`` / ``<ISO timestamp>...`` (written by the
-  backup module), newest first; None when there is none yet.
+  backup module), newest first; None when there is none yet;
+* each mirror direction's capacity units over the last 24 hours (the hourly
+  counters of `shared.receipts`), priced by `shared.capacity`. The backfill's
+  units come with its rows.
 
 `retry_quarantine` re-reads each quarantined source item strongly and
 applies it again through the validated write (`Applier.apply_validated`):
@@ -137,7 +140,21 @@ def gather(settings: Settings, clock: Any = time.time) -> dict[str, Any]:
         "quarantine": {"total": sum(by_reason.values()), "by_reason": by_reason},
         "verify": last_verify(settings),
         "backup": last_backup(client, settings),
+        "mirror_capacity": mirror_capacity(client, settings, now),
     }
+
+
+def mirror_capacity(client: Any, settings: Settings, now: float) -> dict[str, dict[str, Any]]:
+    """Each mirror direction's capacity units over the last 24 hours (`shared.receipts` counters), priced."""
+    from shared import capacity
+    from shared.receipts import usage_last_day
+
+    out = {}
+    for direction in ("forward", "reverse"):
+        totals = usage_last_day(client, settings.control_table, direction, clock=lambda: now)
+        usage = capacity.Usage(read_units=totals["read_units"], write_units=totals["write_units"])
+        out[direction] = {**totals, "usd": capacity.price(usage, settings.effective_region)}
+    return out
 
 
 @dataclass

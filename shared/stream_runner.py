@@ -17,7 +17,15 @@ mapping where correctness depends on it:
 * **Checkpoints.** Per shard, the sequence number of the last record fully
   applied is kept in the control table (`CHECKPOINT#<stream arn>` /
   `<shard id>`); a restarted runner resumes AFTER it. A finished shard is
-  marked so its children may start.
+  marked so its children may start. Under a steady stream of batches a
+  shard's checkpoint is written at most every `CHECKPOINT_EVERY_S` (and
+  whenever the runner goes idle, and before it returns, even on an error),
+  not after every batch: the write was a round trip on every batch's path.
+  Only a restart after a crash sees an older checkpoint, and redelivers
+  (at least once, in order, as after any crash; re-applying is idempotent).
+  The consumer's receipts, not these checkpoints, are what the cutover's
+  drain trusts. A finish and a checkpoint before a redelivery are written
+  at once.
 * **Partial batch responses.** With `batchItemFailures`, the checkpoint moves
   to just before the lowest failed record and the batch is redelivered from
   there, in order, after a backoff, exactly as Lambda does. A handler that
@@ -26,21 +34,35 @@ mapping where correctness depends on it:
   checkpoint.
 * **Batching.** Up to `mirror_batch_size` records per call, waiting at most
   `mirror_batching_window_s` to fill a batch.
+* **Shards at once** (``parallel_shards``, the forward mirror's runner): as
+  Lambda runs one invocation per shard at a time (ParallelizationFactor 1)
+  but every shard at the same time, each round polls and delivers every
+  eligible shard from a thread of its own and waits for all of them; a
+  shard's batches stay strictly one after the other. The handler must then
+  be callable from several threads (`shared.mirror.MirrorEngine` keeps a
+  loop and a client per thread). The reverse runner delivers one shard after
+  the other.
 * **Stopping.** SIGINT/SIGTERM stop it after the current batch. Without
   `--follow` it stops by itself once every shard is drained.
 
-While idle and before it exits it sweeps tombstones old enough that no stale
-writer can need them (see `shared.apply`).
+Every `SWEEP_EVERY_S`, and before it exits, it sweeps tombstones old enough
+that no stale writer can need them (see `shared.apply`). A periodic sweep
+runs in a thread of its own (`TombstoneSweeper`: its own event loop and
+client), never in the polling loop: its 16 GSI queries would otherwise hold
+every shard's next batch back, a lag spike every few seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
+import contextlib
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +77,7 @@ IDLE_POLL_S = 0.25
 MAX_BACKOFF_S = 5.0
 DESCRIBE_EVERY_S = 10.0
 SWEEP_EVERY_S = 5.0
+CHECKPOINT_EVERY_S = 1.0
 
 
 @dataclass
@@ -85,6 +108,8 @@ class ShardState:
     at_latest: bool = False  # no checkpoint yet: start at LATEST, not TRIM_HORIZON
     failures: int = 0
     retry_at: float = 0.0
+    saved: str | None = None  # the checkpoint last written to the control table
+    saved_at: float = -float("inf")
 
 
 @dataclass
@@ -160,6 +185,7 @@ class StreamRunner:
         record_mirror_start: bool = True,
         streams_client: Any = None,
         dynamodb_client: Any = None,
+        parallel_shards: bool = False,
     ) -> None:
         if start_from not in ("trim-horizon", "latest"):
             raise UsageError(f"--from must be trim-horizon or latest, not {start_from!r}")
@@ -186,6 +212,12 @@ class StreamRunner:
         self.ready = threading.Event()  # set once every shard has an iterator
         self._last_describe = 0.0
         self._last_sweep = 0.0
+        self._sweep_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sweeping: concurrent.futures.Future[int] | None = None
+        self.parallel_shards = parallel_shards
+        self._shard_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # the report, from the shards' threads
+        self._discover_lock = threading.RLock()
         self._discovered = False
         self._start_recorded: set[str] = set()
 
@@ -223,6 +255,13 @@ class StreamRunner:
             self.dynamodb.put_item(TableName=self.settings.control_table, Item=item)
         except Exception as exc:
             raise translate(exc, "save stream checkpoint") from exc
+        shard.saved, shard.saved_at = shard.checkpoint, self.clock()
+
+    def _flush_checkpoints(self) -> None:
+        """Write every checkpoint that moved since it was last written."""
+        for shard in list(self.shards.values()):
+            if shard.checkpoint and shard.checkpoint != shard.saved and not shard.finished:
+                self._save_checkpoint(shard)
 
     def _record_start(self) -> bool:
         """Once every shard has an iterator, the mirror covers each table from now on.
@@ -264,6 +303,10 @@ class StreamRunner:
         return arn
 
     def _discover(self) -> None:
+        with self._discover_lock:
+            self._discover_locked()
+
+    def _discover_locked(self) -> None:
         for table in self.source_tables:
             arn = self._stream_arn(table)
             checkpoints = self._load_checkpoints(arn)
@@ -340,6 +383,23 @@ class StreamRunner:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> RunnerReport:
+        try:
+            report = self._run()
+            self._flush_checkpoints()
+            return report
+        except BaseException:
+            with contextlib.suppress(Exception):  # what was applied stays applied; the error is the news
+                self._flush_checkpoints()
+            raise
+        finally:
+            if self._shard_pool is not None:
+                self._shard_pool.shutdown(wait=True)
+                self._shard_pool = None
+            if self._sweep_pool is not None:
+                self._sweep_pool.shutdown(wait=True)
+                self._sweep_pool = None
+
+    def _run(self) -> RunnerReport:
         started = self.clock()
         self._discover()
         while not self.stop_requested.is_set():
@@ -349,33 +409,52 @@ class StreamRunner:
                 self._survive(self._discover)
             worked = False
             active = [s for s in self.shards.values() if self._eligible(s)]
-            for shard in active:
-                if self.stop_requested.is_set():
-                    break
-                if shard.retry_at > self.clock():
-                    continue
-                try:
-                    worked |= self._poll(shard)
-                except Exception as exc:
-                    if not (self.follow and aws.is_transient(exc)):
-                        raise
-                    # An outage (engine restarting, network, 5xx storms) in the
-                    # middle of a batch. The in-memory checkpoint always names
-                    # the last record fully applied, so re-derive the iterator
-                    # from it (redelivery, never a skip) and back off.
-                    self.report.transient_faults += 1
-                    shard.iterator = None
-                    self._backoff(shard)
+            due = [s for s in active if s.retry_at <= self.clock()]
+            if self.parallel_shards and len(due) > 1:
+                worked = self._poll_all(due)
+            else:
+                for shard in due:
+                    if self.stop_requested.is_set():
+                        break
+                    worked |= self._poll_surviving(shard)
             if not self.ready.is_set() and (not self.record_mirror_start or self._record_start()):
                 self.ready.set()
             all_drained = all(s.drained for s in self.shards.values() if self._eligible(s))
             self._survive(lambda: self._maybe_sweep(idle=not worked))
             if not worked:
+                self._survive(self._flush_checkpoints)
                 if all_drained and not self.follow and not any(s.failures for s in active):
                     break
                 time.sleep(IDLE_POLL_S)
         self._final_sweep()
         return self.report
+
+    def _poll_surviving(self, shard: ShardState) -> bool:
+        try:
+            return self._poll(shard)
+        except Exception as exc:
+            if not (self.follow and aws.is_transient(exc)):
+                raise
+            # An outage (engine restarting, network, 5xx storms) in the
+            # middle of a batch. The in-memory checkpoint always names
+            # the last record fully applied, so re-derive the iterator
+            # from it (redelivery, never a skip) and back off.
+            with self._lock:
+                self.report.transient_faults += 1
+            shard.iterator = None
+            self._backoff(shard)
+            return False
+
+    def _poll_all(self, shards: list[ShardState]) -> bool:
+        """One round: every shard polled (and its batch delivered) at once; waits for all of them."""
+        if self._shard_pool is None:
+            self._shard_pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="dynashift-shard")
+        futures = [self._shard_pool.submit(self._poll_surviving, shard) for shard in shards]
+        concurrent.futures.wait(futures)
+        worked = False
+        for future in futures:
+            worked |= future.result()  # the first error, once none is left in flight
+        return worked
 
     def _survive(self, step: Any) -> None:
         """Run a housekeeping step; in follow mode a transient fault only postpones it."""
@@ -401,7 +480,8 @@ class StreamRunner:
                 )
             except Exception as exc:
                 if error_code(exc) in ("ExpiredIteratorException", "TrimmedDataAccessException"):
-                    self.report.expired_iterators += 1
+                    with self._lock:
+                        self.report.expired_iterators += 1
                     shard.iterator = None
                     return True
                 if aws.is_transient(exc):
@@ -444,7 +524,8 @@ class StreamRunner:
             if not aws.is_transient(exc) and "BatchProcessingError" not in type(exc).__name__:
                 raise
             failures = [records[0]["dynamodb"]["SequenceNumber"]]
-        self.report.batches += 1
+        with self._lock:
+            self.report.batches += 1
         if failures:
             # Lambda's rule: checkpoint just before the lowest failed record and
             # redeliver from it, in order, after a backoff.
@@ -453,9 +534,10 @@ class StreamRunner:
             if first_failed > 0:
                 shard.checkpoint = records[first_failed - 1]["dynamodb"]["SequenceNumber"]
                 self._save_checkpoint(shard)
-            self.report.records += first_failed
-            self.report.redelivered += len(records) - first_failed
-            self.report.failed_batches += 1
+            with self._lock:
+                self.report.records += first_failed
+                self.report.redelivered += len(records) - first_failed
+                self.report.failed_batches += 1
             shard.iterator = self.streams.get_shard_iterator(
                 StreamArn=shard.stream_arn,
                 ShardId=shard.shard_id,
@@ -468,22 +550,25 @@ class StreamRunner:
         shard.retry_at = 0.0
         shard.checkpoint = records[-1]["dynamodb"]["SequenceNumber"]
         shard.iterator = next_iterator
-        for record in records:
-            created = record["dynamodb"].get("ApproximateCreationDateTime")
-            if created is not None:
-                self.report.lag_ms.append(max(0.0, (now - float(created)) * 1000))
-        self.report.records += len(records)
+        with self._lock:
+            for record in records:
+                created = record["dynamodb"].get("ApproximateCreationDateTime")
+                if created is not None:
+                    self.report.lag_ms.append(max(0.0, (now - float(created)) * 1000))
+            self.report.records += len(records)
         if next_iterator is None:
             self._finish(shard)
-        else:
+        elif self.clock() - shard.saved_at >= CHECKPOINT_EVERY_S:
             self._save_checkpoint(shard)
         if self.on_batch:
-            self.on_batch(self.report)
+            with self._lock:
+                self.on_batch(self.report)
 
     def _finish(self, shard: ShardState) -> None:
         shard.finished = True
         shard.iterator = None
-        self.report.shards_finished += 1
+        with self._lock:
+            self.report.shards_finished += 1
         self._save_checkpoint(shard)
         self._discover()
 
@@ -496,19 +581,126 @@ class StreamRunner:
         return self.settings.stale_write_horizon_s + self.settings.consistency_margin_s
 
     def _maybe_sweep(self, *, idle: bool) -> None:
-        if self.sweeper is None or self.clock() - self._last_sweep < SWEEP_EVERY_S:
+        """Start a sweep in the background every `SWEEP_EVERY_S` (one at a time); collect the last one's result.
+
+        A failed sweep raises here, in the polling loop, as it did when sweeps ran inline.
+        """
+        if self.sweeper is None:
+            return
+        if self._sweeping is not None:
+            if not self._sweeping.done():
+                return
+            done, self._sweeping = self._sweeping, None
+            self.report.tombstones_swept += done.result()
+        if self.clock() - self._last_sweep < SWEEP_EVERY_S:
             return
         self._last_sweep = self.clock()
-        self.report.tombstones_swept += self.sweeper(self._tombstone_life_s())
+        if self._sweep_pool is None:
+            self._sweep_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynashift-sweep")
+        self._sweeping = self._sweep_pool.submit(self.sweeper, self._tombstone_life_s())
 
     def _final_sweep(self) -> None:
         """Before exiting, wait until our newest tombstone has aged out, then sweep."""
         if self.sweeper is None:
             return
+        if self._sweeping is not None:
+            done, self._sweeping = self._sweeping, None
+            self.report.tombstones_swept += done.result()
         wait = self.last_tombstone_at() + self._tombstone_life_s() - self.clock()
         if wait > 0:
             time.sleep(wait + 0.1)
         self.report.tombstones_swept += self.sweeper(self._tombstone_life_s())
+
+
+class BackgroundLoop:
+    """An event loop running in a daemon thread of its own; `run` submits a coroutine from any thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class TombstoneSweeper:
+    """`sweep_tombstones` callable from any thread: one loop and one client for its lifetime.
+
+    The runner calls it from its sweeping thread while the handler's engine
+    applies batches in the polling thread; neither waits for the other (the
+    sweep's delete is conditional on the tombstone still being there).
+    """
+
+    def __init__(self, settings: Settings, definition: MigrationDefinition) -> None:
+        self.settings = settings
+        self.definition = definition
+        self._background: BackgroundLoop | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    async def _sweep(self, older_than_s: float) -> int:
+        from shared.apply import sweep_tombstones
+
+        if self._client is None:
+            self._stack = contextlib.AsyncExitStack()
+            self._client = await self._stack.enter_async_context(aws.aio_dynamodb(self.settings))
+        return await sweep_tombstones(self.settings, self.definition, self._client, older_than_s=older_than_s)
+
+    def __call__(self, older_than_s: float) -> int:
+        with self._lock:
+            if self._background is None:
+                self._background = BackgroundLoop("dynashift-sweeper")
+            background = self._background
+        return background.run(self._sweep(older_than_s))
+
+    def close(self) -> None:
+        with self._lock:
+            background, self._background = self._background, None
+        if background is None:
+            return
+        if self._stack is not None:
+            with contextlib.suppress(Exception):
+                background.run(self._stack.aclose())
+            self._stack, self._client = None, None
+        background.close()
+
+
+def forward_runner(
+    settings: Settings,
+    engine: Any,
+    handler: Handler,
+    *,
+    follow: bool = False,
+    start_from: str = "trim-horizon",
+    max_seconds: float | None = None,
+    on_batch: Callable[[RunnerReport], None] | None = None,
+) -> tuple[StreamRunner, TombstoneSweeper]:
+    """The forward mirror's runner around `handler` (which applies through `engine`), with its
+    tombstone sweeper; close the sweeper after the run. `run_forward_mirror` and the benchmark
+    both build it here, so what is measured is what runs."""
+    sweeper = TombstoneSweeper(settings, engine.definition)
+    runner = StreamRunner(
+        settings,
+        handler,
+        follow=follow,
+        start_from=start_from,
+        definition=engine.definition,
+        sweeper=sweeper,
+        last_tombstone_at=lambda: engine.last_tombstone_at,
+        max_seconds=max_seconds,
+        on_batch=on_batch,
+        parallel_shards=True,  # MirrorEngine applies from several threads (one loop and client each)
+    )
+    return runner, sweeper
 
 
 def run_forward_mirror(
@@ -532,31 +724,16 @@ def run_forward_mirror(
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     from handlers import mirror as mirror_handler
-    from shared.apply import sweep_tombstones
     from shared.mirror import MirrorEngine
 
     engine = MirrorEngine(settings)
     mirror_handler.use_engine(engine)
-
-    def sweep(older_than_s: float) -> int:
-        async def go() -> int:
-            async with aws.aio_dynamodb(settings) as client:
-                return await sweep_tombstones(settings, engine.definition, client, older_than_s=older_than_s)
-
-        return engine.loop.run_until_complete(go())
-
-    runner = StreamRunner(
-        settings,
-        mirror_handler.lambda_handler,
-        follow=follow,
-        start_from=start_from,
-        definition=engine.definition,
-        sweeper=sweep,
-        last_tombstone_at=lambda: engine.applier.last_tombstone_at if engine.applier else 0.0,
-        max_seconds=max_seconds,
-        on_batch=on_batch,
-    )
-    return _drive(runner, engine, mirror_handler, stop_event, ready_event, install_signals)
+    runner, sweeper = forward_runner(settings, engine, mirror_handler.lambda_handler, follow=follow,
+                                     start_from=start_from, max_seconds=max_seconds, on_batch=on_batch)
+    try:
+        return _drive(runner, engine, mirror_handler, stop_event, ready_event, install_signals)
+    finally:
+        sweeper.close()
 
 
 def run_reverse_mirror(
@@ -630,9 +807,12 @@ def run_mirror(settings: Settings, direction: str = "forward", **kwargs: Any) ->
 
 
 __all__ = [
+    "BackgroundLoop",
     "LocalContext",
     "RunnerReport",
     "StreamRunner",
+    "TombstoneSweeper",
+    "forward_runner",
     "lambda_record",
     "run_forward_mirror",
     "run_mirror",

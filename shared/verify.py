@@ -78,6 +78,7 @@ The report (``--json`` on stdout, ``--json-file FILE``; also returned by `run`):
 | ``elapsed_s`` ``items_per_s`` ``started_at`` ``finished_at`` | timing (epoch seconds); rate = (source+target items) / elapsed |
 | ``tables`` ``sample`` ``settle_s`` ``rounds`` ``rechecked`` | what was verified and how |
 | ``repair`` | with ``--repair``: ``{attempted, fixed, remaining, samples}`` |
+| ``capacity`` | units consumed (`shared.capacity`): ``verify`` (scans and re-checks, with ``read_units_per_item``) and ``repair``, each priced on demand in ``region`` |
 
 With ``--table``, only target items owned by that table's items are compared;
 items no source can own (a tombstone under a name key, say) only when every
@@ -110,7 +111,7 @@ from typing import Any
 
 from boto3.dynamodb.types import Binary
 
-from shared import aws
+from shared import aws, capacity
 from shared.apply import TOMBSTONE, Applier, tombstone_item
 from shared.aws import error_code, translate
 from shared.codec import from_dynamodb_json, to_native, to_wire
@@ -438,7 +439,8 @@ def _raw_scan_pages(response_dict: dict[str, Any], customized_response_dict: dic
     if response_dict.get("status_code") != 200:
         return
     body = json.loads(response_dict["body"])
-    customized_response_dict.update({k: body[k] for k in ("Items", "Count") if k in body})
+    # ConsumedCapacity too: shared.capacity reads it from the parsed answer.
+    customized_response_dict.update({k: body[k] for k in ("Items", "Count", "ConsumedCapacity") if k in body})
     if "LastEvaluatedKey" in body:  # sent back as ExclusiveStartKey, so binary key values as bytes again
         customized_response_dict["LastEvaluatedKey"] = {
             k: {"B": base64.b64decode(v["B"])} if "B" in v else v for k, v in body["LastEvaluatedKey"].items()
@@ -601,15 +603,25 @@ class LiveView:
             return None
         return self.definition.owner(current)
 
-    async def collided(self, ref: SourceRef) -> bool:
-        """The item lost a collision: one of its keys is held by a bad item, or by another claimant."""
+    async def collided(self, ref: SourceRef, _asking: frozenset[SourceRef] = frozenset()) -> bool:
+        """The item lost a collision: one of its keys is held by a bad item, by another
+        claimant, or by an item that no longer claims it but lost a collision itself.
+
+        The last is a chain: an item renamed onto a taken name is quarantined and
+        keeps its old name's target item (its last clean version), which blocks
+        an item renamed onto that old name. Items renamed onto each other's
+        names block each other for good, so a holder already being asked about
+        (a cycle) counts as blocked."""
         state = await self.source(ref)
+        asking = _asking | {ref}
         for key in sorted(state.keys(self.definition)):
             holder = await self.holder(key)
             if holder is None or holder == ref:
                 continue
             other = await self.source(holder)
             if other.error is not None or key in other.keys(self.definition):
+                return True
+            if other.image is not None and (holder in asking or await self.collided(holder, asking)):
                 return True
         return False
 
@@ -792,6 +804,8 @@ class VerifyRun:
         self.definition = get_definition(self.settings.migration)
         self.rounds = 0
         self.rechecked = 0
+        self.usage = capacity.Usage()  # units of the whole run (repair's included)
+        self.repair_usage = capacity.Usage()
 
     async def run(self) -> dict[str, Any]:
         started = self.clock()
@@ -799,6 +813,10 @@ class VerifyRun:
             *(self.settings.physical_name(t) for t in self.request.tables),
             self.settings.target_table, self.settings.control_table])
         store = SpillStore()
+        with capacity.scope("verify", into=self.usage):
+            return await self._run(started, store)
+
+    async def _run(self, started: float, store: SpillStore) -> dict[str, Any]:
         try:
             pool = max(16, self.request.segments + 8)
             async with aws.aio_dynamodb(self.settings, pool=pool, retry_mode="adaptive", max_attempts=10) as client:
@@ -816,7 +834,8 @@ class VerifyRun:
                     applier.tombstone_source = StaleWriterWatch(
                         StaleWriterRegistry(client, self.settings.control_table),
                         self.settings.stale_writer_refresh_s).stale_writers_about
-                    repair = await self._repair(applier, store)
+                    with capacity.scope("repair", into=self.repair_usage):
+                        repair = await self._repair(applier, store)
                 report = self._report(store, started, repair)
                 await store_result(client, self.settings, report)
         finally:
@@ -828,7 +847,9 @@ class VerifyRun:
         # Streamed into the store a page at a time, without images: the quarantine grows with the
         # tables (1% bad rows of a billion items), so it must not be held in memory.
         rows: list[tuple[str, str]] = []
-        async for ref, reason in control.quarantine_reasons():
+        # Eventually consistent, like the scans: an entry written or cleared meanwhile is
+        # no worse than an item changed meanwhile, and the re-check reads strongly.
+        async for ref, reason in control.quarantine_reasons(consistent=False):
             text = ref.as_text()
             if ref.table in self.request.tables and sampled(text, self.request.sample):
                 rows.append((text, reason))
@@ -947,7 +968,21 @@ class VerifyRun:
             "rounds": self.rounds,
             "rechecked": self.rechecked,
             "repair": repair,
+            "capacity": self._capacity(source_items + target_items),
         }
+
+    def _capacity(self, items: int) -> dict[str, Any]:
+        """Units this run consumed (its control-table reads and result write excepted), priced."""
+        region = self.settings.effective_region
+        verify_only = self.usage.minus(self.repair_usage)
+        out: dict[str, Any] = {
+            "region": region,
+            "verify": {**verify_only.as_dict(), "usd": capacity.price(verify_only, region),
+                       "read_units_per_item": round(verify_only.read_units / items, 4) if items else None},
+        }
+        if self.request.repair:
+            out["repair"] = {**self.repair_usage.as_dict(), "usd": capacity.price(self.repair_usage, region)}
+        return out
 
 
 def _unconfirmed(subject: str, value: str, kind: str) -> Difference:

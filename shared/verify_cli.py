@@ -33,6 +33,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from shared import capacity
 from shared.cli_context import Context, console, emit_json, pass_ctx
 
 if TYPE_CHECKING:
@@ -113,6 +114,11 @@ def render_verify(report: dict[str, Any]) -> None:
     if report.get("repair"):
         rep = report["repair"]
         view.add_row("repaired", f"{rep['fixed']} of {rep['attempted']}")
+    for part, usage in ((p, report["capacity"].get(p)) for p in ("verify", "repair")):
+        if usage is not None:
+            dollars = capacity.format_usd(usage["usd"]) if usage["usd"] is not None else "no rate known"
+            view.add_row(f"capacity ({part})", f"{usage['read_units']:,.1f} read, {usage['write_units']:,.1f} write "
+                                               f"units ({dollars} on demand in {report['capacity']['region']})")
     view.add_row("result", "[green]ok[/]" if report["ok"] else "[red]DIFFERENCES[/]")
     console.print(view)
     for kind, samples in report["samples"].items():
@@ -138,12 +144,13 @@ def status(ctx: Context, as_json: bool) -> None:
     console.print(f"mode: [bold]{data['mode']}[/]")
     if data["backfill"]:
         view = Table(title="backfill")
-        for column in ("table", "units", "read", "written", "quarantined", "items/s", "state"):
+        for column in ("table", "units", "read", "written", "quarantined", "items/s", "state", "write units"):
             view.add_column(column)
         for row in data["backfill"]:
             state = "done" if row["finished"] else (f"ETA {row['eta_s']:.0f}s" if row["eta_s"] is not None else "running")
             view.add_row(row["table"], f"{row['units_done']}/{row['units_total']}", str(row["read"]),
-                         str(row["written"]), str(row["quarantined"]), str(row["items_per_s"]), state)
+                         str(row["written"]), str(row["quarantined"]), str(row["items_per_s"]), state,
+                         f"{row['write_units']:,.1f}")
         console.print(view)
     else:
         console.print("backfill: not planned yet")
@@ -165,6 +172,12 @@ def status(ctx: Context, as_json: bool) -> None:
         pending = str(row["pending"]) + ("" if row["pending_counted_all"] else "+")  # read to the first gap only
         view.add_row(row["direction"], row["table"], row["shard_id"], pending, f"{row['lag_s']:.1f}s", state)
     console.print(view)
+    for direction, usage in data["mirror_capacity"].items():
+        per_record = f", {usage['write_units'] / usage['records']:.2f} write units per record" if usage["records"] else ""
+        dollars = capacity.format_usd(usage["usd"]) if usage["usd"] is not None else "no rate known"
+        console.print(f"{direction} mirror, last 24 h: {usage['records']:,.0f} records, {usage['write_units']:,.1f} "
+                      f"write units, {usage['read_units']:,.1f} read units ({dollars} on demand){per_record}",
+                      soft_wrap=True)
     quarantine = data["quarantine"]
     reasons = ", ".join(f"{r}: {n}" for r, n in quarantine["by_reason"].items())
     console.print(f"quarantine: {quarantine['total']}" + (f" ({reasons})" if reasons else ""))

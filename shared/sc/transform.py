@@ -368,6 +368,12 @@ def _unknown_table(name: str) -> ConfigError:
     return ConfigError(f"unknown source table {name!r} (the sc migration has: {known})")
 
 
+def shared_key(key: tuple[str, ...]) -> bool:
+    """Only a repository's key can be claimed by two source items (names that differ
+    in case); a profile or a membership embeds its account's id."""
+    return key[1].startswith("REPO#")
+
+
 DEFINITION = MigrationDefinition(
     name="sc",
     sources=SOURCES,
@@ -377,4 +383,5 @@ DEFINITION = MigrationDefinition(
     owner=owner,
     owner_condition=owner_condition,
     reverse=reverse,
+    shared_key=shared_key,
 )

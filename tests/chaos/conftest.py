@@ -1,11 +1,15 @@
 """Chaos scenarios: each records one `Outcome`; the session prints them as one table.
 
 The table is also written to bench/out/chaos.md (git-ignored), so a run's
-evidence survives the terminal.
+evidence survives the terminal. Each outcome travels as a user property of
+its test's report (`OUTCOME_PROPERTY`): under pytest-xdist the scenarios run
+in worker processes and only the reports reach the process that prints, so
+tests/conftest.py gathers them there and calls `write_table`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +18,8 @@ import pytest
 from shared.settings import PROJECT_ROOT
 from tests.chaos.harness import Outcome, Stage
 
-OUTCOMES: list[Outcome] = []
 RESULTS = PROJECT_ROOT / "bench" / "out" / "chaos.md"
+OUTCOME_PROPERTY = "chaos_outcome"
 
 
 @pytest.fixture
@@ -33,10 +37,11 @@ def stage(tmp_path: Path) -> Iterator[Stage]:
 
 
 @pytest.fixture
-def record() -> Iterator[list[Outcome]]:
+def record(request: pytest.FixtureRequest) -> Iterator[list[Outcome]]:
     recorded: list[Outcome] = []
     yield recorded
-    OUTCOMES.extend(recorded)
+    for outcome in recorded:  # plain data: it crosses from an xdist worker to the controller
+        request.node.user_properties.append((OUTCOME_PROPERTY, dataclasses.asdict(outcome)))
 
 
 def render(outcomes: list[Outcome]) -> str:
@@ -51,10 +56,9 @@ def render(outcomes: list[Outcome]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not OUTCOMES:
-        return
-    table = render(OUTCOMES)
+def write_table(terminalreporter: pytest.TerminalReporter, recorded: list[dict[str, object]]) -> None:
+    """Print the outcomes (as `record` stored them) as one table, and save it."""
+    table = render([Outcome(**fields) for fields in recorded])  # type: ignore[arg-type]
     terminalreporter.write_sep("=", "chaos scenarios")
     terminalreporter.write(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -237,7 +237,7 @@ class Stage:
         outcome.differences = 0 if result.ok else _count(result)
         outcome.quarantined = sum(result.quarantined.values())
         if not result.ok:
-            outcome.detail = result.summary()[:500]
+            outcome.detail = result.summary()[:1000]
         return outcome
 
 

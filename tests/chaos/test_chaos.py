@@ -116,8 +116,8 @@ def test_throttling_and_5xx_errors_injected(stage: Stage, soak: bool, record: li
         time.sleep(_seconds(soak, 8.0))
         _until(lambda: sum(proxy.injected.values()) > 20 and any(k.startswith("5xx_after") for k in proxy.injected))
         injected = dict(proxy.injected)
-        # The fault window is over: the backfill finishes through a healthy proxy
-        # (under faults its adaptive retries would make it crawl for minutes).
+        # The fault window is over: the backfill finishes through a healthy proxy, so the
+        # scenario's length (and the workload written meanwhile) does not depend on the faults.
         proxy.plan.throttle = proxy.plan.error_5xx = 0.0
         stage.wait(backfill)
     finally:

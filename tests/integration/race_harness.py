@@ -80,8 +80,9 @@ class FaultyClient:
 
 
 class RaceHarness:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stale_path: str = "put") -> None:
         self.settings = settings
+        self.stale_path = stale_path  # how `stale_write` writes: "put" or "insert"
         create_tables(settings, with_sources=True)
         self.sync = aws.dynamodb(settings)
         self.engine = MirrorEngine(settings)
@@ -196,8 +197,13 @@ class RaceHarness:
         item = self.sync.get_item(TableName=self.settings.physical_name(table), Key=to_wire(key)).get("Item")
         return (to_native(item) if item else None), read_at
 
-    def stale_write(self, table: str, image: Item, read_at: float) -> ApplyResult:
+    def stale_write(self, table: str, image: Item, read_at: float, path: str | None = None) -> ApplyResult:
+        """The backfill's write of `image`, by `path` (default `self.stale_path`): "put", one
+        conditional put per target (`write_stale`), or "insert", the batched INSERTs with their
+        fallback (`write_stale_batch`, the default write mode's)."""
         ref = self.definition.source(table).ref(image)
+        if (path or self.stale_path) == "insert":
+            return self.run(self.backfill.write_stale_batch([(ref, image)], read_at))[0]
         return self.run(self.backfill.write_stale(ref, image, read_at))
 
     def finish_backfill(self) -> int:

@@ -25,9 +25,14 @@ def test_quick_verify_bench_reports_every_figure(tmp_path: Path) -> None:
     for run in runs.values():
         assert run["source_items"] == 1_000 and run["target_items"] == report["loads"]["1000"]["target_items"]
         assert run["items_per_s"] > 0 and 0 < run["peak_rss_mb"] < 2_000 and run["elapsed_s"] > 0
+        # AND each counted its read units, against one eventually consistent scan of each table by AWS rules
+        assert run["read_units"] > 0 and run["scan_read_units"] == report["loads"]["1000"]["scan_read_units"] > 0
+    # the naive verifier's plain scans are such a scan: within a page's rounding of the reference
+    assert abs(runs["naive"]["read_units"] - runs["naive"]["scan_read_units"]) <= 0.1 * runs["naive"]["scan_read_units"]
     (ratio,) = report["summary"]["ratios"]
     assert ratio["throughput_ratio"]["median"] > 0
-    assert any("peak RSS" in v["target"] for v in report["summary"]["verdicts"])
+    targets = [v["target"] for v in report["summary"]["verdicts"]]
+    assert any("peak RSS" in t for t in targets) and any("read units" in t for t in targets)
     # AND the outputs are written
     json_path, md_path = write_outputs(report, tmp_path, "verify")
     assert json_path.exists() and "| 1,000 |" in md_path.read_text()

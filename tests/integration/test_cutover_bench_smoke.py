@@ -29,6 +29,8 @@ def test_quick_cutover_bench_reports_the_freeze_window(tmp_path: Path) -> None:
     summary = report["summary"]
     assert summary["consistent"] and summary["freeze_window_s"]["n"] == 2
     assert isinstance(summary["verdict"]["pass"], bool) and "median freeze window" in summary["verdict"]["target"]
+    # the target is the mode cache age + 1 s, at the rate given (no calibration with --rate)
+    assert "= 2 s" in summary["verdict"]["target"] and report["calibration"] == []
     assert report["application"]["acknowledged"] > 0 and report["application"]["errors"] == 0
     # AND the outputs are written, with the verdict
     json_path, md_path = write_outputs(report, tmp_path, "cutover")

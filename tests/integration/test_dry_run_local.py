@@ -215,3 +215,26 @@ def test_scan_dry_run_counts_each_page_before_reading_the_next(monkeypatch):
     assert counted_before_each_page == [0, 3, 6]
     assert dry.report.source_items["sc-accounts"] == 9
     assert sum(dry.report.target_items.values()) == 9
+
+
+def test_dry_run_estimate_is_within_ten_percent_of_what_the_backfill_consumed(env, capsys):
+    # GIVEN seeded legacy tables nobody writes to, and the dry run's estimate for them
+    capsys.readouterr()
+    assert main(["backfill", "run", "--dry-run", "--json", "--rate", "400", "--write-rate", "50"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    estimate = dry["estimate"]
+    # WHEN the real backfill runs (default mode), its units counted from the engine's answers
+    code = main(["backfill", "run", "--segments", "2", "--allow-no-mirror", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = json.loads(captured.out)["tables"]
+    consumed_writes = sum(r["write_units"] for r in rows)
+    consumed_reads = sum(r["read_units"] for r in rows)
+    # THEN the estimate is within 10% of both, and says its price and time
+    assert consumed_writes > 0 and consumed_reads > 0
+    assert abs(estimate["backfill"]["write_units"] - consumed_writes) <= 0.10 * consumed_writes, (estimate, rows)
+    assert abs(estimate["backfill"]["read_units"] - consumed_reads) <= 0.10 * consumed_reads, (estimate, rows)
+    assert estimate["backfill"]["usd"] == pytest.approx(
+        (estimate["backfill"]["write_units"] * 0.625 + estimate["backfill"]["read_units"] * 0.125) / 1e6, rel=0.01)
+    assert estimate["backfill"]["seconds_at_rate"] == pytest.approx(dry["source_items_total"] / 400, abs=0.1)
+    assert estimate["mirror"]["write_rate_per_s"] == 50 and estimate["mirror"]["write_units_per_day"] > 50 * 86400

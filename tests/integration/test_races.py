@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from decimal import Decimal
 from typing import Any
@@ -34,14 +35,18 @@ pytestmark = pytest.mark.integration
 ACC, REPO = "sc-accounts", "sc-repositories"
 
 
-@pytest.fixture
-def harness(sc_settings):
+@pytest.fixture(params=["put", "insert"])
+def harness(request, sc_settings):
+    """The harness; a backfill race runs once per write path: conditional puts, and the
+    batched INSERTs with their fallback (the default mode's)."""
+    if request.param == "insert" and "stale_write(" not in inspect.getsource(request.function):
+        pytest.skip("no backfill write in this race: one write path is enough")
     settings = load_settings(
         **{**sc_settings.model_dump(include={"endpoint_url", "table_names", "target_table", "control_table"})},
         consistency_margin_s=0.3,
         stale_writer_refresh_s=0.05,
     )
-    h = RaceHarness(settings)
+    h = RaceHarness(settings, stale_path=request.param)
     yield h
     h.close()
     drop_tables(settings)
@@ -162,6 +167,33 @@ def test_race5_no_lost_wakeup_when_release_happens_between_collision_and_registr
     # WHEN r2's record is applied
     harness.mirror([r2_record])
     # THEN r2's re-check after registering finds the key free: it holds it, not quarantined
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+@pytest.mark.parametrize("backfill_during_first_attempt", [True, False], ids=["tombstone-then-delete", "delete"])
+def test_race5_wakeup_interrupted_by_a_fault_is_redone_when_the_release_is_redelivered(
+    harness, backfill_during_first_attempt
+):
+    # GIVEN r1 holds ACCOUNT#a1/REPO#tools and r2 waits for it (a collision)
+    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
+    harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
+    assert harness.quarantine() == {SourceRef(REPO, ("r2",)): "key_collision"}
+    if backfill_during_first_attempt:
+        harness.start_backfill()
+    # WHEN r1 is renamed away: the mirror releases the key (a tombstone while the
+    # backfill runs, a delete otherwise), then the wake-up's write is throttled
+    release = harness.put(REPO, repo("r1", name="Hammer"))
+    harness.faults.fail_next["transact_write_items"] = 1
+    assert harness.mirror([release]), "the throttled wake-up must fail the record"
+    assert harness.live("ACCOUNT#a1", "REPO#tools") is None
+    if backfill_during_first_attempt:
+        # and the backfill ends before the stream redelivers: no more tombstones
+        harness.run(harness.registry.deregister("race-backfill"))
+        time.sleep(harness.settings.stale_writer_refresh_s * 2)
+    harness.mirror_until_done([release])
+    # THEN the redelivery finds the key already released and still wakes r2
     assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
     assert harness.quarantine() == {}
     assert harness.converged().ok

@@ -99,13 +99,13 @@ def make_machine(endpoint: str) -> type[RuleBasedStateMachine]:
             if image is not None:
                 self.stash.append((table, image, read_at))
 
-        @rule(pick=st.integers(0, 10_000), late=st.booleans())
-        def backfill_writes(self, pick: int, late: bool) -> None:
+        @rule(pick=st.integers(0, 10_000), late=st.booleans(), path=st.sampled_from(["put", "insert"]))
+        def backfill_writes(self, pick: int, late: bool, path: str) -> None:
             if self.stash:
                 table, image, read_at = self.stash.pop(pick % len(self.stash))
                 if late:  # written past the horizon: falls back to a validated write of the current image
                     read_at -= self.settings.stale_write_horizon_s + 1
-                self.h.stale_write(table, image, read_at)
+                self.h.stale_write(table, image, read_at, path=path)
 
         @invariant()
         def no_exception_left_behind(self) -> None:

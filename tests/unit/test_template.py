@@ -620,8 +620,9 @@ BACKFILL_EXPECTED_GRANTS = {
                                     "dynamodb:ConditionCheckItem"},
         "table:RepositoriesTableName": {"dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:GetItem",
                                         "dynamodb:ConditionCheckItem"},
-        # create-only puts, validated transactions (Put/Delete actions), GetItem after a collision
-        "TargetTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"},
+        # create-only puts and INSERTs (BatchExecuteStatement), validated transactions (Put/Delete
+        # actions), GetItem after a collision
+        "TargetTable": {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:PartiQLInsert"},
         # units, registration, quarantine, key waiters
         "ControlTable": {"dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
                          "dynamodb:BatchGetItem"},

@@ -156,6 +156,45 @@ def test_quarantined_items_keep_their_last_clean_items_and_a_collision_loser_own
     assert diff.kind == "quarantine_stale"
 
 
+def chained_collision() -> tuple[dict[SourceRef, dict], list[dict], dict[SourceRef, str]]:
+    """r1 held "tools" and was renamed onto r3's "lib" (a collision: it keeps "tools"), then
+    r2 was renamed from "core" onto "TOOLS" (blocked by r1's kept item: it keeps "core")."""
+    r1, r2, r3 = R("sc-repositories", "r1"), R("sc-repositories", "r2"), R("sc-repositories", "r3")
+    sources = {r1: repo("r1", "LIB"), r2: repo("r2", "TOOLS"), r3: repo("r3", "lib")}
+    target = [SC.transform("sc-repositories", image)[0]
+              for image in (repo("r1", "tools"), repo("r2", "core"), repo("r3", "lib"))]
+    return sources, target, {r1: "key_collision", r2: "key_collision"}
+
+
+def test_a_collision_loser_keeps_its_old_key_and_blocks_the_next_item_in_the_chain():
+    sources, target, quarantine = chained_collision()
+    r1, r2 = R("sc-repositories", "r1"), R("sc-repositories", "r2")
+    view = DictView(sources, target, quarantine)
+    # THEN nothing is reported at any key, and both entries are right
+    for item in target:
+        assert judge(view, SC.target_key(item), list(sources)) == []
+    assert judge(view, ("ACCOUNT#a1", "REPO#tools"), [r2]) == []
+    assert asyncio.run(judge_ref(view, r1)) == [] and asyncio.run(judge_ref(view, r2)) == []
+    # AND once r3 leaves "lib", nothing blocks r1, so nothing blocks r2: its entry is stale
+    moved = {**sources, R("sc-repositories", "r3"): repo("r3", "web")}
+    (diff,) = asyncio.run(judge_ref(DictView(moved, target, quarantine), r2))
+    assert diff.kind == "quarantine_stale"
+    # AND an item holding a key it no longer claims, with nothing blocking it, is reported
+    free = {**sources, r1: repo("r1", "free")}
+    assert [d.kind for d in judge(DictView(free, target, {r2: "key_collision"}), ("ACCOUNT#a1", "REPO#tools"),
+                                  [r2])] == ["mismatched"]
+
+
+def test_items_renamed_onto_each_others_names_wait_for_each_other():
+    r1, r2 = R("sc-repositories", "r1"), R("sc-repositories", "r2")
+    sources = {r1: repo("r1", "B"), r2: repo("r2", "A")}
+    target = [SC.transform("sc-repositories", image)[0] for image in (repo("r1", "a"), repo("r2", "b"))]
+    view = DictView(sources, target, {r1: "key_collision", r2: "key_collision"})
+    for item in target:
+        assert judge(view, SC.target_key(item), [r1, r2]) == []
+    assert asyncio.run(judge_ref(view, r1)) == [] and asyncio.run(judge_ref(view, r2)) == []
+
+
 def test_a_tombstone_where_an_item_belongs_is_a_mismatch():
     acc = R("sc-accounts", "a1")
     (profile,) = SC.transform("sc-accounts", account("a1"))
@@ -244,3 +283,15 @@ def test_bad_options_name_themselves(options, named):
 
     with pytest.raises(UsageError, match=named):
         make_request(load_settings(), **options)
+
+
+def test_only_keys_two_items_can_claim_are_looked_up_for_waiters():
+    # GIVEN an applier with no control table at all: a waiter lookup would fail
+    applier = Applier(load_settings(), SC, client=None, control=None)  # type: ignore[arg-type]
+    (profile,) = SC.transform("sc-accounts", account("a1"))
+    # WHEN a profile's key (it embeds its account's id) is released
+    # THEN nobody is looked up: no other source item can claim it
+    assert asyncio.run(applier._wake(profile)) == 0
+    # AND a repository's key, which a case-different name can claim, is one to look up
+    (held,) = SC.transform("sc-repositories", repo("r1", "Tools"))
+    assert SC.shared_key(SC.target_key(held)) and not SC.shared_key(SC.target_key(profile))
