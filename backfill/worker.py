@@ -68,6 +68,9 @@ WRITES_IN_FLIGHT = 16  # the governor's ceiling
 MAX_PAGE_RETRIES = 8
 # Scan pages between their read and their last write, per worker (see `_page_slots`).
 PAGE_SLOTS = 2
+# Units a worker holds at once, across tables (see `_unit_slots`): one more than
+# its page slots, so no slot idles while a unit saves its checkpoint.
+UNITS_HELD = PAGE_SLOTS + 1
 FIRST_PAGE_ITEMS = 100
 MIN_PAGE_ITEMS = 10
 
@@ -135,6 +138,10 @@ class Worker:
         # So at most PAGE_SLOTS scan pages are between read and written, and the
         # page size follows the measured write time (`_adapt_page`).
         self._page_slots = asyncio.Semaphore(PAGE_SLOTS)
+        # Units held at once, across tables: about as many as can have a page in
+        # flight. More only hoarded leases: a second `backfill run` started
+        # beside this one found every unit taken and idle (`_unit_loop`).
+        self._unit_slots = asyncio.Semaphore(UNITS_HELD)
         self._scan_page_items = float(min(options.page_items, FIRST_PAGE_ITEMS))
 
     # -------------------------------------------------------------- lifecycle
@@ -197,24 +204,27 @@ class Worker:
     async def _unit_loop(self, run: Run) -> None:
         taken = self._taken.setdefault(run.table, set())  # shared by this table's unit loops
         while True:
-            unit = await self.units.claim(run, self.owner, self.options.lease_s, taken=taken)
-            if unit is None:
-                fresh = await self.units.load(run.table)
-                others = [u for u in (fresh.units if fresh else []) if u.status != "done" and u.owner != self.owner]
-                if not others:
-                    return  # all done, or only our own units are still running
-                # Units leased by other workers: one may be dead; wait for its lease to expire.
-                wait = min(u.lease_until for u in others) - time.time()
-                await asyncio.sleep(min(max(wait, 0.2), 5.0))
-                continue
-            self.active[unit.sk + unit.table] = unit
-            try:
-                completed = await self.process_unit(run, unit)
-            finally:
-                self.active.pop(unit.sk + unit.table, None)
-                taken.discard(unit.sk)
-            if completed:
-                self.report.units_completed += 1
+            # A unit is claimed only when it can be worked: a unit held while its
+            # loop waits for a page slot is one another process could be scanning.
+            async with self._unit_slots:
+                unit = await self.units.claim(run, self.owner, self.options.lease_s, taken=taken)
+                if unit is not None:
+                    self.active[unit.sk + unit.table] = unit
+                    try:
+                        completed = await self.process_unit(run, unit)
+                    finally:
+                        self.active.pop(unit.sk + unit.table, None)
+                        taken.discard(unit.sk)
+                    if completed:
+                        self.report.units_completed += 1
+                    continue
+            fresh = await self.units.load(run.table)
+            others = [u for u in (fresh.units if fresh else []) if u.status != "done" and u.owner != self.owner]
+            if not others:
+                return  # all done, or only our own units are still running
+            # Units leased by other workers: one may be dead; wait for its lease to expire.
+            wait = min(u.lease_until for u in others) - time.time()
+            await asyncio.sleep(min(max(wait, 0.2), 5.0))
 
     async def process_unit(self, run: Run, unit: Unit) -> bool:
         """Work a claimed unit from its checkpoint. True once done; False if the

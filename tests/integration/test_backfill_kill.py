@@ -339,8 +339,9 @@ def test_two_processes_started_together_split_the_units(fresh_settings, backfill
     # GIVEN seeded legacy tables and no backfill plan yet
     # WHEN two `backfill run --workers 1` start at the same moment against the same control table
     # THEN both exit 0, every unit is completed exactly once, and each process completed some units.
-    # Both begin at one agreed moment, their interpreters started beforehand. Either process claims
-    # every free unit at once, so one that still begins late may find nothing left; that is allowed
+    # Both begin at one agreed moment, their interpreters started beforehand. A process holds only
+    # the few units it can work at once (worker.UNITS_HELD of 16), so one that begins late still finds
+    # units left. Should it find none (its start delayed past the other's whole run), that is allowed
     # twice, and then the whole run is repeated on fresh tables.
     attempts = []
     for attempt in range(3):

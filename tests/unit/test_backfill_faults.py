@@ -341,3 +341,37 @@ def test_unit_loops_of_one_worker_claim_different_units_without_refused_writes()
     # THEN each loop gets its own unit, and no claim was a refused (billed) conditional write
     assert sorted(u.number for u in units) == list(range(8))
     assert table.refused == 0
+
+
+def test_a_worker_holds_no_more_units_than_it_can_work(monkeypatch: pytest.MonkeyPatch):
+    # GIVEN 16 pending units and a worker with 8 unit loops for them (`units_in_flight`)
+    table = UnitTable(16)
+    table.meta = type("Meta", (), {"events": HierarchicalEmitter()})()
+    worker = worker_module.Worker(load_settings(endpoint_url="http://127.0.0.1:1"),
+                                  WorkerOptions(tables=["sc-accounts"], units_in_flight=8), table, owner="worker-a")
+    worker.units = UnitStore(table, "control", clock=lambda: 1000.0)
+    held: set[str] = set()
+    most_held = 0
+
+    async def process_unit(run: Any, unit: Unit) -> bool:  # one page at a time; then the unit is done
+        nonlocal most_held
+        held.add(unit.sk)
+        most_held = max(most_held, len(held))
+        await asyncio.sleep(0.01)
+        held.discard(unit.sk)
+        table.items[unit.sk]["status"] = {"S": "done"}
+        return True
+
+    monkeypatch.setattr(worker, "process_unit", process_unit)
+
+    async def work() -> None:
+        run = await worker.units.load("sc-accounts")
+        await asyncio.gather(*(worker._unit_loop(run) for _ in range(8)))
+
+    # WHEN its loops work the table
+    asyncio.run(work())
+    # THEN every unit was done, yet it never held more units than its page slots keep busy: the
+    # others stay free for a second process (8 at once left one that began late nothing to do)
+    assert worker.report.units_completed == 16
+    assert most_held == worker_module.UNITS_HELD
+    assert table.refused == 0
