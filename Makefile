@@ -19,6 +19,9 @@ CHECKOV_VENV := .venv-checkov
 LAMBDA_PLATFORM := manylinux2014_x86_64
 LAMBDA_PYTHON   := 3.11
 LAMBDA_SOURCES  := handlers shared backfill
+# The layers no handler imports (shared/__init__.py): the CLI and the local
+# stand-ins (demo, simulator, embedded engine) stay out of the artifact.
+LAMBDA_LEAVES_OUT := shared/cli shared/sim
 LAMBDA_DEPS     := .build/lambda-deps
 
 .PHONY: demo test setup tools lock lock-tools sam-build
@@ -88,8 +91,8 @@ $(LAMBDA_DEPS)/.installed: requirements-lambda.txt $(VENV)/.installed
 	$(BIN)/python -m compileall -q -f --invalidation-mode unchecked-hash $$staging; \
 	touch $$staging/.installed; rm -rf $(LAMBDA_DEPS); mv $$staging $(LAMBDA_DEPS)
 
-# Every function ships the same code: the three packages and the runtime
-# dependencies. /var/task is read-only in Lambda, so Python cannot cache
+# Every function ships the same code: the three packages (less shared/cli and
+# shared/sim) and the runtime dependencies. /var/task is read-only in Lambda, so Python cannot cache
 # bytecode there: the artifact carries it, compiled in "unchecked-hash" mode
 # (valid whatever mtimes the zip keeps), which is most of a cold import.
 # The dependencies' bytecode is compiled once, above.
@@ -98,6 +101,7 @@ build-%: $(LAMBDA_DEPS)/.installed
 	cp -R $(LAMBDA_DEPS)/. $(ARTIFACTS_DIR)/
 	rm -f $(ARTIFACTS_DIR)/.installed
 	cp -R $(LAMBDA_SOURCES) $(ARTIFACTS_DIR)/
+	rm -rf $(addprefix $(ARTIFACTS_DIR)/,$(LAMBDA_LEAVES_OUT))
 	for package in $(LAMBDA_SOURCES); do \
 		find $(ARTIFACTS_DIR)/$$package -name __pycache__ -prune -exec rm -rf {} + ; \
 		$(BIN)/python -m compileall -q -f --invalidation-mode unchecked-hash $(ARTIFACTS_DIR)/$$package || exit 1; \

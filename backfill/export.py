@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import gzip
 import json
-import os
 import re
 import zlib
 from collections.abc import AsyncIterator
@@ -49,13 +48,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-import botocore.session
-from botocore.config import Config
-
-from shared import aws
-from shared.codec import from_dynamodb_json
-from shared.errors import ConfigError, TransientError, UsageError
-from shared.settings import Settings
+from shared.core import aws
+from shared.core.codec import from_dynamodb_json
+from shared.core.errors import TransientError, UsageError
+from shared.core.settings import Settings
 
 SUMMARY = "manifest-summary.json"
 FILES = "manifest-files.json"
@@ -150,36 +146,10 @@ def _candidate_dirs(folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- S3
-def s3_client_kwargs(settings: Settings) -> dict[str, Any]:
-    """Client kwargs for S3: `client_kwargs` minus its DynamoDB endpoint, plus the S3 one.
-
-    The endpoint follows the AWS convention for S3: AWS_ENDPOINT_URL_S3, else
-    AWS_ENDPOINT_URL, else the real regional endpoint. A custom endpoint (moto,
-    MinIO, LocalStack) gets path-style addressing, which they all understand.
-    """
-    kwargs = aws.client_kwargs(settings)
-    for name in ("endpoint_url", "aws_access_key_id", "aws_secret_access_key"):
-        kwargs.pop(name, None)
-    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        value = os.environ.get(var)
-        if not value:
-            continue
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(f"{var}: {value!r} is not an http(s) URL")
-        kwargs["endpoint_url"] = value
-        kwargs["config"] = kwargs["config"].merge(Config(s3={"addressing_style": "path"}))
-        local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
-        if local and botocore.session.get_session().get_credentials() is None:
-            kwargs.update(aws_access_key_id="dynashiftlocal", aws_secret_access_key="dynashiftlocal")  # nosec B106  (dummy pair for a local endpoint only)
-        break
-    return kwargs
-
-
 def _s3_client(settings: Settings) -> Any:
     from aiobotocore.session import get_session
 
-    return get_session().create_client("s3", **s3_client_kwargs(settings))
+    return get_session().create_client("s3", **aws.s3_client_kwargs(settings))
 
 
 def _s3_failure(exc: BaseException, url: str) -> Exception:

@@ -6,7 +6,7 @@ invocations (*ProcessUnit*), each working until it nears its time limit and
 returning its progress, until the unit is done. The units are the local
 worker's (`backfill.units`): a scan segment or an export data file, with its
 checkpoint, leased in the control table. Every write is the worker's
-(`Worker.process_unit`: `BackfillWriter` over `shared.apply`'s stale path).
+(`Worker.process_unit`: `BackfillWriter` over `shared.protocol.apply`'s stale path).
 
 **One invocation of a unit** (`run_unit`) renews the run's stale-writer
 registration, claims *that* unit (`UnitStore.claim_unit`: pending, or leased
@@ -31,7 +31,7 @@ once. It returns `{table, unit, done, wait_s, counts...}`.
 
 **The stale-writer registration outlives every invocation.** The mirror
 leaves tombstones only while some stale writer holds a valid lease
-(`shared.control.StaleWriterRegistry`), and a new writer must wait the fence
+(`shared.store.control.StaleWriterRegistry`), and a new writer must wait the fence
 (registry refresh + margin) after registering before its first read. A run
 therefore has *one* registration, `stepfunctions:<run id>` (the execution
 name), that every invocation shares:
@@ -83,11 +83,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from backfill.lease import LeaseLapsed, install_page_gate
 from backfill.units import Unit, UnitStore
 from backfill.worker import Worker, WorkerOptions, open_client
-from shared import aws
-from shared.aws import error_code, translate
-from shared.control import StaleWriterRegistry
-from shared.errors import BackfillIncomplete, UsageError
-from shared.settings import Settings
+from shared.core import aws
+from shared.core.aws import error_code, translate
+from shared.core.errors import BackfillIncomplete, UsageError
+from shared.core.settings import Settings
+from shared.store.control import StaleWriterRegistry
 
 WRITER_KIND = "backfill-stepfunctions"
 # Step Functions caps a state's input and output at 256 KiB; the plan's unit

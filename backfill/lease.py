@@ -1,7 +1,7 @@
 """A backfill worker's stale-writer lease, and the gate each of its page requests passes.
 
 The mirror leaves tombstones only while it sees a live stale writer in the
-registry (`shared.control.StaleWriterRegistry`), and it trusts its answer for
+registry (`shared.store.control.StaleWriterRegistry`), and it trusts its answer for
 up to `stale_writer_refresh_s`. So a backfill write is safe only if it lands
 while the worker's registration is live, and only if the page it writes was
 read after the registration's fence. Two things break that unless guarded:
@@ -33,8 +33,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from shared.control import StaleWriterRegistry
-from shared.errors import ConfigError, DynashiftError
+from shared.core.errors import ConfigError, DynashiftError
+from shared.store.control import StaleWriterRegistry
 
 # The epoch of the page the current task works on (None: not a page request).
 PAGE_EPOCH: contextvars.ContextVar[int | None] = contextvars.ContextVar("dynashift_page_epoch", default=None)

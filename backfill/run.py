@@ -15,7 +15,7 @@ leases expire. `--restart` forgets the plan, and asks first.
 prints it on stdout; the CLI then hands this module stderr's console).
 `--dry-run` plans nothing and writes nothing, not even to the control
 table: it feeds every source item (scanned page by page, or read from an
-export chunk by chunk) through `shared.dryrun.DryRun` and prints its report.
+export chunk by chunk) through `shared.ops.dryrun.DryRun` and prints its report.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from backfill.units import Run, UnitStore
 from backfill.worker import WorkerOptions, new_owner, run_worker, worker_process
-from shared import aws
-from shared.apply import sweep_tombstones
-from shared.definition import get_definition
-from shared.errors import StoreError, TransientError, UsageError
-from shared.mode import Mode, read_mode_async
-from shared.settings import Settings
+from shared.core import aws
+from shared.core.definition import get_definition
+from shared.core.errors import StoreError, TransientError, UsageError
+from shared.core.settings import Settings
+from shared.protocol.apply import sweep_tombstones
+from shared.store.mode import Mode, read_mode_async
 
 if TYPE_CHECKING:  # rich is the CLI's; the backfill Lambdas import this module without it
     from rich.console import Console
@@ -70,8 +70,8 @@ def resolve_tables(settings: Settings, table: str) -> list[str]:
 
 
 async def mirror_started_at(settings: Settings, table: str, progress: Callable[[str], None] | None) -> float:
-    """Since when the mirror covers `table`, waiting for it (bounded): see `shared.coverage`."""
-    from shared.coverage import wait_for_coverage
+    """Since when the mirror covers `table`, waiting for it (bounded): see `shared.streams.coverage`."""
+    from shared.streams.coverage import wait_for_coverage
 
     return await wait_for_coverage(settings, table, settings.mirror_wait_s, progress=progress)
 
@@ -196,7 +196,7 @@ async def _finish(settings: Settings, tables: list[str]) -> int:
     """
     await asyncio.sleep(settings.stale_writer_refresh_s + 0.5)
     async with aws.aio_dynamodb(settings) as client:
-        from shared.control import StaleWriterRegistry
+        from shared.store.control import StaleWriterRegistry
 
         others = await StaleWriterRegistry(client, settings.control_table).active()
         life = settings.stale_write_horizon_s + settings.consistency_margin_s if others else 0.0
@@ -275,7 +275,7 @@ async def _progress(settings: Settings, tables: list[str], console: Console, fin
 def render_summary(console: Console, runs: list[Run], elapsed: float, region: str) -> None:
     from rich.table import Table
 
-    from shared import capacity
+    from shared.core import capacity
 
     table = Table(title=f"backfill summary ({elapsed:.1f}s)")
     columns = ("table", "units done", "read", "written", "skipped (mirror first)", "quarantined", "items/s",
@@ -309,7 +309,7 @@ def status(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _status_row(run: Run, now: float, region: str) -> dict[str, Any]:
-    from shared import capacity
+    from shared.core import capacity
 
     totals = run.totals()
     usage = run.usage()
@@ -344,7 +344,7 @@ def run_dry(
     settings: Settings, request: BackfillRequest, tables: list[str], console: Console
 ) -> tuple[int, dict[str, Any]]:
     """Transform every source item (a scan, or an export), write nothing, report."""
-    from shared.dryrun import DryRun, render_dry_run
+    from shared.ops.dryrun import DryRun, render_dry_run
 
     dry = DryRun(get_definition(settings.migration), index_keys=target_index_keys(settings))
     if request.source.startswith("export:"):
@@ -379,7 +379,7 @@ def run_dry(
 
 def target_index_keys(settings: Settings) -> list[tuple[str, ...]]:
     """The key attributes of each GSI of the target table, as template.yaml defines it."""
-    from shared.tables import TARGET_RESOURCE, table_specs
+    from shared.ops.tables import TARGET_RESOURCE, table_specs
 
     create = table_specs(settings)[TARGET_RESOURCE].create
     return [tuple(k["AttributeName"] for k in index["KeySchema"]) for index in create.get("GlobalSecondaryIndexes", [])]
@@ -387,7 +387,7 @@ def target_index_keys(settings: Settings) -> list[tuple[str, ...]]:
 
 async def _scan_dry(settings: Settings, tables: list[str], segments: int, dry: Any) -> None:
     """Parallel scan, counted page by page: memory holds one page per segment, whatever the table's size."""
-    from shared.codec import to_native
+    from shared.core.codec import to_native
 
     async with aws.aio_dynamodb(settings, pool=64) as client:
         for table in tables:

@@ -13,7 +13,7 @@ renews the lease by heartbeats, and every checkpoint is conditional on still
 holding the lease, so a worker that lost its lease (paused, partitioned) can
 no longer move the checkpoint. A worker killed with `kill -9` simply stops
 renewing; once its lease expires another worker resumes the unit from its
-last checkpoint. Writes are create-only (see `shared.apply`), so redoing the
+last checkpoint. Writes are create-only (see `shared.protocol.apply`), so redoing the
 pages after the last checkpoint is harmless. Completion is conditional on
 the lease too, and `completions` counts it, so no unit is completed twice.
 A claim or a completion whose answer was lost (a 500 after the update
@@ -34,9 +34,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.aws import error_code, translate
-from shared.capacity import Usage
-from shared.errors import UsageError
+from shared.core.aws import error_code, translate
+from shared.core.capacity import Usage
+from shared.core.errors import UsageError
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Unit:
     finished_at: float | None = None
     updated_at: float | None = None
     # Capacity units this unit's work consumed (scans, writes, its own checkpoints),
-    # collected by `shared.capacity.scope` and saved with every checkpoint.
+    # collected by `shared.core.capacity.scope` and saved with every checkpoint.
     usage: Usage = field(default_factory=Usage)
 
     @property

@@ -7,7 +7,7 @@ that registration and its unit leases alive with heartbeats, and removes the
 registration when it leaves. Each heartbeat also publishes `reads_since`, the
 read time of the oldest page still being written (a write issued within the
 horizon may land much later): the tombstone sweeper keeps every tombstone
-such a write could still need (`shared.apply`).
+such a write could still need (`shared.protocol.apply`).
 
 A unit is a scan segment (eventually consistent `Scan` with `Segment` /
 `TotalSegments`, pages sized so they are written well within
@@ -52,13 +52,13 @@ from backfill.lease import PAGE_EPOCH, LeaseLapsed, PageLease, StaleWriterLease
 from backfill.ratelimit import RateLimiter, ThrottleGovernor, install_retries
 from backfill.units import Run, Unit, UnitStore
 from backfill.writer import BackfillWriter, WriteCounts
-from shared import aws, capacity
-from shared.apply import Applier, gather_settled
-from shared.codec import to_native, to_wire
-from shared.control import ControlStore, StaleWriterRegistry
-from shared.definition import MigrationDefinition, get_definition
-from shared.errors import TransientError
-from shared.settings import Settings
+from shared.core import aws, capacity
+from shared.core.codec import to_native, to_wire
+from shared.core.definition import MigrationDefinition, get_definition
+from shared.core.errors import TransientError
+from shared.core.settings import Settings
+from shared.protocol.apply import Applier, gather_settled
+from shared.store.control import ControlStore, StaleWriterRegistry
 
 LEASE_S = 30.0
 # The worker's client (`open_client`). Standard retries, not adaptive: see the module
@@ -400,6 +400,6 @@ async def run_worker(settings: Settings, options: WorkerOptions, owner: str | No
 
 def worker_process(settings_overrides: dict[str, Any], options: WorkerOptions, owner: str) -> WorkerReport:
     """Entry point of a worker process (multiprocessing spawn)."""
-    from shared.settings import load_settings
+    from shared.core.settings import load_settings
 
     return asyncio.run(run_worker(load_settings(**settings_overrides), options, owner))

@@ -1,6 +1,6 @@
 """The backfill's writes: stale, create-only, in three modes.
 
-Every item follows the stale-writer protocol of `shared.apply`: create-only,
+Every item follows the stale-writer protocol of `shared.protocol.apply`: create-only,
 stopped by recent tombstones, falling back to a validated write when a
 tombstone or another owner is in the way, skipped when the mirror already
 wrote this item or a newer one.
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from backfill.ratelimit import ThrottleGovernor
-from shared.apply import Applier, ApplyResult, gather_settled
-from shared.aws import error_code, translate
-from shared.codec import to_native, to_wire
-from shared.conditions import render
-from shared.definition import Item, SourceRef
-from shared.errors import QuarantineError, TransientError
+from shared.core.aws import error_code, translate
+from shared.core.codec import to_native, to_wire
+from shared.core.definition import Item, SourceRef
+from shared.core.errors import QuarantineError, TransientError
+from shared.protocol.apply import Applier, ApplyResult, gather_settled
+from shared.protocol.conditions import render
 
 WRITE_MODES = ("insert", "put", "transact")
 TRANSACT_MAX = 100
@@ -175,7 +175,7 @@ class BackfillWriter:
             elif code in ("TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"):
                 retry.append(index)
             else:
-                from shared.errors import StoreError
+                from shared.core.errors import StoreError
 
                 raise StoreError(f"write {self.applier.target}: transaction cancelled: {code}: {reason.get('Message', '')}")
         if not reasons:

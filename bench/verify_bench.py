@@ -10,7 +10,7 @@ Method
 ======
 
 Each data size gets a FRESH DynamoDB Local (started on a free port, stopped
-afterwards). The legacy data is `shared.seed.generate` (every legacy variant,
+afterwards). The legacy data is `shared.sim.seed.generate` (every legacy variant,
 1% bad rows, case collisions), a quarter accounts and three quarters
 repositories. Loading a million items through streams and the mirror would
 take hours on DynamoDB Local, so the bench builds the migrated state directly:
@@ -29,7 +29,7 @@ is its own high-water mark (``VmHWM``, `bench.common.own_peak_rss_mb`), not
 by this parent, which still holds the memory of the load, would report the
 parent's size (that is what made the first 300,000-item run read 1,007 MB).
 
-* ``dynashift``: `shared.verify.run` with ``--segments`` parallel segments
+* ``dynashift``: `shared.verify.verifier.run` with ``--segments`` parallel segments
   per table (aiobotocore), SQLite spill, default settle (no difference is
   found, so nothing is re-read).
 * ``naive``: boto3 paginated scans of both legacy tables and of sc-main,
@@ -42,13 +42,13 @@ parent's size (that is what made the first 300,000-item run read 1,007 MB).
 Throughput = (source items + target items) / wall time of the child. Ratios
 pair the two verifiers within a round.
 
-Read units: every client counts its ConsumedCapacity (`shared.capacity`).
+Read units: every client counts its ConsumedCapacity (`shared.core.capacity`).
 dynashift's are its report's ``capacity.verify`` (scans, the quarantine's
 pages, re-checks); the naive verifier's are what its plain Scans consumed.
 The reference is ONE eventually consistent scan of each table verified (the
 two legacy tables and sc-main), by AWS's rules from the loaded items' sizes:
 per table, its items' bytes rounded up to 4 KB, half a unit per 4 KB
-(`shared.capacity.read_units`); a real scan also rounds each 1 MB page up, at
+(`shared.core.capacity.read_units`); a real scan also rounds each 1 MB page up, at
 most half a unit a page. The naive verifier's measured units are shown beside
 it: they are such a scan, measured.
 
@@ -88,15 +88,14 @@ if __package__ in (None, ""):  # run as a script: python bench/verify_bench.py
 
 from bench import common
 from bench.mirror_bench import _machine_busy_s, fresh_engine, wait_for_quiet
-from shared import aws, capacity
-from shared.codec import to_native
-from shared.control import ControlStore, QuarantineEntry
-from shared.definition import get_definition
-from shared.dryrun import check_target_items
-from shared.errors import QuarantineError
-from shared.itemsize import item_size_bytes
-from shared.settings import PROJECT_ROOT, Settings, load_settings
-from shared.tables import create_table, source_specs, table_specs
+from shared.core import aws, capacity
+from shared.core.codec import to_native
+from shared.core.definition import get_definition
+from shared.core.errors import QuarantineError
+from shared.core.itemsize import check_target_items, item_size_bytes
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.ops.tables import create_table, source_specs, table_specs
+from shared.store.control import ControlStore, QuarantineEntry
 
 OUT_DIR = PROJECT_ROOT / "bench" / "out"
 TARGET_RATIO = 3.0
@@ -121,7 +120,7 @@ def create_tables_without_streams(settings: Settings) -> None:
 
 def load(settings: Settings, source_items: int, seed: int = 11, log: Callable[[str], None] = print) -> dict[str, int]:
     """Legacy items + their transforms + quarantine, with unconditional batch writes."""
-    from shared.seed import generate, write_items
+    from shared.sim.seed import generate, write_items
 
     definition = get_definition(settings.migration)
     accounts = source_items // 4
@@ -175,7 +174,7 @@ def scan_read_units(table_bytes: dict[str, int]) -> float:
 
 
 def run_dynashift(settings: Settings, segments: int) -> dict[str, Any]:
-    from shared.verify import make_request, run
+    from shared.verify.verifier import make_request, run
 
     report = run(settings, make_request(settings, segments=segments))
     counts = {k: report[k] for k in ("missing", "extra", "mismatched", "leftover", "quarantine_missing",
@@ -215,7 +214,7 @@ def run_naive(settings: Settings, segments: int) -> dict[str, Any]:
     extra = sum(1 for k in actual if k not in expected)
     mismatched = sum(1 for k, v in expected.items() if k in actual and actual[k] != v)
     usage = capacity.Usage()
-    for tables in capacity.LEDGER.snapshot().values():  # its client counts like every other (shared.aws)
+    for tables in capacity.LEDGER.snapshot().values():  # its client counts like every other (shared.core.aws)
         for table_usage in tables.values():
             usage.add(table_usage)
     return {"ok": not (missing or extra or mismatched), "source_items": source_count, "target_items": len(actual),

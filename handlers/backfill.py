@@ -23,9 +23,9 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from backfill.lambda_unit import RunSpec, finish_run, plan_run, record_failure, run_unit
-from shared.errors import UsageError
-from shared.settings import get_settings
-from shared.tracing import lambda_tracer
+from shared.core.errors import UsageError
+from shared.core.settings import get_settings
+from shared.core.tracing import lambda_tracer
 
 logger = Logger(service="dynashift-backfill")
 traced = lambda_tracer("dynashift-backfill")

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from shared import local_engine
-from shared.errors import EngineError
-from shared.settings import PROJECT_ROOT, Settings, load_settings
+from shared.core.errors import EngineError
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.sim import local_engine
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TIMINGS_FILE = PROJECT_ROOT / ".cache" / "test-timings.tsv"  # git-ignored
@@ -176,7 +176,7 @@ def sc_settings(local_dynamodb: str) -> Iterator[Settings]:
 
 
 def drop_tables(settings: Settings) -> None:
-    from shared import aws
+    from shared.core import aws
 
     client = aws.dynamodb(settings)
     names = [settings.target_table, settings.control_table, *settings.table_names.values()]

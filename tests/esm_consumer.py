@@ -6,7 +6,7 @@ depend on it:
 * it runs the same handler Lambda runs (`handlers.mirror` or
   `handlers.reverse_mirror`), with Lambda-shaped events, in batches, from
   TRIM_HORIZON, redelivering from the lowest failed record (the local
-  runner's delivery rules, `shared.stream_runner`);
+  runner's delivery rules, `shared.streams.runner`);
 * it **keeps its checkpoints to itself**: nothing of its position reaches
   the control table (no ``CHECKPOINT#`` items), and it records no
   ``MIRROR`` start of its own. Whatever dynashift learns of it, it learns
@@ -23,8 +23,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.settings import Settings
-from shared.stream_runner import ShardState, StreamRunner
+from shared.core.settings import Settings
+from shared.streams.runner import ShardState, StreamRunner
 
 
 class PrivateRunner(StreamRunner):
@@ -61,12 +61,12 @@ class EsmConsumer:
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
         if self.direction == "forward":
             from handlers import mirror as module
-            from shared.mirror import MirrorEngine as Engine
+            from shared.streams.mirror import MirrorEngine as Engine
 
             tables = None
         else:
             from handlers import reverse_mirror as module
-            from shared.reverse_mirror import ReverseEngine as Engine
+            from shared.streams.reverse_mirror import ReverseEngine as Engine
 
             tables = [self.settings.target_table]
         engine = Engine(self.settings)
@@ -100,8 +100,8 @@ class EsmConsumer:
             raise self.error
 
     def stream_arns(self) -> list[str]:
-        from shared import aws
-        from shared.drain import consumer_tables, stream_arn_of
+        from shared.core import aws
+        from shared.streams.drain import consumer_tables, stream_arn_of
 
         client = aws.dynamodb(self.settings)
         return [stream_arn_of(client, t) for t in consumer_tables(self.settings, self.direction)]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.codec import to_dynamodb_json
+from shared.core.codec import to_dynamodb_json
 
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from boto3.dynamodb.conditions import Attr, ConditionBase
 
-from shared.definition import (
+from shared.core.definition import (
     Item,
     MigrationDefinition,
     SourceRef,
@@ -19,7 +19,7 @@ from shared.definition import (
     TargetKey,
     register,
 )
-from shared.errors import MissingAttribute
+from shared.core.errors import MissingAttribute
 
 USERS = SourceTable("toy-users", ("userId",))
 

@@ -15,7 +15,7 @@ Design:
   seconds, topics sorted and distinct), so the transform only *builds*.
 - A failed rule raises a `PydanticCustomError` whose type is the quarantine
   reason; `parse` turns the first error of a `ValidationError` into the
-  matching `shared.errors` subclass through one dict. No pydantic error ever
+  matching `shared.core.errors` subclass through one dict. No pydantic error ever
   leaves this module.
 - The target models (`AccountProfile`, `Membership`, `RepositoryItem`) carry
   the exact target attribute names. Key and GSI attributes are computed from
@@ -51,10 +51,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.errors import (
-    InvalidEmail,
-    InvalidPlan,
-    InvalidStatus,
+from shared.core.errors import (
     InvalidTimestamp,
     MissingAttribute,
     QuarantineError,
@@ -70,6 +67,19 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_EPOCH_MAGNITUDE = Decimal(10) ** 12
 
 _PREVIEW_CHARS = 60
+
+
+# The sc migration's own quarantine reasons (the engine's are in shared.core.errors).
+class InvalidEmail(QuarantineError):
+    reason = "invalid_email"
+
+
+class InvalidPlan(QuarantineError):
+    reason = "invalid_plan"
+
+
+class InvalidStatus(QuarantineError):
+    reason = "invalid_status"
 
 
 # --------------------------------------------------------------------------

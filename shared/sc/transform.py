@@ -3,11 +3,11 @@
 Every function here is pure and deterministic (no I/O, no clock, inputs never
 mutated, outputs share no mutable object with inputs). The contract is
 the spec (`schema-changes.md`); the shape of each function is the
-`shared.definition.MigrationDefinition` contract.
+`shared.core.definition.MigrationDefinition` contract.
 
 Forward: parse the legacy item into its model (which validates and
 normalises), then build the target entities from it. Problems surface as
-`shared.errors.QuarantineError` subclasses, never as other exceptions.
+`shared.core.errors.QuarantineError` subclasses, never as other exceptions.
 
 Backward: `reverse` rebuilds a legacy item from its target items, and
 `normalise` says exactly what that rebuilt item is for a clean source item:
@@ -43,8 +43,8 @@ from typing import Any
 from boto3.dynamodb.conditions import Attr, ConditionBase
 from boto3.dynamodb.types import DYNAMODB_CONTEXT
 
-from shared.definition import Item, MigrationDefinition, SourceRef, SourceTable, TargetKey
-from shared.errors import ConfigError, MissingAttribute, WrongType
+from shared.core.definition import Item, MigrationDefinition, SourceRef, SourceTable, TargetKey
+from shared.core.errors import ConfigError, MissingAttribute, WrongType
 from shared.sc.models import (
     Account,
     AccountProfile,
@@ -374,6 +374,29 @@ def shared_key(key: tuple[str, ...]) -> bool:
     return key[1].startswith("REPO#")
 
 
+def reverse_items(source_table: str, owned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What a legacy item is rebuilt from: an account needs its profile (none: the
+    account is gone); a repository with two live items is mid-move (the
+    application wrote the new key and has not yet deleted the old one), so the
+    most recently updated one stands for it, and the REMOVE that follows
+    rebuilds it again from the survivor."""
+    if source_table == REPOSITORIES and len(owned) > 1:
+        return [max(owned, key=lambda i: (str(i.get("updated_at", "")), str(i["PK"]), str(i["SK"])))]
+    if source_table == ACCOUNTS and not any(i.get("entity") == "account" for i in owned):
+        return []
+    return owned
+
+
+def index_lookup(ref: SourceRef) -> tuple[str, str, str, str, str] | None:
+    """sc-main's GSI1 lists an account's memberships and a repository's item."""
+    (key,) = ref.key
+    if ref.table == ACCOUNTS:
+        return ("GSI1", "GSI1PK", f"ACCOUNT#{key}", "GSI1SK", "TEAM#")
+    if ref.table == REPOSITORIES:
+        return ("GSI1", "GSI1PK", f"REPO#{key}", "GSI1SK", "REPO#")
+    return None
+
+
 DEFINITION = MigrationDefinition(
     name="sc",
     sources=SOURCES,
@@ -384,4 +407,6 @@ DEFINITION = MigrationDefinition(
     owner_condition=owner_condition,
     reverse=reverse,
     shared_key=shared_key,
+    reverse_items=reverse_items,
+    index_lookup=index_lookup,
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import PROJECT_ROOT
+from shared.core.settings import PROJECT_ROOT
 from tests.chaos.harness import Outcome, Stage
 
 RESULTS = PROJECT_ROOT / "bench" / "out" / "chaos.md"

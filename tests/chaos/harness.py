@@ -13,7 +13,7 @@ workload, let the backfill complete (re-running it resumes it), stop the
 mirror, drain what is left from its checkpoints, then check:
 
 * convergence: sc-main is exactly the transform of the legacy tables, with
-  every quarantined item accounted for (`shared.convergence.check_tables`);
+  every quarantined item accounted for (`shared.verify.convergence.check_tables`);
 * nothing acknowledged lost: every item the application wrote holds its last
   acknowledged version (or a later write whose acknowledgement was lost in the
   fault), and every acknowledged delete stays deleted.
@@ -32,18 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared import aws, local_engine
-from shared.codec import to_native, to_wire
-from shared.convergence import ConvergenceResult, check_tables, scan_all
-from shared.definition import get_definition
-from shared.seed import seed
-from shared.settings import PROJECT_ROOT, Settings, load_settings
-from shared.stream_runner import run_forward_mirror
-from shared.workload import Operation, Workload, apply_operation
+from shared.core import aws
+from shared.core.codec import to_native, to_wire
+from shared.core.definition import get_definition
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.sim import local_engine
+from shared.sim.local_lambda import run_forward_mirror
+from shared.sim.seed import seed
+from shared.sim.workload import Operation, Workload, apply_operation
+from shared.verify.convergence import ConvergenceResult, check_tables, scan_all
 from tests.integration.helpers import make_tables
 
 ENGINE_CACHE = PROJECT_ROOT / ".cache" / "dynashift"
-CLI = "from shared.cli import run; run()"
+CLI = "from shared.cli.main import run; run()"
 
 
 @dataclass

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared import aws
-from shared.cli import main
-from shared.commands import create_tables
-from shared.settings import Settings
-from shared.workload import Operation, Workload, apply_operation
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.settings import Settings
+from shared.ops.tables import create_tables
+from shared.sim.workload import Operation, Workload, apply_operation
 
 
 def make_tables(settings: Settings) -> None:

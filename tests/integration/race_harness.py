@@ -19,15 +19,15 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from shared import aws
-from shared.apply import Applier, ApplyResult, sweep_tombstones
-from shared.codec import to_dynamodb_json, to_native, to_wire
-from shared.commands import create_tables
-from shared.control import ControlStore, StaleWriterRegistry
-from shared.convergence import ConvergenceResult, check_tables
-from shared.definition import Item, SourceRef
-from shared.mirror import MirrorEngine
-from shared.settings import Settings
+from shared.core import aws
+from shared.core.codec import to_dynamodb_json, to_native, to_wire
+from shared.core.definition import Item, SourceRef
+from shared.core.settings import Settings
+from shared.ops.tables import create_tables
+from shared.protocol.apply import Applier, ApplyResult, sweep_tombstones
+from shared.store.control import ControlStore, StaleWriterRegistry
+from shared.streams.mirror import MirrorEngine
+from shared.verify.convergence import ConvergenceResult, check_tables
 
 
 class FaultyClient:

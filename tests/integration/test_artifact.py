@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from cfn_flip import load_yaml
 
-from shared import aws
-from shared.settings import PROJECT_ROOT, Settings
+from shared.core import aws
+from shared.core.settings import PROJECT_ROOT, Settings
 from tests.conftest import FIXTURES
 from tests.integration.helpers import make_tables
 
@@ -180,3 +180,12 @@ def test_built_template_ships_only_the_build_folders(built):
         if resource["Type"] == "AWS::Serverless::Function":
             assert resource["Properties"]["CodeUri"] == name, (name, resource["Properties"]["CodeUri"])
             assert not (built / name / ".venv").exists() and not (built / name / ".cache").exists()
+
+
+def test_the_artifact_ships_no_cli_demo_or_simulator(built):
+    # GIVEN every function's build folder
+    for function in template_functions():
+        shipped = {p.relative_to(built / function).as_posix() for p in (built / function / "shared").rglob("*.py")}
+        # THEN the library is there, but not its CLI or its local stand-ins (demo, simulator, engine)
+        assert "shared/protocol/apply.py" in shipped and "shared/streams/mirror.py" in shipped, sorted(shipped)
+        assert not {p for p in shipped if p.startswith(("shared/cli/", "shared/sim/"))}, function

@@ -32,14 +32,15 @@ from typing import Any
 import pytest
 
 from backfill.run import status
-from shared import aws, local_engine
-from shared.cli import main
-from shared.codec import to_native
-from shared.control import ControlStore
-from shared.convergence import check_tables, scan_all
-from shared.definition import SourceRef, get_definition
-from shared.seed import generate, seed
-from shared.settings import PROJECT_ROOT, Settings, load_settings
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.codec import to_native
+from shared.core.definition import SourceRef, get_definition
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.sim import local_engine
+from shared.sim.seed import generate, seed
+from shared.store.control import ControlStore
+from shared.verify.convergence import check_tables, scan_all
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ KILLS = 3
 TABLES = ("sc-accounts", "sc-repositories")
 ENGINE_CACHE = PROJECT_ROOT / ".cache" / "dynashift"
 
-# `dynashift backfill run` exactly as the console script runs it (`shared.cli:run`),
+# `dynashift backfill run` exactly as the console script runs it (`shared.cli.main:run`),
 # with two test knobs:
 # - scan pages hold PAGE_ITEMS items instead of 500: with ~75 accounts and ~300
 #   repositories per unit, a unit would otherwise be a single page, checkpointed
@@ -64,10 +65,10 @@ ENGINE_CACHE = PROJECT_ROOT / ".cache" / "dynashift"
 START_AT_ENV = "BACKFILL_TEST_START_AT"
 LAUNCHER = f"""
 import functools, os, time
-import aiobotocore.session, backfill.run, backfill.worker, shared.cli
+import aiobotocore.session, backfill.run, backfill.worker, shared.cli.main
 backfill.run.WorkerOptions = functools.partial(backfill.run.WorkerOptions, page_items={PAGE_ITEMS})
 time.sleep(max(0.0, float(os.environ.get("{START_AT_ENV}", "0")) - time.time()))
-shared.cli.run()
+shared.cli.main.run()
 """
 
 

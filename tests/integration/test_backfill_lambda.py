@@ -35,13 +35,13 @@ from backfill.lambda_unit import BackfillInput, RunSpec
 from backfill.run import status
 from backfill.units import UnitStore
 from handlers.backfill import finish_handler, plan_handler, unit_handler
-from shared import aws
-from shared.convergence import check_tables
-from shared.errors import UsageError
-from shared.live import MirrorThread, WorkloadThread
-from shared.seed import seed
-from shared.settings import PROJECT_ROOT, Settings, get_settings
-from shared.workload import Workload
+from shared.core import aws
+from shared.core.errors import UsageError
+from shared.core.settings import PROJECT_ROOT, Settings, get_settings
+from shared.sim.live import MirrorThread, WorkloadThread
+from shared.sim.seed import seed
+from shared.sim.workload import Workload
+from shared.verify.convergence import check_tables
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration
@@ -405,7 +405,7 @@ def test_finish_refuses_while_units_are_not_done(lambda_env):
     # GIVEN a planned run whose units never ran
     plan = _plan(lambda_env, table="sc-accounts")
     # WHEN Finish is invoked / THEN it fails with one line naming the run, and keeps the registration
-    from shared.errors import BackfillIncomplete
+    from shared.core.errors import BackfillIncomplete
 
     with pytest.raises(BackfillIncomplete, match="exec-1 is not finished"):
         finish_handler({"run": plan["run"]}, FakeContext())
@@ -421,7 +421,7 @@ def test_failed_units_are_recorded_and_a_new_execution_resumes(lambda_env, monke
     def flaky_unit(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if event["unit"] == 1 and failing["left"]:
             failing["left"] -= 1
-            from shared.errors import StoreError
+            from shared.core.errors import StoreError
 
             raise StoreError("control table refused the checkpoint of unit 1")
         return unit_handler(event, context)
@@ -460,7 +460,7 @@ def test_record_failure_marks_the_run_failed_and_the_cli_shows_it(lambda_env):
     # AND `dynashift backfill status` prints FAILED and the reason, not "done"
     from click.testing import CliRunner
 
-    from shared.cli import cli
+    from shared.cli.main import cli
 
     output = CliRunner().invoke(cli, ["backfill", "status"], catch_exceptions=False).output
     assert "FAILED" in output and "1 of 2 items failed" in output

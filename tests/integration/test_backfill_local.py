@@ -8,10 +8,10 @@ import pytest
 from rich.console import Console
 
 from backfill.run import BackfillRequest, run_backfill, status
-from shared.convergence import check_tables
-from shared.live import MirrorThread, WorkloadThread
-from shared.seed import seed
-from shared.workload import Workload
+from shared.sim.live import MirrorThread, WorkloadThread
+from shared.sim.seed import seed
+from shared.sim.workload import Workload
+from shared.verify.convergence import check_tables
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from shared import aws
-from shared.backup import BackupManager, BackupRecord, backup_gate_problems
-from shared.cli import main
-from shared.commands import create_tables
-from shared.errors import NotSupportedHere
-from shared.settings import Settings
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.errors import NotSupportedHere
+from shared.core.settings import Settings
+from shared.ops.backup import BackupManager, BackupRecord, backup_gate_problems
+from shared.ops.tables import create_tables
 
 pytestmark = pytest.mark.integration
 

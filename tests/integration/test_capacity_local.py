@@ -1,7 +1,7 @@
 """The capacity hook against DynamoDB Local: known items, totals by AWS's rules.
 
-Every figure below is worked out from the rules (shared.capacity.write_units
-/ read_units over shared.itemsize's sizes), never copied from an answer:
+Every figure below is worked out from the rules (shared.core.capacity.write_units
+/ read_units over shared.core.itemsize's sizes), never copied from an answer:
 1 KB write units, one arm per GSI the item is in, 2x for a transaction,
 4 KB read units, half for an eventually consistent read.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from shared import aws, capacity
-from shared.itemsize import item_size_bytes
-from shared.settings import Settings, load_settings
+from shared.core import aws, capacity
+from shared.core.itemsize import item_size_bytes
+from shared.core.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,7 @@ def test_the_async_client_counts_too_and_the_ledger_names_the_component(table: t
 
 def test_partiql_inserts_are_charged_as_aws_would(table: tuple[Settings, str]) -> None:
     """DynamoDB Local answers BatchExecuteStatement without ConsumedCapacity; the rules fill it in."""
-    from shared.apply import insert_statement
+    from shared.protocol.apply import insert_statement
 
     settings, name = table
     client = aws.dynamodb(settings)

@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from shared import aws
-from shared.seed import seed
-from shared.settings import Settings
-from shared.stream_runner import run_forward_mirror
+from shared.core import aws
+from shared.core.settings import Settings
+from shared.sim.local_lambda import run_forward_mirror
+from shared.sim.seed import seed
 from tests.integration.helpers import make_tables, one_line
 from tests.integration.helpers import run_cli as run
 
@@ -117,8 +117,8 @@ def test_a_quarantine_entry_put_by_hand_lists_without_its_image(env, capsys):
     make_tables(env)
 
     async def put() -> None:
-        from shared.control import ControlStore, QuarantineEntry
-        from shared.definition import SourceRef
+        from shared.core.definition import SourceRef
+        from shared.store.control import ControlStore, QuarantineEntry
 
         async with aws.aio_dynamodb(env) as client:
             await ControlStore(client, env.control_table).quarantine_put(QuarantineEntry(

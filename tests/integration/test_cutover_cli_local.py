@@ -8,16 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared import aws
-from shared.app_sim import ConsumerThread
-from shared.apply import tombstone_item
-from shared.codec import to_wire
-from shared.commands import create_tables
-from shared.control import StaleWriterRegistry
-from shared.cutover import read_mode
-from shared.definition import get_definition
-from shared.mode import Mode
-from shared.settings import Settings, load_settings
+from shared.core import aws
+from shared.core.codec import to_wire
+from shared.core.definition import get_definition
+from shared.core.settings import Settings, load_settings
+from shared.cutover.protocol import read_mode
+from shared.ops.tables import create_tables
+from shared.protocol.apply import tombstone_item
+from shared.sim.app_sim import ConsumerThread
+from shared.store.control import StaleWriterRegistry
+from shared.store.mode import Mode
 from tests.integration.helpers import one_line
 from tests.integration.helpers import run_cli as run
 
@@ -247,8 +247,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         attempts.append(args)
         raise AssertionError("network used")
 
-    monkeypatch.setattr("shared.aws.dynamodb", refuse)
-    monkeypatch.setattr("shared.aws.aio_dynamodb", refuse)
+    monkeypatch.setattr("shared.core.aws.dynamodb", refuse)
+    monkeypatch.setattr("shared.core.aws.aio_dynamodb", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     return attempts
 
@@ -272,12 +272,12 @@ def test_mode_set_force_goes_ahead_remotely_with_allow_remote(
     forced: list[tuple[object, ...]] = []
 
     def fake_force_mode(settings: Settings, mode: Mode, towards: Mode | None = None) -> object:
-        from shared.mode import ModeState
+        from shared.store.mode import ModeState
 
         forced.append((settings.effective_endpoint, mode, towards))
         return ModeState(mode, towards, version=7, since=1.0, extra={"step": "forced"})
 
-    monkeypatch.setattr("shared.cutover.force_mode", fake_force_mode)
+    monkeypatch.setattr("shared.cutover.protocol.force_mode", fake_force_mode)
     # WHEN forced against AWS with --allow-remote THEN it writes
     code, out, err = run(capsys, "--endpoint-url", REMOTE, "mode", "set", "new", "--force", "--allow-remote",
                          "--json")
@@ -294,7 +294,7 @@ COMMANDS = [["mode"], ["mode", "--json"], ["mode", "set", "new", "--force"], ["c
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
 def test_an_unreachable_endpoint_is_one_line_and_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    from shared.local_engine import free_port
+    from shared.sim.local_engine import free_port
 
     code, out, err = run(capsys, "--endpoint-url", f"http://127.0.0.1:{free_port()}", *argv)
     assert code == 2, err

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.app_sim import SwitchRig
-from shared.cutover import CUTOVER, ROLLBACK, CrashInjected, read_mode
-from shared.mode import Mode
-from shared.settings import Settings
+from shared.core.settings import Settings
+from shared.cutover.protocol import CUTOVER, ROLLBACK, CrashInjected, read_mode
+from shared.sim.app_sim import SwitchRig
+from shared.store.mode import Mode
 from tests.integration.test_cutover_local import switch_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]

@@ -1,7 +1,7 @@
 """Cutover and rollback on DynamoDB Local, under a live application that honours the router.
 
 Both mirrors run (each gated on the mode), the simulated application writes
-through `shared.router.Router`, and the switches run the real protocol.
+through `shared.cutover.router.Router`, and the switches run the real protocol.
 
 Rate: the issue asks for 200 writes/s. On the shared 2-core machine the
 mirrors did not keep up with that (the bench at 200 ops/s: the gate refused
@@ -27,10 +27,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.app_sim import SwitchRig
-from shared.cutover import CUTOVER, ROLLBACK
-from shared.mode import Mode
-from shared.settings import Settings, load_settings
+from shared.core.settings import Settings, load_settings
+from shared.cutover.protocol import CUTOVER, ROLLBACK
+from shared.sim.app_sim import SwitchRig
+from shared.store.mode import Mode
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]
 

@@ -20,8 +20,8 @@ import sys
 
 import pytest
 
-from shared import local_engine
-from shared.settings import PROJECT_ROOT, Settings
+from shared.core.settings import PROJECT_ROOT, Settings
+from shared.sim import local_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def test_demo_tells_the_whole_story_loses_no_write_and_stops_the_engine() -> Non
     env = {**os.environ, "COLUMNS": "200", "TERM": "dumb"}
     # WHEN the operator runs `dynashift demo --port <port>`
     result = subprocess.run(
-        [sys.executable, "-c", "from shared.cli import run; run()", "demo", "--port", str(port)],
+        [sys.executable, "-c", "from shared.cli.main import run; run()", "demo", "--port", str(port)],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=840, check=False,
     )
     output = result.stdout + result.stderr
@@ -83,12 +83,12 @@ def test_demo_tells_the_whole_story_loses_no_write_and_stops_the_engine() -> Non
 
 
 def test_lost_write_check_finds_a_write_missing_from_the_side_it_looks_at(sc_settings: Settings) -> None:
-    from shared import aws
-    from shared.codec import to_wire
-    from shared.definition import get_definition
-    from shared.demo import check_landed
-    from shared.mode import Mode
-    from shared.workload import Workload
+    from shared.core import aws
+    from shared.core.codec import to_wire
+    from shared.core.definition import get_definition
+    from shared.sim.demo import check_landed
+    from shared.sim.workload import Workload
+    from shared.store.mode import Mode
     from tests.integration.helpers import make_tables
 
     # GIVEN two acknowledged account writes (one an update), and a delete of a third account

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from shared import aws
-from shared.cli import main
-from shared.codec import to_native
-from shared.definition import get_definition
-from shared.errors import QuarantineError
-from shared.itemsize import MAX_ITEM_BYTES, item_size_bytes
-from shared.seed import seed
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.codec import to_native
+from shared.core.definition import get_definition
+from shared.core.errors import QuarantineError
+from shared.core.itemsize import MAX_ITEM_BYTES, item_size_bytes
+from shared.sim.seed import seed
 from tests.export_fixture import write_export
 from tests.integration.helpers import make_tables
 
@@ -52,7 +52,7 @@ def count(settings, physical: str) -> int:
 
 
 def expected_report(settings, items_by_table: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """What a dry run must report, computed without shared.dryrun: transform, size, one owner per key."""
+    """What a dry run must report, computed without shared.ops.dryrun: transform, size, one owner per key."""
     definition = get_definition(settings.migration)
     sources: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
@@ -188,8 +188,8 @@ def test_scan_dry_run_counts_each_page_before_reading_the_next(monkeypatch):
     import contextlib
 
     from backfill.run import _scan_dry
-    from shared.dryrun import DryRun
-    from shared.settings import load_settings
+    from shared.core.settings import load_settings
+    from shared.ops.dryrun import DryRun
 
     def account(n: int) -> dict[str, Any]:
         return {"accountId": {"S": f"a{n}"}, "email": {"S": f"a{n}@example.com"}, "createdAt": {"N": "1700000000"}}

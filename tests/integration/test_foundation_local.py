@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from shared import aws, local_engine
-from shared.cli import main
-from shared.commands import create_tables
-from shared.seed import seed
-from shared.settings import PROJECT_ROOT
-from shared.tables import load_template
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.settings import PROJECT_ROOT
+from shared.ops.tables import create_tables, load_template
+from shared.sim import local_engine
+from shared.sim.seed import seed
 
 pytestmark = pytest.mark.integration
 

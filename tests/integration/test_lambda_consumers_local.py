@@ -18,14 +18,15 @@ import pytest
 from rich.console import Console
 
 from backfill.run import BackfillRequest, run_backfill
-from shared import aws, coverage
-from shared.app_sim import SwitchRig
-from shared.cli import main
-from shared.convergence import check_tables
-from shared.cutover import CUTOVER, ROLLBACK
-from shared.mode import Mode
-from shared.seed import seed
-from shared.settings import Settings, load_settings
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.settings import Settings, load_settings
+from shared.cutover.protocol import CUTOVER, ROLLBACK
+from shared.sim.app_sim import SwitchRig
+from shared.sim.seed import seed
+from shared.store.mode import Mode
+from shared.streams import coverage
+from shared.verify.convergence import check_tables
 from tests.esm_consumer import EsmConsumer, FakeLambda
 from tests.integration.helpers import make_tables
 
@@ -116,7 +117,7 @@ def test_a_backfill_started_right_after_mirror_run_follow_waits_for_it(quiet_tab
         monkeypatch.setenv(name, value)
     # GIVEN `mirror run --follow` just launched (its runner is still starting), and no mapping at all
     stop = threading.Event()
-    from shared.stream_runner import run_forward_mirror
+    from shared.sim.local_lambda import run_forward_mirror
 
     def start_late() -> None:  # the runner is slow to start: it has no iterator for 3 s
         time.sleep(3)

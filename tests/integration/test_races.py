@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from backfill.lease import PAGE_EPOCH, LeaseLapsed, StaleWriterLease
-from shared import aws
-from shared.apply import Applier, sweep_tombstones
-from shared.control import ControlStore, QuarantineEntry, StaleWriterRegistry
-from shared.definition import SourceRef
-from shared.settings import load_settings
-from shared.status import retry_quarantine
+from shared.cli.status import retry_quarantine
+from shared.core import aws
+from shared.core.definition import SourceRef
+from shared.core.settings import load_settings
+from shared.protocol.apply import Applier, sweep_tombstones
+from shared.store.control import ControlStore, QuarantineEntry, StaleWriterRegistry
 from tests.conftest import drop_tables
 from tests.integration.race_harness import RaceHarness
 

@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from shared import aws
-from shared.apply import Applier
-from shared.codec import to_native, to_wire
-from shared.control import ControlStore
-from shared.definition import SourceRef, get_definition
-from shared.drain import is_drained, lag_s, measure, wait_drained
-from shared.errors import UsageError
-from shared.mode import Mode, ModeState, ModeStore
-from shared.reverse_mirror import ReverseEngine, reverse_quarantine_ref
+from shared.core import aws
+from shared.core.codec import to_native, to_wire
+from shared.core.definition import SourceRef, get_definition
+from shared.core.errors import UsageError
+from shared.protocol.apply import Applier
 from shared.sc.transform import normalise, reverse, transform
-from shared.stream_runner import run_forward_mirror, run_reverse_mirror
+from shared.sim.local_lambda import run_forward_mirror, run_reverse_mirror
+from shared.store.control import ControlStore
+from shared.store.mode import Mode, ModeState, ModeStore
+from shared.streams.drain import is_drained, lag_s, measure, wait_drained
+from shared.streams.reverse_mirror import ReverseEngine, reverse_quarantine_ref
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ What stands in for AWS, and why:
   from them. Its outputs fill the `<stack-output/...>` placeholders.
 * **The application** writes the legacy tables from the start (a plain
   workload: before the stack exists there is no mode flag to read); from
-  the deploy on, a router-honouring application (`shared.app_sim`) writes
+  the deploy on, a router-honouring application (`shared.sim.app_sim`) writes
   wherever the mode says, through every switch, until the end.
 
 Every `dynashift` line runs through the CLI's entry point in this process
@@ -51,21 +51,21 @@ from typing import Any
 import boto3
 import pytest
 
-from shared import aws, coverage
-from shared.app_sim import AppSimulator, diff_authoritative
-from shared.backup import BackupManager
-from shared.cli import main
-from shared.commands import create_tables
-from shared.cutover import read_mode
-from shared.definition import get_definition
-from shared.errors import QuarantineError
-from shared.live import WorkloadThread
-from shared.local_engine import free_port
-from shared.mode import Mode
-from shared.seed import seed
-from shared.settings import PROJECT_ROOT, Settings, load_settings
-from shared.tables import create_table, source_specs
-from shared.workload import Workload
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.definition import get_definition
+from shared.core.errors import QuarantineError
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.cutover.protocol import read_mode
+from shared.ops.backup import BackupManager
+from shared.ops.tables import create_table, create_tables, source_specs
+from shared.sim.app_sim import AppSimulator, diff_authoritative
+from shared.sim.live import WorkloadThread
+from shared.sim.local_engine import free_port
+from shared.sim.seed import seed
+from shared.sim.workload import Workload
+from shared.store.mode import Mode
+from shared.streams import coverage
 from tests.esm_consumer import EsmConsumer, FakeLambda
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:No application metrics to publish")]

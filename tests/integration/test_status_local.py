@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from shared import aws
-from shared.cli import main
-from shared.codec import to_wire
-from shared.cutover import check_quarantine
-from shared.seed import seed
-from shared.stream_runner import run_forward_mirror
+from shared.cli.main import main
+from shared.core import aws
+from shared.core.codec import to_wire
+from shared.cutover.protocol import check_quarantine
+from shared.sim.local_lambda import run_forward_mirror
+from shared.sim.seed import seed
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration

@@ -9,16 +9,16 @@ import time
 
 import pytest
 
-from shared import aws
-from shared.apply import tombstone_item
-from shared.codec import to_native, to_wire
-from shared.convergence import check_tables
-from shared.definition import get_definition
-from shared.live import MirrorThread, WorkloadThread
-from shared.seed import seed
-from shared.stream_runner import run_forward_mirror
-from shared.verify import last_verify, make_request, run
-from shared.workload import Workload
+from shared.core import aws
+from shared.core.codec import to_native, to_wire
+from shared.core.definition import get_definition
+from shared.protocol.apply import tombstone_item
+from shared.sim.live import MirrorThread, WorkloadThread
+from shared.sim.local_lambda import run_forward_mirror
+from shared.sim.seed import seed
+from shared.sim.workload import Workload
+from shared.verify.convergence import check_tables
+from shared.verify.verifier import last_verify, make_request, run
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration
@@ -126,7 +126,7 @@ def test_a_quarantine_disagreement_is_found_and_repaired(sc_settings):
     client = migrated(sc_settings)
 
     async def drop_one():
-        from shared.control import ControlStore
+        from shared.store.control import ControlStore
 
         async with aws.aio_dynamodb(sc_settings) as aio:
             control = ControlStore(aio, sc_settings.control_table)
@@ -187,7 +187,7 @@ def test_live_verify_reports_no_false_difference(sc_settings):
 def test_a_difference_the_mirror_settles_during_the_wait_is_not_reported(sc_settings):
     # GIVEN a converged migration, then application writes the mirror has not applied yet
     client = migrated(sc_settings, accounts=20, repos=40)
-    from shared.verify import Observer
+    from shared.verify.verifier import Observer
 
     accounts = sc_settings.physical_name("sc-accounts")
     first = client.scan(TableName=accounts, Limit=5)["Items"]
@@ -217,8 +217,8 @@ def test_a_difference_the_mirror_settles_during_the_wait_is_not_reported(sc_sett
 
 def test_the_quarantine_is_read_as_reasons_a_page_at_a_time_without_images(sc_settings):
     # GIVEN a quarantine with entries in every bucket, unicode keys, every reason
-    from shared.control import QUARANTINE_BUCKETS, ControlStore, QuarantineEntry, quarantine_pk
-    from shared.definition import SourceRef
+    from shared.core.definition import SourceRef
+    from shared.store.control import QUARANTINE_BUCKETS, ControlStore, QuarantineEntry, quarantine_pk
 
     make_tables(sc_settings)
     reasons = ("invalid_timestamp", "key_collision", "missing_field")

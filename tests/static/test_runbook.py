@@ -12,8 +12,8 @@ import re
 import click
 from cfn_flip import load_yaml
 
-from shared.cli import cli
-from shared.settings import PROJECT_ROOT
+from shared.cli.main import cli
+from shared.core.settings import PROJECT_ROOT
 
 RUNBOOK = (PROJECT_ROOT / "docs" / "runbook.md").read_text()
 TEMPLATE = load_yaml((PROJECT_ROOT / "template.yaml").read_text())

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cfn_flip import load_yaml
 
-from shared.settings import PROJECT_ROOT
+from shared.core.settings import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 CHECKOV = PROJECT_ROOT / ".venv-checkov" / "bin" / "checkov"

@@ -19,7 +19,7 @@ from backfill import worker as worker_module
 from backfill.ratelimit import ThrottleGovernor
 from backfill.units import Unit, UnitStore
 from backfill.worker import WorkerOptions, run_worker
-from shared.settings import load_settings
+from shared.core.settings import load_settings
 
 CEILING = 16
 

@@ -19,8 +19,11 @@ from click.testing import CliRunner
 from moto import mock_aws
 
 from backfill.export import parse_source
-from shared import backup_cli
-from shared.backup import (
+from shared.cli import backup as backup_cli
+from shared.cli.main import cli, main
+from shared.core.errors import ConfigError, UsageError
+from shared.core.settings import Settings, load_settings
+from shared.ops.backup import (
     BACKUP_PK,
     DAY_S,
     EXPORT,
@@ -30,10 +33,7 @@ from shared.backup import (
     backup_gate_problems,
     latest_backups,
 )
-from shared.cli import cli, main
-from shared.commands import create_tables
-from shared.errors import ConfigError, UsageError
-from shared.settings import Settings, load_settings
+from shared.ops.tables import create_tables
 
 BUCKET = "dynashift-test-backups"
 ACCOUNT = "123456789012"

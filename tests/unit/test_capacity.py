@@ -1,4 +1,4 @@
-"""shared.capacity: AWS's unit rules, the ledger and scopes, prices (no engine here).
+"""shared.core.capacity: AWS's unit rules, the ledger and scopes, prices (no engine here).
 
 The engine's own answers are checked against the same rules in
 tests/integration/test_capacity_local.py.
@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from shared import capacity
-from shared.capacity import Usage
+from shared.core import capacity
+from shared.core.capacity import Usage
 
 
 @pytest.fixture(autouse=True)

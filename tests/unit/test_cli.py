@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shared.cli import cli, main
+from shared.cli.main import cli, main
 
 COMMANDS = [[], ["local"], ["local", "start"], ["local", "stop"], ["tables", "create"], ["seed"], ["demo"],
             ["backfill", "run"],
@@ -45,7 +45,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, named, capsys):
 
 def test_unreachable_endpoint_is_one_line(capsys, monkeypatch):
     # GIVEN an endpoint nobody listens on / WHEN creating tables / THEN one line, exit 2
-    from shared.local_engine import free_port
+    from shared.sim.local_engine import free_port
 
     code = main(["--endpoint-url", f"http://127.0.0.1:{free_port()}", "tables", "create"])
     assert code == 2
@@ -59,7 +59,7 @@ def test_cli_group_lists_the_commands():
 
 
 def fake_seed_report():
-    from shared.seed import SeedReport
+    from shared.sim.seed import SeedReport
 
     return SeedReport(written={"sc-accounts": 1200, "sc-repositories": 3000},
                       bad={"invalid_email": 7, "missing_attribute": 2}, collisions=3, elapsed_s=1.25)
@@ -67,12 +67,12 @@ def fake_seed_report():
 
 @pytest.fixture
 def fake_seed(monkeypatch):
-    from shared import commands
+    from shared.sim import seed
 
     async def run_seed(settings, accounts, repos, bad_fraction, seed_value, console):
         return fake_seed_report()
 
-    monkeypatch.setattr(commands, "run_seed", run_seed)
+    monkeypatch.setattr(seed, "run_seed", run_seed)
 
 
 def test_seed_prints_a_readable_summary(fake_seed, capsys):

@@ -1,4 +1,4 @@
-"""The in-memory convergence check (`shared.convergence.check`): the reference the
+"""The in-memory convergence check (`shared.verify.convergence.check`): the reference the
 verifier, the race tests and the chaos scenarios are judged by, so its own rules are tested."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from shared.convergence import check
-from shared.definition import SourceRef, get_definition
+from shared.core.definition import SourceRef, get_definition
+from shared.verify.convergence import check
 
 SC = get_definition("sc")
 REPOS = "sc-repositories"

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.coverage import Coverage, from_mappings, mirror_coverage, stream_created_at, wait_for_coverage
-from shared.errors import UsageError
-from shared.settings import load_settings
+from shared.core.errors import UsageError
+from shared.core.settings import load_settings
+from shared.streams.coverage import Coverage, from_mappings, mirror_coverage, stream_created_at, wait_for_coverage
 
 LABEL = "2026-12-01T10:00:00.000"
 LABEL_AT = datetime(2026, 12, 1, 10, tzinfo=UTC).timestamp()

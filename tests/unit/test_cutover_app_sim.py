@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from shared.app_sim import AppSimulator, unexplained_records
-from shared.cutover import storable
-from shared.definition import SourceRef
-from shared.mode import Mode, ModeState
-from shared.settings import load_settings
-from shared.workload import Operation
+from shared.core.definition import SourceRef
+from shared.core.settings import load_settings
+from shared.cutover.protocol import storable
+from shared.sim.app_sim import AppSimulator, unexplained_records
+from shared.sim.workload import Operation
+from shared.store.mode import Mode, ModeState
 
 
 def simulator() -> AppSimulator:

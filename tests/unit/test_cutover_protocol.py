@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from shared.cutover import (
+from shared.core.errors import ModeConflict, UsageError
+from shared.core.settings import load_settings
+from shared.cutover.protocol import (
     CUTOVER,
     ROLLBACK,
     CrashInjected,
@@ -16,9 +18,7 @@ from shared.cutover import (
     SwitchAborted,
     run_switch,
 )
-from shared.errors import ModeConflict, UsageError
-from shared.mode import Mode, ModeState, check_transition
-from shared.settings import load_settings
+from shared.store.mode import Mode, ModeState, check_transition
 
 CACHE_AGE = 1.0
 GRACE = 0.5
@@ -211,7 +211,7 @@ def test_unknown_crash_point_is_a_usage_error() -> None:
 
 
 def test_after_finalize_the_reverse_mirror_no_longer_applies() -> None:
-    from shared.mode import reverse_applies
+    from shared.store.mode import reverse_applies
 
     assert reverse_applies(ModeState(Mode.NEW))
     assert not reverse_applies(ModeState(Mode.NEW, extra={"reverse_replication": "stopped"}))

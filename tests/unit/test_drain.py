@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from shared import drain
-from shared.errors import DrainTimeout
-from shared.receipts import receipt_items
-from shared.settings import load_settings
+from shared.core.errors import DrainTimeout
+from shared.core.settings import load_settings
+from shared.store.receipts import receipt_items
+from shared.streams import drain
 
 ARN = "arn:aws:dynamodb:us-east-1:000000000000:table/sc-accounts/stream/2026-12-03T00:00:00.000"
 CREATED = 1_800_000_000.0
@@ -215,7 +215,7 @@ def batch(*numbers: int) -> list[dict[str, Any]]:
 def test_a_batch_acknowledges_what_it_applied_and_never_a_failed_record():
     import asyncio
 
-    from shared.receipts import acknowledge
+    from shared.store.receipts import acknowledge
 
     # GIVEN a batch in which record 2 hit a transient fault
     control = FakeAsyncControl()
@@ -228,7 +228,7 @@ def test_a_batch_acknowledges_what_it_applied_and_never_a_failed_record():
 def test_a_receipt_that_cannot_be_written_fails_the_whole_batch_for_redelivery():
     import asyncio
 
-    from shared.receipts import acknowledge
+    from shared.store.receipts import acknowledge
 
     # GIVEN the receipt write is throttled / THEN every record is reported failed (the stream redelivers,
     # re-applying is idempotent), so no applied record is ever left without a receipt

@@ -13,10 +13,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from shared.cli import main
-from shared.errors import ConfigError, StoreError, UsageError
-from shared.settings import PROJECT_ROOT, Settings, load_settings
-from shared.streams_setup import (
+from shared.cli.main import main
+from shared.core.errors import ConfigError, StoreError, UsageError
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.ops.streams_setup import (
     SAM_PARAMETERS,
     StreamResult,
     deploy_overrides,
@@ -24,7 +24,7 @@ from shared.streams_setup import (
     sam_deploy_command,
     write_samconfig,
 )
-from shared.tables import load_template
+from shared.ops.tables import load_template
 
 LEGACY = ("sc-accounts", "sc-repositories")
 

@@ -20,10 +20,10 @@ from backfill.export import (
     iter_file,
     open_export,
     parse_source,
-    s3_client_kwargs,
 )
-from shared.errors import UsageError
-from shared.settings import Settings, load_settings
+from shared.core.aws import s3_client_kwargs
+from shared.core.errors import UsageError
+from shared.core.settings import Settings, load_settings
 from tests.export_fixture import upload_export, write_export
 
 EXPORT_TIME = 1_767_225_600.0  # 2026-01-01T00:00:00Z

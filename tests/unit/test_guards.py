@@ -7,12 +7,12 @@ import click
 import pytest
 from botocore.config import Config
 
-from shared import aws
-from shared.cli import cli, main
-from shared.cli_context import refuse_remote_endpoint
-from shared.errors import UsageError
-from shared.local_engine import free_port
-from shared.settings import load_settings
+from shared.cli.context import refuse_remote_endpoint
+from shared.cli.main import cli, main
+from shared.core import aws
+from shared.core.errors import UsageError
+from shared.core.settings import load_settings
+from shared.sim.local_engine import free_port
 
 # The minimal arguments of each leaf command that needs some (or that would otherwise ask a question).
 ARGS = {
@@ -55,7 +55,7 @@ def fail_fast(monkeypatch):
         return Config(**{**kwargs, "retries": {"mode": "standard", "max_attempts": 1}, "connect_timeout": 1})
 
     monkeypatch.setattr(aws, "Config", quick_config)
-    from shared import seed
+    from shared.sim import seed
 
     monkeypatch.setattr(seed.Backoff, "delay", lambda self, attempt: 0.0)
 
@@ -85,8 +85,8 @@ def test_an_unreachable_endpoint_wrapped_by_a_component_still_exits_2(monkeypatc
     # GIVEN a component that wraps the translated connection error in an error of its own (exit code 1)
     from botocore.exceptions import EndpointConnectionError
 
-    from shared import commands
-    from shared.errors import DynashiftError
+    from shared.core.errors import DynashiftError
+    from shared.ops import tables
 
     def create_tables(settings, *, with_sources):
         try:
@@ -94,7 +94,7 @@ def test_an_unreachable_endpoint_wrapped_by_a_component_still_exits_2(monkeypatc
         except Exception as exc:
             raise DynashiftError("gave up after 10 attempts") from exc
 
-    monkeypatch.setattr(commands, "create_tables", create_tables)
+    monkeypatch.setattr(tables, "create_tables", create_tables)
     # WHEN the command fails / THEN still exit 2: the endpoint setting is the operator's problem
     assert main(["--endpoint-url", "http://127.0.0.1:1", "tables", "create"]) == 2
     assert len(one_line(capsys.readouterr().err)) == 1
@@ -139,10 +139,10 @@ def test_writing_commands_refuse_a_remote_endpoint(argv, named, endpoint, no_aws
 
 def test_allow_remote_lets_tables_create_through(monkeypatch, capsys):
     # GIVEN a remote endpoint and --allow-remote
-    from shared import commands
+    from shared.ops import tables
 
     calls = []
-    monkeypatch.setattr(commands, "create_tables", lambda settings, *, with_sources: calls.append(with_sources) or [])
+    monkeypatch.setattr(tables, "create_tables", lambda settings, *, with_sources: calls.append(with_sources) or [])
     # WHEN / THEN the command runs
     assert main(["--endpoint-url", REMOTE, "tables", "create", "--allow-remote"]) == 0
     assert calls == [False]

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from shared.apply import INSERT_BATCH, Applier, ApplyResult, insert_statement
-from shared.definition import SourceRef, get_definition
-from shared.errors import QuarantineError
-from shared.settings import load_settings
+from shared.core.definition import SourceRef, get_definition
+from shared.core.errors import QuarantineError
+from shared.core.settings import load_settings
+from shared.protocol.apply import INSERT_BATCH, Applier, ApplyResult, insert_statement
 
 
 def key_of(statement: dict[str, Any]) -> tuple[str, str]:

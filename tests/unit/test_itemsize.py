@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from boto3.dynamodb.types import Binary
 
-from shared.itemsize import MAX_ITEM_BYTES, item_size_bytes
+from shared.core.itemsize import MAX_ITEM_BYTES, item_size_bytes
 
 
 def test_limit_is_400_kib() -> None:

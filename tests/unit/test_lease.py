@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from backfill.lease import PAGE_EPOCH, LeaseLapsed, StaleWriterLease
-from shared.errors import ConfigError, TransientError
+from shared.core.errors import ConfigError, TransientError
 
 
 class Clock:

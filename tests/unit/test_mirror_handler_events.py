@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from boto3.dynamodb.types import Binary
 
-from shared.codec import from_stream_image, to_native
-from shared.definition import get_definition
-from shared.mirror import Chain, table_from_arn
+from shared.core.codec import from_stream_image, to_native
+from shared.core.definition import get_definition
+from shared.streams.mirror import Chain, table_from_arn
 
 EVENT_FILE = Path(__file__).parent.parent / "fixtures" / "stream_event_accounts.json"
 ACCOUNTS = "sc-accounts"

@@ -1,4 +1,4 @@
-"""The mode flag (shared.mode) and the application router (shared.router), on moto."""
+"""The mode flag (shared.store.mode) and the application router (shared.cutover.router), on moto."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from shared.errors import InvalidModeTransition, ModeConflict, TransientError, WritesFrozen
-from shared.mode import INITIAL, Mode, ModeState, ModeStore, forward_applies, reverse_applies
-from shared.router import Router
-from shared.settings import load_settings
-from shared.tables import table_specs
+from shared.core.errors import InvalidModeTransition, ModeConflict, TransientError, WritesFrozen
+from shared.core.settings import load_settings
+from shared.cutover.router import Router
+from shared.ops.tables import table_specs
+from shared.store.mode import INITIAL, Mode, ModeState, ModeStore, forward_applies, reverse_applies
 
 
 @pytest.fixture

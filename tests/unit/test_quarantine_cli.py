@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from shared.cli import main
-from shared.control import ControlStore, QuarantineEntry, encode_image
-from shared.cutover import CutoverError, GateCheck, SwitchAborted
-from shared.cutover_cli import failed_switch_as_dict
-from shared.definition import SourceRef
-from shared.mode import Mode, ModeState
-from shared.settings import load_settings
-from shared.verify_cli import known_reasons, quarantine_row
+from shared.cli.cutover import failed_switch_as_dict
+from shared.cli.main import main
+from shared.cli.verify import known_reasons, quarantine_row
+from shared.core.definition import SourceRef
+from shared.core.settings import load_settings
+from shared.cutover.protocol import CutoverError, GateCheck, SwitchAborted
+from shared.store.control import ControlStore, QuarantineEntry, encode_image
+from shared.store.mode import Mode, ModeState
 
 EMAIL = "alice@example.com"
 
@@ -38,8 +38,8 @@ def test_an_unknown_reason_is_refused_before_any_read_naming_the_allowed(command
     def no_client(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a client was built")
 
-    monkeypatch.setattr("shared.aws.dynamodb", no_client)
-    monkeypatch.setattr("shared.aws.aio_dynamodb", no_client)
+    monkeypatch.setattr("shared.core.aws.dynamodb", no_client)
+    monkeypatch.setattr("shared.core.aws.aio_dynamodb", no_client)
     # WHEN a reason nobody raises is asked for
     code = main(["quarantine", command, "--reason", "invalid_emial"])
     # THEN exit 2 and one line naming the option and the allowed reasons
@@ -69,7 +69,7 @@ class FakeClient:
 
 
 def stored_entry() -> dict[str, Any]:
-    from shared.control import quarantine_pk
+    from shared.store.control import quarantine_pk
 
     ref = SourceRef("sc-accounts", ("a1",))
     return {

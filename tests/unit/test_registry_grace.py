@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared.control import StaleWriterRegistry
+from shared.store.control import StaleWriterRegistry
 
 
 class RegistryTable:

@@ -6,13 +6,14 @@ from typing import Any
 
 import pytest
 
-from shared.cli import main
-from shared.codec import to_wire
-from shared.definition import SourceRef
-from shared.drain import consumer_tables
-from shared.errors import UsageError
-from shared.reverse_mirror import ReverseEngine, ReverseStats, reverse_quarantine_ref, sc_index_lookup
-from shared.settings import load_settings
+from shared.cli.main import main
+from shared.core.codec import to_wire
+from shared.core.definition import SourceRef
+from shared.core.errors import UsageError
+from shared.core.settings import load_settings
+from shared.sc.transform import index_lookup as sc_index_lookup
+from shared.streams.drain import consumer_tables
+from shared.streams.reverse_mirror import ReverseEngine, ReverseStats, reverse_quarantine_ref
 
 
 def record(seq: int, old: dict | None = None, new: dict | None = None) -> dict[str, Any]:

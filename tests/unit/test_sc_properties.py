@@ -26,17 +26,15 @@ from boto3.dynamodb.types import Binary, TypeSerializer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.definition import SourceRef
-from shared.errors import (
-    InvalidEmail,
-    InvalidPlan,
-    InvalidStatus,
+from shared.core.definition import SourceRef
+from shared.core.errors import (
     InvalidTimestamp,
     MissingAttribute,
     QuarantineError,
     WrongType,
 )
 from shared.sc import candidate_keys, normalise, owner, reverse, transform
+from shared.sc.models import InvalidEmail, InvalidPlan, InvalidStatus
 
 ACCOUNTS = "sc-accounts"
 REPOS = "sc-repositories"

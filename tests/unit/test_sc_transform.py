@@ -15,12 +15,9 @@ from boto3.dynamodb.conditions import ConditionBase, ConditionExpressionBuilder
 from boto3.dynamodb.types import Binary
 from pydantic import ValidationError
 
-from shared.definition import SourceRef, get_definition
-from shared.errors import (
+from shared.core.definition import SourceRef, get_definition
+from shared.core.errors import (
     ConfigError,
-    InvalidEmail,
-    InvalidPlan,
-    InvalidStatus,
     InvalidTimestamp,
     MissingAttribute,
     QuarantineError,
@@ -35,6 +32,7 @@ from shared.sc import (
     reverse,
     transform,
 )
+from shared.sc.models import InvalidEmail, InvalidPlan, InvalidStatus
 
 ACCOUNTS = "sc-accounts"
 REPOS = "sc-repositories"
@@ -1105,3 +1103,18 @@ def test_normalise_materialises_defaults_and_normal_forms() -> None:
         "sizeKb": 0,
         "archived": False,
     }
+
+
+def test_reverse_items_pick_what_a_legacy_item_is_rebuilt_from() -> None:
+    from shared.sc.transform import reverse_items
+
+    # GIVEN an account's memberships without its profile, and a repository mid-move (two live items)
+    memberships = [{"PK": "ACCOUNT#a1", "SK": "TEAM#t1", "entity": "membership"}]
+    old = {"PK": "ACCOUNT#a1", "SK": "REPO#old", "updated_at": "2026-01-01T00:00:00Z"}
+    new = {"PK": "ACCOUNT#a1", "SK": "REPO#new", "updated_at": "2026-01-02T00:00:00Z"}
+    profile = {"PK": "ACCOUNT#a1", "SK": "PROFILE", "entity": "account"}
+    # THEN the account is gone (nothing to rebuild it from), the newest copy stands for the repository,
+    # and a complete account is rebuilt from everything it owns
+    assert reverse_items("sc-accounts", memberships) == []
+    assert reverse_items("sc-repositories", [old, new]) == [new]
+    assert reverse_items("sc-accounts", [profile, *memberships]) == [profile, *memberships]

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from boto3.dynamodb.types import TypeSerializer
 
-from shared.errors import UsageError
-from shared.itemsize import MAX_ITEM_BYTES, item_size_bytes
-from shared.seed import ACCOUNTS, REPOSITORIES, SeedData, generate
+from shared.core.errors import UsageError
+from shared.core.itemsize import MAX_ITEM_BYTES, item_size_bytes
+from shared.sim.seed import ACCOUNTS, REPOSITORIES, SeedData, generate
 
 REASONS = {
     "missing_attribute",
@@ -302,7 +302,7 @@ def test_bad_items_quarantine_with_the_intended_reason_and_good_ones_transform(
     data: SeedData, seed: int | None
 ) -> None:
     transform_module = pytest.importorskip("shared.sc.transform")
-    from shared.errors import QuarantineError
+    from shared.core.errors import QuarantineError
 
     # GIVEN every item of the shared data set, or of a smaller one with more bad data
     if seed is not None:

@@ -14,12 +14,12 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from shared.codec import to_native
-from shared.definition import get_definition
-from shared.errors import StoreError, TransientError
-from shared.seed import ACCOUNTS, REPOSITORIES, Backoff, generate, seed, write_batches, write_items
-from shared.settings import Settings, load_settings
-from shared.tables import create_table, source_specs
+from shared.core.codec import to_native
+from shared.core.definition import get_definition
+from shared.core.errors import StoreError, TransientError
+from shared.core.settings import Settings, load_settings
+from shared.ops.tables import create_table, source_specs
+from shared.sim.seed import ACCOUNTS, REPOSITORIES, Backoff, generate, seed, write_batches, write_items
 
 TABLE = "legacy"
 

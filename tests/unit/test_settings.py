@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.settings import load_settings
+from shared.core.errors import ConfigError
+from shared.core.settings import load_settings
 
 
 def test_defaults_name_the_sc_tables():
@@ -106,7 +106,7 @@ def test_an_unknown_dynashift_variable_is_refused_with_a_suggestion(monkeypatch)
 
 def test_known_non_setting_variables_are_allowed(monkeypatch):
     # GIVEN the variables the race property tests read themselves
-    from shared.settings import NOT_SETTINGS
+    from shared.core.settings import NOT_SETTINGS
 
     for var in NOT_SETTINGS - {"DYNASHIFT_CONFIG"}:
         monkeypatch.setenv(var, "1")
@@ -118,7 +118,7 @@ def test_every_dynashift_variable_the_repo_sets_is_a_setting_or_allowed():
     # GIVEN every DYNASHIFT_* name written in the repository's code, template, docs and tests
     import re
 
-    from shared.settings import NOT_SETTINGS, PROJECT_ROOT, Settings
+    from shared.core.settings import NOT_SETTINGS, PROJECT_ROOT, Settings
 
     known = {f"DYNASHIFT_{f.upper()}" for f in Settings.model_fields} | NOT_SETTINGS
     roots = ["shared", "backfill", "handlers", "tests", "bench", "docs"]
@@ -164,10 +164,10 @@ def test_a_bad_value_in_the_file_names_the_file(monkeypatch, tmp_path):
 
 
 def test_settings_module_imports_without_the_definitions():
-    # GIVEN a fresh interpreter / WHEN shared.settings is imported / THEN no migration definition is loaded
+    # GIVEN a fresh interpreter / WHEN shared.core.settings is imported / THEN no migration definition is loaded
     import subprocess
     import sys
 
-    code = "import sys, shared.settings; print(sorted(m for m in sys.modules if m.startswith('shared.')))"
+    code = "import sys, shared.core.settings; print(sorted(m for m in sys.modules if m.startswith('shared.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "shared.definition" not in out and "shared.sc" not in out
+    assert "shared.core.definition" not in out and "shared.sc" not in out

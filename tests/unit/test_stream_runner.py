@@ -1,6 +1,6 @@
 """StreamRunner's Lambda-like semantics, against in-memory fakes.
 
-The runner mimics Lambda's event source mapping (see `shared.stream_runner`).
+The runner mimics Lambda's event source mapping (see `shared.streams.runner`).
 These tests drive it with a fake DynamoDB Streams client, a fake DynamoDB
 client (the source table's description and the control table's checkpoints)
 and a fake clock whose `sleep` advances time, so every run is fast and
@@ -24,10 +24,10 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from botocore.exceptions import ClientError
 
-from shared import stream_runner
-from shared.errors import StoreError, TransientError
-from shared.settings import load_settings
-from shared.stream_runner import StreamRunner, lambda_record
+from shared.core.errors import StoreError, TransientError
+from shared.core.settings import load_settings
+from shared.streams import runner as stream_runner
+from shared.streams.runner import StreamRunner, lambda_record
 
 TABLE = "accounts-src"
 CONTROL = "ctl-test"

@@ -21,9 +21,9 @@ from cfnlint.api import lint
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
-from shared.definition import get_definition
-from shared.settings import PROJECT_ROOT, load_settings
-from shared.tables import TEMPLATE_PATH
+from shared.core.definition import get_definition
+from shared.core.settings import PROJECT_ROOT, load_settings
+from shared.ops.tables import TEMPLATE_PATH
 
 LEGACY_TABLE_PARAMS = ("AccountsTableName", "RepositoriesTableName")
 LEGACY_STREAM_PARAMS = ("AccountsStreamArn", "RepositoriesStreamArn")
@@ -519,7 +519,10 @@ def test_quarantine_alarm_watches_what_the_handler_emits():
     # THEN the alarm reads the same namespace and service dimension
     assert handler.metrics.namespace == alarm["Namespace"]
     assert handler.metrics.service == alarm["Dimensions"][0]["Value"]
-    assert "RecordsQuarantined" in (PROJECT_ROOT / "handlers" / "mirror.py").read_text()
+    # AND the metric it alarms on is one the handler adds for every batch
+    from shared.streams.mirror import BatchStats
+
+    assert alarm["MetricName"] in {name for name, _, _ in BatchStats(quarantined=1).metrics()}
 
 
 def _resolve_sub(text: str, doc: dict[str, Any]) -> str:
@@ -911,7 +914,7 @@ def test_failed_units_lead_to_record_failure_and_a_failed_execution():
 
 def test_the_plan_step_knows_the_mirror_function_and_waits_within_its_timeout():
     # GIVEN the Plan function / THEN it names the mirror function (its mappings are the coverage fact on a
-    # table nobody writes, shared/coverage.py) and waits for the mirror less long than its own time limit
+    # table nobody writes, shared/streams/coverage.py) and waits for the mirror less long than its own time limit
     plan = template()["Resources"]["BackfillPlanFunction"]["Properties"]
     variables = plan["Environment"]["Variables"]
     assert variables["DYNASHIFT_MIRROR_FUNCTION"] == {"Ref": "MirrorFunction"}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.apply import Applier
-from shared.control import StaleWriterWatch
-from shared.settings import load_settings
+from shared.core.settings import load_settings
+from shared.protocol.apply import Applier
+from shared.store.control import StaleWriterWatch
 
 
 class FakeRegistry:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.definition import SourceRef, get_definition
-from shared.errors import ConfigError, MissingAttribute
+from shared.core.definition import SourceRef, get_definition
+from shared.core.errors import ConfigError, MissingAttribute
 from tests.toy_migration import DEFINITION
 
 
@@ -27,6 +27,30 @@ def test_unknown_migration_name_is_a_config_error_listing_what_exists() -> None:
     # THEN the error names it and lists the registered ones
     with pytest.raises(ConfigError, match="'nope'.*toy"):
         get_definition("nope")
+
+
+def test_a_plug_in_is_loaded_from_its_module_by_settings_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a migration named as a plug-in, "package.module:ATTRIBUTE", in the environment
+    from shared.core.settings import load_settings
+
+    monkeypatch.setenv("DYNASHIFT_MIGRATION", "tests.toy_migration:DEFINITION")
+    monkeypatch.setenv("DYNASHIFT_TABLE_NAMES", '{"toy-users": "toy-users"}')
+    settings = load_settings()
+    # WHEN the engine asks for the migration the settings name
+    # THEN it gets the module's definition, with no change to dynashift
+    assert get_definition(settings.migration) is DEFINITION
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [("tests.no_such_module:DEFINITION", "cannot import"), ("tests.toy_migration:NOPE", "not a MigrationDefinition")],
+    ids=["missing-module", "missing-attribute"],
+)
+def test_a_bad_plug_in_spec_is_one_config_error_naming_it(spec: str, named: str) -> None:
+    # GIVEN a spec whose module or attribute does not exist / WHEN it is loaded / THEN a ConfigError names both
+    with pytest.raises(ConfigError, match=named) as error:
+        get_definition(spec)
+    assert spec in str(error.value)
 
 
 def test_source_finds_a_table_by_name_and_rejects_others() -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from shared.settings import PROJECT_ROOT
+from shared.core.settings import PROJECT_ROOT
 
 PROBE = """
 import json, sys

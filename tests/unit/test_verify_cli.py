@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.cli import cli, main
+from shared.cli.main import cli, main
 
 
 def test_commands_are_registered_with_help(capsys):
@@ -36,7 +36,7 @@ def test_bad_options_are_one_line_and_exit_2(argv, named, capsys):
 
 @pytest.mark.parametrize("argv", [["verify", "--settle", "0"], ["status"], ["quarantine", "list"]])
 def test_an_unreachable_endpoint_is_one_line_and_exit_2(argv, capsys):
-    from shared.local_engine import free_port
+    from shared.sim.local_engine import free_port
 
     code = main(["--endpoint-url", f"http://127.0.0.1:{free_port()}", *argv])
     err = capsys.readouterr().err

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from shared.apply import TOMBSTONE, Applier, tombstone_item
-from shared.control import QuarantineEntry, key_text
-from shared.definition import SourceRef, get_definition
-from shared.settings import load_settings
-from shared.verify import (
+from shared.core.definition import SourceRef, get_definition
+from shared.core.settings import load_settings
+from shared.protocol.apply import TOMBSTONE, Applier, tombstone_item
+from shared.store.control import QuarantineEntry, key_text
+from shared.verify.verifier import (
     KINDS,
     Difference,
     LiveView,
@@ -279,7 +279,7 @@ def test_report_json_has_every_documented_field(tmp_path):
      ({"settle_s": -1}, "--settle"), ({"table": "nope"}, "--table")],
 )
 def test_bad_options_name_themselves(options, named):
-    from shared.errors import UsageError
+    from shared.core.errors import UsageError
 
     with pytest.raises(UsageError, match=named):
         make_request(load_settings(), **options)

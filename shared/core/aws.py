@@ -1,0 +1,183 @@
+"""AWS clients and the one place where botocore errors are translated.
+
+Clients are created lazily (never at import time) from the settings: region
+and endpoint as `shared.core.settings` resolves them, credentials from the usual
+botocore chain. Against a local endpoint with no credentials configured, a
+dummy pair is used, because DynamoDB Local accepts any.
+
+Every DynamoDB client counts the capacity units it consumes
+(`shared.core.capacity`).
+
+`translate()` maps a botocore exception to the dynashift hierarchy, keeping
+the cause: throttling, 5xx and network faults become `TransientError` (the
+only reason to retry; an endpoint nobody answers at is its subclass
+`EndpointUnreachable`, exit 2 in the CLI), everything else `StoreError` with
+a readable message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from shared.core import capacity
+from shared.core.errors import ConfigError, EndpointUnreachable, StoreError, TransientError
+from shared.core.settings import Settings
+
+TRANSIENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "TransactionInProgressException",
+        "TransactionConflictException",
+        "ExpiredIteratorException",
+    }
+)
+
+# nosec B105: a dummy pair, used only against a local endpoint when no credentials are configured.
+_DUMMY_CREDENTIALS = {"aws_access_key_id": "dynashiftlocal", "aws_secret_access_key": "dynashiftlocal"}  # nosec B105
+
+
+def client_kwargs(
+    settings: Settings, *, max_attempts: int = 3, pool: int = 50, retry_mode: str = "standard"
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "region_name": settings.effective_region,
+        "config": Config(
+            retries={"mode": retry_mode, "max_attempts": max_attempts},
+            max_pool_connections=pool,
+            connect_timeout=5,
+            read_timeout=20,
+            parameter_validation=False,  # DynamoDB validates anyway; this saves ~30% client CPU
+        ),
+    }
+    endpoint = settings.effective_endpoint
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+        if settings.is_local and botocore.session.get_session().get_credentials() is None:
+            kwargs.update(_DUMMY_CREDENTIALS)
+    return kwargs
+
+
+def dynamodb(settings: Settings, **kw: Any) -> Any:
+    client = boto3.session.Session().client("dynamodb", **client_kwargs(settings, **kw))
+    return capacity.attach(client, local=settings.is_local)
+
+
+def streams(settings: Settings, **kw: Any) -> Any:
+    kwargs = client_kwargs(settings, **kw)
+    return boto3.session.Session().client("dynamodbstreams", **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
+        yield capacity.attach(client, local=settings.is_local)
+
+
+def query_items(client: Any, what: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item a Query returns, page after page; a failure is translated as doing `what`."""
+    while True:
+        try:
+            page = client.query(**kwargs)
+        except Exception as exc:
+            raise translate(exc, what) from exc
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def error_code(exc: BaseException) -> str | None:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code")
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in TRANSIENT_CODES or status >= 500
+    return isinstance(
+        exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError, OSError)
+    ) or type(exc).__name__ in {"ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "TimeoutError"}
+
+
+# aiohttp's names for "nobody answers there" (matched by name: aiohttp is not imported here).
+_UNREACHABLE = frozenset({"ClientConnectorError", "ClientConnectorDNSError", "ConnectionTimeoutError"})
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """A dynashift error for a botocore/aiohttp failure while doing `what`."""
+    if isinstance(exc, (TransientError, StoreError)):
+        return exc
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        endpoint = exc.kwargs.get("endpoint_url", "")
+        err: Exception = EndpointUnreachable(f"{what}: cannot reach endpoint {endpoint}")
+    elif type(exc).__name__ in _UNREACHABLE or isinstance(exc, ConnectionRefusedError):
+        err = EndpointUnreachable(f"{what}: cannot reach endpoint ({type(exc).__name__}: {exc})")
+    elif is_transient(exc):
+        err = TransientError(f"{what}: {error_code(exc) or type(exc).__name__}: {exc}")
+    elif isinstance(exc, NoCredentialsError):
+        err = StoreError(f"{what}: no AWS credentials found (set AWS_PROFILE or AWS_ACCESS_KEY_ID)")
+    elif error_code(exc) == "ResourceNotFoundException":
+        err = StoreError(f"{what}: table not found ({exc.response['Error'].get('Message', '')})")
+    elif isinstance(exc, ClientError):
+        err = StoreError(f"{what}: {error_code(exc)}: {exc.response['Error'].get('Message', '')}")
+    elif isinstance(exc, BotoCoreError):
+        err = StoreError(f"{what}: {exc}")
+    else:
+        return exc  # type: ignore[return-value]
+    err.__cause__ = exc
+    return err
+
+
+def s3_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Client kwargs for S3: `client_kwargs` minus its DynamoDB endpoint, plus the S3 one.
+
+    The endpoint follows the AWS convention for S3: AWS_ENDPOINT_URL_S3, else
+    AWS_ENDPOINT_URL, else the real regional endpoint. A custom endpoint (moto,
+    MinIO, LocalStack) gets path-style addressing, which they all understand.
+    """
+    kwargs = client_kwargs(settings)
+    for name in ("endpoint_url", "aws_access_key_id", "aws_secret_access_key"):
+        kwargs.pop(name, None)
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = os.environ.get(var)
+        if not value:
+            continue
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"{var}: {value!r} is not an http(s) URL")
+        kwargs["endpoint_url"] = value
+        kwargs["config"] = kwargs["config"].merge(Config(s3={"addressing_style": "path"}))
+        local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
+        if local and botocore.session.get_session().get_credentials() is None:
+            kwargs.update(aws_access_key_id="dynashiftlocal", aws_secret_access_key="dynashiftlocal")  # nosec B106  (dummy pair for a local endpoint only)
+        break
+    return kwargs

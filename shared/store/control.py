@@ -1,0 +1,466 @@
+"""The control table: dynashift's own state, one item family per concern.
+
+Layout (hash key PK, range key SK, TTL attribute `expires_at`):
+
+| PK                         | SK                  | what                                         |
+|----------------------------|---------------------|----------------------------------------------|
+| `QUARANTINE#<bucket>`      | `<source ref>`      | a source item that cannot be migrated        |
+| `WAIT#<target key>`        | `<source ref>`      | a source item waiting for a key to be free   |
+| `CHECKPOINT#<stream arn>`  | `<shard id>`        | last sequence number fully applied           |
+| `MODE`                     | `MODE`              | the cutover flag                             |
+| `REVERSE#<source ref>`     | `STATE`             | reverse replication: version + held keys     |
+
+Quarantine is spread over a few buckets so listing it is a handful of
+queries, not a scan, and no single partition takes every write. An entry
+keeps the full source image (zlib-compressed DynamoDB JSON, so even a
+~400 KB legacy item fits), its table and key, a reason code and a message a
+person can act on, and `held_keys`: the target keys the item's last clean
+version left in the target, which the next clean version must clean up.
+The image is personal data (emails): an operator's listing reads entries
+without it (`quarantine_list(with_images=False)` projects it, the held keys
+and the collision key away), and only an explicit request fetches it.
+
+All reads here are strongly consistent: the no-lost-wake-up argument for
+key collisions (see `shared.protocol.apply`) depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from boto3.dynamodb.types import Binary
+
+from shared.core.aws import translate
+from shared.core.codec import from_dynamodb_json, to_dynamodb_json
+from shared.core.definition import Item, SourceRef, TargetKey
+
+QUARANTINE_BUCKETS = 8
+KEY_SEP = "\x1f"
+
+
+def key_text(key: TargetKey) -> str:
+    return KEY_SEP.join(key)
+
+
+def key_from_text(text: str) -> TargetKey:
+    return tuple(text.split(KEY_SEP))
+
+
+def quarantine_pk(ref: SourceRef) -> str:
+    bucket = zlib.crc32(ref.as_text().encode()) % QUARANTINE_BUCKETS
+    return f"QUARANTINE#{bucket}"
+
+
+@dataclass
+class QuarantineEntry:
+    ref: SourceRef
+    reason: str
+    message: str
+    image: Item | None
+    held_keys: set[TargetKey] = field(default_factory=set)
+    detected_at: float = 0.0
+    collision_key: TargetKey | None = None
+    write_token: str | None = None  # changes with every write of the entry (as read; None when building one)
+
+
+def encode_image(image: Item | None) -> bytes:
+    return zlib.compress(json.dumps(to_dynamodb_json(image or {}), separators=(",", ":")).encode(), 6)
+
+
+def decode_image(blob: Any) -> Item:
+    raw = blob.value if isinstance(blob, Binary) else blob
+    return from_dynamodb_json(json.loads(zlib.decompress(raw)))
+
+
+class ControlStore:
+    """Async access to the control table through an aiobotocore client."""
+
+    def __init__(self, client: Any, table: str, clock: Any = time.time) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+
+    # ------------------------------------------------------------ quarantine
+    async def quarantine_put(
+        self, entry: QuarantineEntry, *, only_if_absent: bool = False, unless_changed: dict[str, Any] | None = None
+    ) -> str | None:
+        """Record (or refresh) an entry; returns its write token (None if it existed
+        and `only_if_absent` was asked, as stale writers do). `held_keys` are *added* to what is stored:
+        a writer that knows less (the backfill, from an old read) must never make
+        the mirror forget which target keys a quarantined item still holds, and a
+        superset is harmless because every removal checks ownership.
+
+        `unless_changed`: a `ConditionCheck` on the source item (a validated
+        writer's read); the entry is written in one transaction with it, and
+        not at all (None) if the source changed since: the mirror may already
+        have recorded the newer state, which this entry must not replace."""
+        names = {"#r": "reason", "#m": "message", "#i": "image", "#d": "detected_at", "#t": "source_table",
+                 "#k": "source_key", "#c": "collision_key"}
+        values: dict[str, Any] = {
+            ":t": {"S": entry.ref.table},
+            ":k": {"L": [{"S": k} for k in entry.ref.key]},
+            ":r": {"S": entry.reason},
+            ":m": {"S": entry.message[:2000]},
+            ":i": {"B": encode_image(entry.image)},
+            ":d": {"N": repr(round(entry.detected_at or self.clock(), 3))},
+        }
+        token = uuid.uuid4().hex
+        names["#w"] = "write_token"
+        values[":w"] = {"S": token}
+        update = "SET #t = :t, #k = :k, #r = :r, #m = :m, #i = :i, #d = :d, #w = :w"
+        if entry.collision_key:
+            update += ", #c = :c"
+            values[":c"] = {"S": key_text(entry.collision_key)}
+        else:
+            update += " REMOVE #c"
+        if entry.held_keys:
+            update += " ADD #h :h"
+            names["#h"] = "held_keys"
+            values[":h"] = {"SS": sorted(key_text(k) for k in entry.held_keys)}
+        extra = {"ConditionExpression": "attribute_not_exists(PK)"} if only_if_absent else {}
+        request = {
+            "TableName": self.table,
+            "Key": {"PK": {"S": quarantine_pk(entry.ref)}, "SK": {"S": entry.ref.as_text()}},
+            "UpdateExpression": update,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            **extra,
+        }
+        if unless_changed is not None:
+            return await self._put_if_source_unchanged(request, unless_changed, token)
+        try:
+            await self.client.update_item(**request)
+        except Exception as exc:
+            if only_if_absent and getattr(exc, "response", {}).get("Error", {}).get("Code") == (
+                "ConditionalCheckFailedException"
+            ):
+                return None
+            raise translate(exc, "store quarantine entry") from exc
+        return token
+
+    async def _put_if_source_unchanged(self, request: dict[str, Any], check: dict[str, Any], token: str) -> str | None:
+        try:
+            await self.client.transact_write_items(TransactItems=[{"ConditionCheck": check}, {"Update": request}])
+        except Exception as exc:
+            response = getattr(exc, "response", {})
+            if response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                codes = [r.get("Code") for r in response.get("CancellationReasons", [])]
+                if codes and codes[0] == "ConditionalCheckFailed":
+                    return None  # the source changed since it was read
+            raise translate(exc, "store quarantine entry") from exc
+        return token
+
+    async def quarantine_clear(self, ref: SourceRef, *, token: str | None = None) -> None:
+        """Delete an entry; with `token`, only if it is still the one written with it."""
+        extra: dict[str, Any] = {}
+        if token:
+            extra = {"ConditionExpression": "#w = :w", "ExpressionAttributeNames": {"#w": "write_token"},
+                     "ExpressionAttributeValues": {":w": {"S": token}}}
+        try:
+            await self.client.delete_item(
+                TableName=self.table, Key={"PK": {"S": quarantine_pk(ref)}, "SK": {"S": ref.as_text()}}, **extra
+            )
+        except Exception as exc:
+            if token and getattr(exc, "response", {}).get("Error", {}).get("Code") == (
+                "ConditionalCheckFailedException"
+            ):
+                return  # rewritten since by someone who knows better: keep theirs
+            raise translate(exc, "clear quarantine entry") from exc
+
+    def quarantine_settle_action(self, ref: SourceRef, entry: QuarantineEntry | None) -> dict[str, Any]:
+        """A transaction action that clears `entry` exactly as it was read (its write
+        token), or, with no entry read, checks there still is none. A validated
+        write carries it, so the held keys it removes are those of the entry it
+        clears, and an entry written meanwhile cancels the write (it is re-read)."""
+        key = {"PK": {"S": quarantine_pk(ref)}, "SK": {"S": ref.as_text()}}
+        if entry is None:
+            return {"ConditionCheck": {"TableName": self.table, "Key": key,
+                                       "ConditionExpression": "attribute_not_exists(PK)"}}
+        if entry.write_token is None:
+            raise ValueError(f"quarantine entry of {ref.as_text()} was not read from the table (no write token)")
+        return {"Delete": {"TableName": self.table, "Key": key, "ConditionExpression": "#w = :w",
+                           "ExpressionAttributeNames": {"#w": "write_token"},
+                           "ExpressionAttributeValues": {":w": {"S": entry.write_token}}}}
+
+    async def quarantine_get_many(self, refs: Iterable[SourceRef]) -> dict[SourceRef, QuarantineEntry]:
+        """Strongly consistent BatchGetItem of the entries for `refs` (missing = not quarantined)."""
+        refs = list(dict.fromkeys(refs))
+        found: dict[SourceRef, QuarantineEntry] = {}
+        for start in range(0, len(refs), 100):
+            keys = [{"PK": {"S": quarantine_pk(r)}, "SK": {"S": r.as_text()}} for r in refs[start : start + 100]]
+            request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
+            delay = 0.05
+            while request:
+                try:
+                    response = await self.client.batch_get_item(RequestItems=request)
+                except Exception as exc:
+                    raise translate(exc, "read quarantine entries") from exc
+                for raw in response.get("Responses", {}).get(self.table, []):
+                    entry = self._entry(raw)
+                    found[entry.ref] = entry
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    import asyncio
+
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        return found
+
+    async def quarantine_list(self, reason: str | None = None, *, with_images: bool = True) -> list[QuarantineEntry]:
+        """Every entry (of `reason`), sorted by source item.
+
+        `with_images=False` is the listing an operator sees by default: the
+        read projects away the image (personal data, e.g. emails), the held
+        keys and the collision key (target keys can embed an email), so they
+        are not even fetched; those entries carry ``image=None`` and no held
+        keys, and must not be used to re-apply or clear anything.
+        """
+        projection: dict[str, Any] = {}
+        if not with_images:
+            projection = {"ProjectionExpression": "#t, #k, #r, #m, #d",
+                          "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason",
+                                                       "#m": "message", "#d": "detected_at"}}
+        entries = []
+        for bucket in range(QUARANTINE_BUCKETS):
+            async for raw in self._query(f"QUARANTINE#{bucket}", **projection):
+                entry = self._entry(raw)
+                if reason is None or entry.reason == reason:
+                    entries.append(entry)
+        return sorted(entries, key=lambda e: e.ref)
+
+    async def quarantine_reasons(self, *, consistent: bool = True) -> AsyncIterator[tuple[SourceRef, str]]:
+        """Every entry's item and reason, a page at a time, without the images.
+
+        For readers that only count or compare (the verifier): memory stays one page, not the
+        whole quarantine. A projection does not lower the read units (AWS charges the items'
+        full size, images included), so a reader that re-checks what it finds anyway (the
+        verifier) reads eventually consistently (`consistent=False`): half the units.
+        """
+        projection: dict[str, Any] = {
+            "ProjectionExpression": "#t, #k, #r",
+            "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason"},
+            "ConsistentRead": consistent,
+        }
+        for bucket in range(QUARANTINE_BUCKETS):
+            async for raw in self._query(f"QUARANTINE#{bucket}", **projection):
+                yield self._ref(raw), raw["reason"]["S"]
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Entries per reason, sorted by reason; streamed, so memory holds the reasons only."""
+        counts: dict[str, int] = {}
+        async for _, reason in self.quarantine_reasons():
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    @staticmethod
+    def _ref(raw: dict[str, Any]) -> SourceRef:
+        return SourceRef(raw["source_table"]["S"], tuple(k["S"] for k in raw["source_key"]["L"]))
+
+    @classmethod
+    def _entry(cls, raw: dict[str, Any]) -> QuarantineEntry:
+        return QuarantineEntry(
+            ref=cls._ref(raw),
+            reason=raw["reason"]["S"],
+            message=raw["message"]["S"],
+            image=decode_image(raw["image"]["B"]) if "image" in raw else None,  # absent: projected away
+            held_keys={key_from_text(k) for k in raw.get("held_keys", {}).get("SS", [])},
+            detected_at=float(raw["detected_at"]["N"]),
+            collision_key=key_from_text(raw["collision_key"]["S"]) if "collision_key" in raw else None,
+            write_token=raw["write_token"]["S"] if "write_token" in raw else None,
+        )
+
+    # --------------------------------------------------------------- waiters
+    async def waiter_add(self, key: TargetKey, ref: SourceRef) -> str:
+        token = uuid.uuid4().hex
+        try:
+            await self.client.put_item(
+                TableName=self.table,
+                Item={
+                    "PK": {"S": "WAIT#" + key_text(key)},
+                    "SK": {"S": ref.as_text()},
+                    "token": {"S": token},
+                    "registered_at": {"N": repr(round(self.clock(), 3))},
+                },
+            )
+        except Exception as exc:
+            raise translate(exc, "register key waiter") from exc
+        return token
+
+    async def waiters(self, key: TargetKey) -> list[tuple[SourceRef, str]]:
+        return [
+            (SourceRef.from_text(raw["SK"]["S"]), raw["token"]["S"])
+            async for raw in self._query("WAIT#" + key_text(key))
+        ]
+
+    async def waiter_remove(self, key: TargetKey, ref: SourceRef, token: str | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if token:
+            kwargs = {"ConditionExpression": "#t = :t", "ExpressionAttributeNames": {"#t": "token"},
+                      "ExpressionAttributeValues": {":t": {"S": token}}}
+        try:
+            await self.client.delete_item(
+                TableName=self.table, Key={"PK": {"S": "WAIT#" + key_text(key)}, "SK": {"S": ref.as_text()}}, **kwargs
+            )
+        except Exception as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return  # re-registered meanwhile by a newer collision: keep it
+            raise translate(exc, "remove key waiter") from exc
+
+    # ---------------------------------------------------------------- helpers
+    async def _query(self, pk: str, **extra: Any) -> Any:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "PK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+            "ConsistentRead": True,
+            **extra,
+        }
+        while True:
+            try:
+                page = await self.client.query(**kwargs)
+            except Exception as exc:
+                raise translate(exc, f"query control table {pk}") from exc
+            for raw in page.get("Items", []):
+                yield raw
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class StaleWriterRegistry:
+    """Who may currently write from an outdated read (the backfill's workers).
+
+    Each stale writer holds a lease item `STALE_WRITERS` / `<writer id>`.
+    The mirror writes tombstones only while some lease is valid; it re-reads
+    the registry at least every `refresh_s`. A new writer therefore waits
+    `fence_s` = refresh + margin after registering before its first read:
+    any removal the mirror made without a tombstone happened before the
+    writer could read the removed item.
+
+    A lease also says what its writer may still write: `reads_since` is a
+    lower bound on the read time of every stale write the writer has in
+    flight or will still issue (the registration time for a writer that has
+    not read yet; the oldest page still being written, at each heartbeat).
+    A write *issued* within the horizon of its read can *land* much later (a
+    slow engine, botocore's retries), so the tombstone sweeper keeps every
+    tombstone such a write could still need (`oldest_read`). A live lease
+    without `reads_since` protects every tombstone.
+
+    A lease counts as live for `LANDING_GRACE_S` past its end. The writer's
+    gate (`backfill.lease`) sends a request only while the lease will
+    outlive it by `consistency_margin_s`, but a request is *sent* before it
+    *lands*: on a loaded engine, behind a slow proxy or a full connection
+    pool, a write sent in time can reach the table after the lease ended.
+    Had the mirror stopped leaving tombstones (or the sweeper removed them)
+    at the lease's end, such a late write could bring back a key removed
+    in between. A writer that deregisters has no write left in flight
+    (`gather_settled`), so the grace only holds for a lease that lapsed or
+    whose writer died; it costs tombstones for a few seconds more.
+    """
+
+    PK = "STALE_WRITERS"
+    LANDING_GRACE_S = 10.0
+
+    def __init__(self, client: Any, table: str, clock: Any = time.time) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+
+    async def register(self, writer_id: str, kind: str, lease_s: float, *, reads_since: float | None = None) -> float:
+        """Take or renew the lease. `reads_since`: no write still to come from this
+        writer rests on a read older than this (default: now, right only for a
+        writer that has not read yet; a renewal must pass its oldest page in flight)."""
+        now = self.clock()
+        until = now + lease_s
+        since = now if reads_since is None else min(reads_since, now)
+        try:
+            await self.client.put_item(
+                TableName=self.table,
+                Item={
+                    "PK": {"S": self.PK},
+                    "SK": {"S": writer_id},
+                    "kind": {"S": kind},
+                    "lease_until": {"N": repr(round(until, 3))},
+                    "reads_since": {"N": repr(math.floor(since * 1000) / 1000)},
+                    "expires_at": {"N": str(int(until) + 3600)},
+                },
+            )
+        except Exception as exc:
+            raise translate(exc, "register stale writer") from exc
+        return until
+
+    async def deregister(self, writer_id: str) -> None:
+        try:
+            await self.client.delete_item(TableName=self.table, Key={"PK": {"S": self.PK}, "SK": {"S": writer_id}})
+        except Exception as exc:
+            raise translate(exc, "deregister stale writer") from exc
+
+    async def active(self) -> bool:
+        return bool(await self._live())
+
+    async def oldest_read(self) -> float | None:
+        """The oldest read a live stale writer may still write from (None: no live
+        writer; -inf: one that does not say, so every tombstone must stay)."""
+        live = await self._live()
+        if not live:
+            return None
+        return min(float(i["reads_since"]["N"]) if "reads_since" in i else -math.inf for i in live)
+
+    async def _live(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "PK = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": self.PK}},
+            "ConsistentRead": True,
+        }
+        while True:
+            try:
+                page = await self.client.query(**kwargs)
+            except Exception as exc:
+                raise translate(exc, "read stale writer registry") from exc
+            items.extend(i for i in page.get("Items", []) if float(i["lease_until"]["N"]) + self.LANDING_GRACE_S > now)
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+class StaleWriterWatch:
+    """The registry's answer to "may a stale writer be about?", re-read once
+    it is older than `refresh_s`.
+
+    Age is measured from when the read was *sent*, so an answer is at least
+    as fresh as it claims. That is what the fence needs from every remover:
+    a removal decided on an answer read at t0 removes a key the source gave
+    up before the decision, so before t0 + refresh; a stale writer unseen at
+    t0 registered after it and reads only after t0 + refresh + margin, when
+    its (eventually consistent) read already shows the change. A single read
+    is shared by concurrent askers, so a busy batch does not query the
+    registry per removal.
+    """
+
+    def __init__(self, registry: StaleWriterRegistry, refresh_s: float, monotonic: Any = time.monotonic) -> None:
+        self.registry = registry
+        self.refresh_s = refresh_s
+        self.monotonic = monotonic
+        self._sent_at = -math.inf
+        self._active = True  # until the registry says otherwise
+        self._lock = asyncio.Lock()
+
+    async def stale_writers_about(self) -> bool:
+        if self.monotonic() - self._sent_at >= self.refresh_s:
+            async with self._lock:
+                sent_at = self.monotonic()
+                if sent_at - self._sent_at >= self.refresh_s:
+                    self._active = await self.registry.active()
+                    self._sent_at = sent_at
+        return self._active

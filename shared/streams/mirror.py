@@ -1,0 +1,446 @@
+"""The forward mirror: one DynamoDB Streams batch in, target writes out.
+
+Design:
+
+* A batch (Lambda's event, or the local runner's identical event) is parsed
+  into *chains*: the records of one source item, in stream order. Only a
+  chain's last clean image is written (coalescing: each target key is written
+  once per batch, with its newest value), and earlier images only say which
+  keys may have to go. The write protocol itself is `shared.protocol.apply`.
+* An earlier image that transforms cleanly into nothing (in `sc`: an
+  account whose status is ``deleted``) is handed to the applier as None, an
+  absent item. Both are clean and produce no target item, so the applier
+  treats them alike, with one difference: an absent item names no candidate
+  keys. No writer ever writes a key from an image that produces nothing
+  (fresh, stale and validated writers all write the transform's items), so
+  those candidates could only be removals of keys that are not there: a
+  refused conditional delete each (a write unit, on AWS too), on every
+  update of a deleted account. The keys of the image before it are still
+  candidates (it is in the chain, or its record removed them, tombstones
+  and all), and quarantine entries still bring their held keys.
+* Chains that can touch a common target key (a transfer, a rename onto a
+  freed name, a collision) are put in one *lane* and applied one after the
+  other in stream order; different lanes run concurrently (bounded by
+  `mirror_concurrency`). This keeps per-key order while using the engine's
+  parallelism.
+* Outcomes are per record: a chain that hit a transient fault fails all of
+  its records, and every later chain of the same lane too, so the stream
+  (Lambda, or the runner) redelivers them in order. Bad data never fails a
+  record: it is quarantined by the applier.
+* Powertools' `BatchProcessor` builds the partial batch response. Its
+  per-record template method is kept: `_prepare` applies the coalesced batch
+  once, and the record handler only reports each record's outcome.
+
+* Mode gate: the flag (`shared.store.mode`) is read strongly once per batch. The
+  forward mirror applies only in `old` and while freezing towards `new`;
+  otherwise every record is reported processed and nothing is written (those
+  records were written by reverse replication). Why this cannot lose or echo
+  a write is explained in `shared.store.mode`. While the last batch applied, the
+  flag is read together with the batch's other reads (the stale-writer
+  registry, the quarantine entries), not before them: one round trip instead
+  of three; nothing is written before the flag said yes.
+* Round trips: a batch is one round of reads, its writes (lanes), and one
+  write of its receipts. The hourly usage counter (`shared.store.receipts.
+  record_usage`) is added to at most every `USAGE_FLUSH_S` (with everything
+  consumed since, so nothing is dropped; a Lambda container that ends keeps
+  its last few seconds of units to itself), alongside the receipts.
+
+The engine owns one event loop and one aiobotocore client for its lifetime
+(a Lambda container, or a runner process), created lazily on first use;
+one of each per thread that applies batches: the local runner delivers the
+batches of different shards from threads of their own, at the same time, as
+Lambda runs one execution environment per shard (`shared.streams.runner`).
+What a batch reads and writes is the same either way; only the loop, the
+client, the registry watch, the usage not yet reported and `last_stats` are
+the thread's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.core import capacity
+from shared.core.aws import aio_dynamodb, error_code, is_transient
+from shared.core.capacity import Usage
+from shared.core.codec import from_stream_image
+from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
+from shared.core.errors import TransientError
+from shared.core.settings import Settings
+from shared.protocol.apply import Applier, ApplyResult, gather_settled
+from shared.store.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
+from shared.store.mode import forward_applies, read_mode_async
+from shared.store.receipts import acknowledge, record_usage
+from shared.streams.engine import StreamEngine
+
+USAGE_FLUSH_S = 5.0  # the usage counter is added to at most this often (see the module note)
+
+
+@dataclass
+class Chain:
+    ref: SourceRef
+    records: list[dict[str, Any]] = field(default_factory=list)
+    first_index: int = 0
+    _images: list[Item | None] | None = field(default=None, repr=False)
+    _applied: list[Item | None] | None = field(default=None, repr=False)
+
+    def images(self) -> list[Item | None]:
+        """[first OldImage, NewImage of each record...] as native items (decoded once)."""
+        if self._images is None:
+            first = self.records[0]["dynamodb"]
+            images: list[Item | None] = [from_stream_image(first["OldImage"]) if "OldImage" in first else None]
+            for record in self.records:
+                body = record["dynamodb"]
+                images.append(from_stream_image(body["NewImage"]) if "NewImage" in body else None)
+            self._images = images
+        return self._images
+
+    def applied_images(self, definition: MigrationDefinition) -> list[Item | None]:
+        """`images()` as the applier gets them: an earlier image that produces nothing as None (module note)."""
+        if self._applied is None:
+            images = list(self.images())
+            for index in range(len(images) - 1):  # the last image names no candidates anyway
+                image = images[index]
+                if image is not None and _produces_nothing(definition, self.ref.table, image):
+                    images[index] = None
+            self._applied = images
+        return self._applied
+
+
+def _produces_nothing(definition: MigrationDefinition, table: str, image: Item) -> bool:
+    try:
+        return definition.transform(table, image) == []
+    except Exception:  # noqa: BLE001  (bad data: kept, its candidate keys are what the applier needs)
+        return False
+
+
+@dataclass
+class BatchStats:
+    records: int = 0
+    chains: int = 0
+    applied: int = 0
+    written: int = 0
+    removed: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    cleared: int = 0
+    woken: int = 0
+    failed_records: int = 0
+    mode_skipped: int = 0  # records not applied because the mode belongs to reverse replication
+    lag_ms: list[float] = field(default_factory=list)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)  # capacity units of the batch, its receipts included
+
+    def log_fields(self) -> dict[str, Any]:
+        """The handler's log line of the batch."""
+        return {"records": self.records, "chains": self.chains, "written": self.written, "removed": self.removed,
+                "quarantined": self.quarantine_reasons, "failed_records": self.failed_records,
+                "read_units": self.usage.read_units, "write_units": self.usage.write_units}
+
+    def metrics(self) -> list[tuple[str, str, float]]:
+        """The handler's EMF metrics of the batch: (name, unit, value)."""
+        counts = [("RecordsApplied", "Count", self.records - self.failed_records),
+                  ("RecordsQuarantined", "Count", self.quarantined),
+                  ("RecordsRetried", "Count", self.failed_records),
+                  ("WriteUnits", "Count", self.usage.write_units), ("ReadUnits", "Count", self.usage.read_units)]
+        return counts + ([("LagMs", "Milliseconds", max(self.lag_ms))] if self.lag_ms else [])
+
+
+def table_from_arn(arn: str) -> str:
+    """`arn:aws:dynamodb:r:a:table/NAME/stream/TS` -> NAME."""
+    try:
+        return arn.split(":table/", 1)[1].split("/", 1)[0]
+    except IndexError:
+        raise ValueError(f"not a DynamoDB stream ARN: {arn!r}") from None
+
+
+@dataclass
+class _ThreadState:
+    """What one applying thread owns (see the module note)."""
+
+    loop: asyncio.AbstractEventLoop
+    stack: contextlib.AsyncExitStack | None = None
+    applier: Applier | None = None
+    watch: StaleWriterWatch | None = None
+    last_stats: BatchStats = field(default_factory=BatchStats)
+    forward_seen: bool = True  # the last flag read let the forward mirror apply
+    unreported: Usage = field(default_factory=Usage)  # units not yet added to the usage counter
+    unreported_records: int = 0
+    usage_flushed_at: float = -math.inf
+
+
+class MirrorEngine(StreamEngine):
+    """Applies stream batches; one per process (Lambda container or runner)."""
+
+    def __init__(self, settings: Settings, definition: MigrationDefinition | None = None) -> None:
+        self.settings = settings
+        self.definition = definition or get_definition(settings.migration)
+        self._local = threading.local()
+        self._states: list[_ThreadState] = []
+        self._states_lock = threading.Lock()
+        self._start_recorded: set[str] = set()
+        physical = {settings.physical_name(s.name): s.name for s in self.definition.sources}
+        self._logical_by_physical = physical
+
+    # ------------------------------------------------------------- per thread
+    def _state(self) -> _ThreadState:
+        state: _ThreadState | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _ThreadState(asyncio.new_event_loop())
+            with self._states_lock:
+                self._states.append(state)
+        return state
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._state().loop
+
+    @property
+    def applier(self) -> Applier | None:
+        return self._state().applier
+
+    @applier.setter
+    def applier(self, applier: Applier | None) -> None:
+        self._state().applier = applier
+
+    @property
+    def watch(self) -> StaleWriterWatch | None:
+        return self._state().watch
+
+    @property
+    def last_stats(self) -> BatchStats:
+        """The stats of the last batch this thread applied."""
+        return self._state().last_stats
+
+    @last_stats.setter
+    def last_stats(self, stats: BatchStats) -> None:
+        self._state().last_stats = stats
+
+    @property
+    def last_tombstone_at(self) -> float:
+        """When any thread's applier last left a tombstone (the runner's final sweep waits it out)."""
+        with self._states_lock:
+            return max((s.applier.last_tombstone_at for s in self._states if s.applier), default=0.0)
+
+    # ------------------------------------------------------------- lifecycle
+    async def _ensure_applier(self) -> Applier:
+        state = self._state()
+        if state.applier is None:
+            state.stack = contextlib.AsyncExitStack()
+            client = await state.stack.enter_async_context(
+                aio_dynamodb(self.settings, pool=self.settings.mirror_concurrency * 2)
+            )
+            control = ControlStore(client, self.settings.control_table)
+            state.watch = StaleWriterWatch(StaleWriterRegistry(client, self.settings.control_table),
+                                           self.settings.stale_writer_refresh_s)
+            state.applier = Applier(self.settings, self.definition, client, control,
+                                    tombstone_source=state.watch.stale_writers_about)
+        return state.applier
+
+    async def _refresh_tombstone_mode(self, applier: Applier) -> None:
+        """Tombstones only while a stale writer (backfill) may be about.
+
+        The applier asks its `tombstone_source` (the registry watch) right
+        before each removal; this per-batch call only surfaces a registry
+        failure early, as a transient fault of the whole batch.
+        """
+        await applier.tombstones_now()
+
+    def close(self) -> None:
+        """Release every thread's client and loop (call it once no thread applies any more)."""
+        with self._states_lock:
+            states, self._states = self._states, []
+        for state in states:
+            if state.stack is not None:
+                if state.applier is not None and state.unreported_records:
+                    with contextlib.suppress(Exception):
+                        state.loop.run_until_complete(self._flush_usage(state))
+                state.loop.run_until_complete(state.stack.aclose())
+                state.stack = None
+                state.applier = None
+            state.loop.close()
+        self._local = threading.local()
+
+    # ---------------------------------------------------------------- batch entry (StreamEngine.apply_records)
+    async def _apply_and_acknowledge(self, records: list[dict[str, Any]]) -> set[str]:
+        state = self._state()
+        with capacity.scope("mirror") as usage:
+            failed = await self._apply_records(records)
+            applier = await self._ensure_applier()
+            receipts = acknowledge(applier.client, self.settings.control_table, records, failed)
+            if time.monotonic() - state.usage_flushed_at >= USAGE_FLUSH_S and state.unreported_records:
+                # What earlier batches consumed, beside this batch's receipts (never fails the batch).
+                failed, _ = await gather_settled(receipts, self._flush_usage(state))
+            else:
+                failed = await receipts
+        state.last_stats.failed_records = max(state.last_stats.failed_records, len(failed))
+        state.last_stats.usage = usage
+        state.unreported.add(usage)
+        state.unreported_records += len(records)
+        if state.usage_flushed_at == -math.inf:
+            await self._flush_usage(state)  # the first batch shows up in `status` at once
+        return failed
+
+    async def _flush_usage(self, state: _ThreadState) -> None:
+        """Add the units not yet reported to the hourly counter (best effort: `record_usage` never raises)."""
+        assert state.applier is not None
+        usage, records = state.unreported, state.unreported_records
+        state.unreported, state.unreported_records = Usage(), 0
+        state.usage_flushed_at = time.monotonic()
+        await record_usage(state.applier.client, self.settings.control_table, "forward", usage, records)
+
+    # ---------------------------------------------------------------- batch
+    def _chains(self, records: list[dict[str, Any]]) -> OrderedDict[SourceRef, Chain]:
+        chains: OrderedDict[SourceRef, Chain] = OrderedDict()
+        for index, record in enumerate(records):
+            physical = table_from_arn(record["eventSourceARN"])
+            logical = self._logical_by_physical.get(physical, physical)
+            source = self.definition.source(logical)
+            keys = from_stream_image(record["dynamodb"]["Keys"])
+            ref = source.ref(keys)
+            chain = chains.get(ref)
+            if chain is None:
+                chain = chains[ref] = Chain(ref, first_index=index)
+            chain.records.append(record)
+        return chains
+
+    def _lanes(
+        self, chains: OrderedDict[SourceRef, Chain], entries: dict[SourceRef, QuarantineEntry]
+    ) -> list[list[Chain]]:
+        """Group chains that may touch a common target key (union-find)."""
+        parent: dict[SourceRef, SourceRef] = {ref: ref for ref in chains}
+
+        def find(ref: SourceRef) -> SourceRef:
+            while parent[ref] != ref:
+                parent[ref] = parent[parent[ref]]
+                ref = parent[ref]
+            return ref
+
+        owner_of_key: dict[TargetKey, SourceRef] = {}
+        for ref, chain in chains.items():
+            keys: set[TargetKey] = set(entries[ref].held_keys) if ref in entries else set()
+            for image in chain.applied_images(self.definition):
+                if image is not None:
+                    keys |= self.definition.candidate_keys(ref.table, image)
+            for key in keys:
+                other = owner_of_key.setdefault(key, ref)
+                if other != ref:
+                    parent[find(ref)] = find(other)
+        lanes: dict[SourceRef, list[Chain]] = {}
+        for ref, chain in chains.items():
+            lanes.setdefault(find(ref), []).append(chain)
+        return [sorted(lane, key=lambda c: c.first_index) for lane in lanes.values()]
+
+    async def _apply_records(self, records: list[dict[str, Any]]) -> set[str]:
+        applier = await self._ensure_applier()
+        stats = BatchStats(records=len(records))
+        now = time.time()
+        for record in records:
+            created = record["dynamodb"].get("ApproximateCreationDateTime")
+            if created is not None:
+                stats.lag_ms.append(max(0.0, (now - float(created)) * 1000))
+        chains = self._chains(records)
+        state = self._state()
+        try:
+            if state.forward_seen:
+                # The flag rarely moves: read it with the batch's other reads. Only reads go
+                # out before it is known; what they found is dropped if it says no.
+                mode, _, entries = await gather_settled(
+                    read_mode_async(applier.client, self.settings.control_table),
+                    self._refresh_tombstone_mode(applier),
+                    applier.control.quarantine_get_many(chains),
+                )
+            else:
+                mode, entries = await read_mode_async(applier.client, self.settings.control_table), None
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            stats.failed_records = len(records)
+            self.last_stats = stats
+            return {r["dynamodb"]["SequenceNumber"] for r in records}
+        state.forward_seen = forward_applies(mode)
+        if not state.forward_seen:
+            stats.mode_skipped = len(records)
+            self.last_stats = stats
+            return set()
+        stats.chains = len(chains)
+        await self._record_start({c.ref.table for c in chains.values()}, records)
+        try:
+            if entries is None:
+                await self._refresh_tombstone_mode(applier)
+                entries = await applier.control.quarantine_get_many(chains)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.last_stats = stats
+            stats.failed_records = len(records)
+            return {r["dynamodb"]["SequenceNumber"] for r in records}
+        failed: set[str] = set()
+        semaphore = asyncio.Semaphore(self.settings.mirror_concurrency)
+
+        async def run_lane(lane: list[Chain]) -> None:
+            broken = False
+            for chain in lane:
+                if broken:
+                    failed.update(r["dynamodb"]["SequenceNumber"] for r in chain.records)
+                    continue
+                try:
+                    async with semaphore:
+                        result = await applier.apply_change(chain.ref, chain.applied_images(self.definition),
+                                                         entries.get(chain.ref))
+                except Exception as exc:
+                    if not (is_transient(exc) or isinstance(exc, TransientError)):
+                        raise
+                    broken = True
+                    failed.update(r["dynamodb"]["SequenceNumber"] for r in chain.records)
+                    continue
+                self._count(stats, result)
+
+        # Settled: a lane that raises must not leave the others' writes in flight to
+        # resume in this loop's next batch, after their records were redelivered.
+        await gather_settled(*(run_lane(lane) for lane in self._lanes(chains, entries)))
+        stats.failed_records = len(failed)
+        self.last_stats = stats
+        return failed
+
+    async def _record_start(self, tables: set[str], records: list[dict[str, Any]]) -> None:
+        """Remember, once, since when the mirror covers each table (the backfill checks it)."""
+        new = tables - self._start_recorded
+        if not new or self.applier is None:
+            return
+        first = min(
+            (float(r["dynamodb"].get("ApproximateCreationDateTime", time.time())) for r in records),
+            default=time.time(),
+        )
+        for table in new:
+            try:
+                await self.applier.client.put_item(
+                    TableName=self.settings.control_table,
+                    Item={"PK": {"S": "MIRROR"}, "SK": {"S": table}, "started_at": {"N": repr(first)}},
+                    ConditionExpression="attribute_not_exists(PK)",
+                )
+            except Exception as exc:
+                if is_transient(exc):
+                    continue  # recorded on a later batch; never fail records for this
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+            self._start_recorded.add(table)
+
+    @staticmethod
+    def _count(stats: BatchStats, result: ApplyResult) -> None:
+        stats.applied += 1
+        stats.written += result.written
+        stats.removed += result.removed
+        stats.skipped += result.skipped
+        stats.woken += result.woken
+        stats.cleared += int(result.cleared_quarantine)
+        if result.quarantined is not None:
+            stats.quarantined += 1
+            reason = result.quarantined.reason
+            stats.quarantine_reasons[reason] = stats.quarantine_reasons.get(reason, 0) + 1
