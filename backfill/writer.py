@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from backfill.ratelimit import ThrottleGovernor
-from shared.core.aws import error_code, translate
-from shared.core.codec import to_native, to_wire
 from shared.core.definition import Item, SourceRef
 from shared.core.errors import QuarantineError, TransientError
 from shared.protocol.apply import Applier, ApplyResult, gather_settled
@@ -150,37 +148,9 @@ class BackfillWriter:
     async def _send(
         self, chunk: list[tuple[SourceRef, Item, Item]], condition: dict[str, Any]
     ) -> tuple[dict[int, Item | None], list[int]]:
-        """One transaction. Returns (refused index -> existing item, indexes to retry)."""
-        request = [
-            {"Put": {"TableName": self.applier.target, "Item": to_wire(target),
-                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **condition}}
-            for _, _, target in chunk
-        ]
+        """One transaction, in one of the governor's slots: (refused index -> existing item, indexes to retry)."""
         async with self.governor.slot():
-            try:
-                await self.applier.client.transact_write_items(TransactItems=request)
-                return {}, []
-            except Exception as exc:
-                if error_code(exc) != "TransactionCanceledException":
-                    raise translate(exc, f"write {self.applier.target}") from exc
-                reasons = exc.response.get("CancellationReasons", [])  # type: ignore[attr-defined]
-        refused: dict[int, Item | None] = {}
-        retry: list[int] = []
-        for index, reason in enumerate(reasons):
-            code = reason.get("Code")
-            if code == "ConditionalCheckFailed":
-                refused[index] = to_native(reason["Item"]) if reason.get("Item") else None
-            elif code in ("None", None):
-                retry.append(index)  # cancelled only because another action failed
-            elif code in ("TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"):
-                retry.append(index)
-            else:
-                from shared.core.errors import StoreError
-
-                raise StoreError(f"write {self.applier.target}: transaction cancelled: {code}: {reason.get('Message', '')}")
-        if not reasons:
-            retry = list(range(len(chunk)))
-        return refused, retry
+            return await self.applier.put_stale_transaction([target for _, _, target in chunk], condition)
 
 
 def _counts_of(result: ApplyResult) -> WriteCounts:

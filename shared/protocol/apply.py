@@ -88,7 +88,14 @@ from boto3.dynamodb.conditions import Attr
 from shared.core.aws import error_code, translate
 from shared.core.codec import to_native, to_wire
 from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey
-from shared.core.errors import KeyCollision, QuarantineError, TransformFailed, TransientError, WriteRejected
+from shared.core.errors import (
+    KeyCollision,
+    QuarantineError,
+    StoreError,
+    TransformFailed,
+    TransientError,
+    WriteRejected,
+)
 from shared.core.itemsize import check_target_items
 from shared.core.settings import Settings
 from shared.protocol.conditions import image_unchanged, render
@@ -737,6 +744,86 @@ class Applier:
             raise translate(exc, f"write {self.target}") from exc
         return {i for i, response in enumerate(answer.get("Responses", [])) if "Error" in response} | set(
             range(len(answer.get("Responses", [])), len(chunk)))
+
+    async def put_stale_transaction(
+        self, targets: list[Item], condition: dict[str, Any]
+    ) -> tuple[dict[int, Item | None], list[int]]:
+        """One TransactWriteItems of stale puts under `condition` (the backfill's
+        transact mode; the keys must be distinct). Returns the positions whose
+        condition failed (with the item in the way, if any) and the positions to
+        send again (cancelled only because another action failed, a conflict, or
+        throttling)."""
+        request = [
+            {"Put": {"TableName": self.target, "Item": to_wire(target),
+                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD", **condition}}
+            for target in targets
+        ]
+        try:
+            await self.client.transact_write_items(TransactItems=request)
+            return {}, []
+        except Exception as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise translate(exc, f"write {self.target}") from exc
+            reasons = exc.response.get("CancellationReasons", [])  # type: ignore[attr-defined]
+        refused: dict[int, Item | None] = {}
+        retry: list[int] = []
+        for index, reason in enumerate(reasons):
+            code = reason.get("Code")
+            if code == "ConditionalCheckFailed":
+                refused[index] = to_native(reason["Item"]) if reason.get("Item") else None
+            elif code in ("None", None):
+                retry.append(index)  # cancelled only because another action failed
+            elif code in ("TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"):
+                retry.append(index)
+            else:
+                raise StoreError(f"write {self.target}: transaction cancelled: {code}: {reason.get('Message', '')}")
+        if not reasons:
+            retry = list(range(len(targets)))
+        return refused, retry
+
+    # ============================================================ repair's removals
+    async def remove_orphan(self, ref: SourceRef, key: TargetKey) -> bool:
+        """Remove `key`, held by `ref` whose source item no longer exists (repair):
+        a tombstone while stale writers may be about, else a delete, either owned
+        by `ref`, in one transaction that checks the source item is still absent.
+        False, and nothing written, if the source came back or the key changed hands."""
+        source = self.definition.source(ref.table)
+        key_item = dict(zip(self.definition.target_key_attrs, key, strict=True))
+        owned = render(self.definition.owner_condition(ref))
+        check = {"ConditionCheck": {"TableName": self.settings.physical_name(ref.table),
+                                    "Key": to_wire(source.key_of(ref)),
+                                    "ConditionExpression": "attribute_not_exists(#k)",
+                                    "ExpressionAttributeNames": {"#k": source.key_attrs[0]}}}
+        if await self.tombstones_now():
+            tomb = tombstone_item(self.definition, key, self.clock())
+            action = {"Put": {"TableName": self.target, "Item": to_wire(tomb), **owned}}
+        else:
+            action = {"Delete": {"TableName": self.target, "Key": to_wire(key_item), **owned}}
+        try:
+            await self.client.transact_write_items(TransactItems=[check, action])
+        except Exception as exc:
+            if error_code(exc) == "TransactionCanceledException":
+                return False
+            raise translate(exc, f"remove orphan from {self.target}") from exc
+        return True
+
+    async def delete_exact(self, key: TargetKey, seen: Item) -> str:
+        """Delete an item no source can own (or a tombstone), only if it is still
+        exactly `seen` (repair). 'deleted'; 'changed' if it changed meanwhile;
+        'kept' for a tombstone a stale writer's write in flight may still need."""
+        if seen.get("entity") == TOMBSTONE and await self.tombstones_now():
+            life_ms = (self.settings.stale_write_horizon_s + self.settings.consistency_margin_s) * 1000
+            if self.clock() * 1000 - float(seen.get("_ds_deleted_at", 0)) < life_ms:
+                return "kept"
+        key_item = dict(zip(self.definition.target_key_attrs, key, strict=True))
+        try:
+            await self.client.delete_item(TableName=self.target, Key=to_wire(key_item), **image_unchanged(seen))
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return "changed"
+            raise translate(exc, f"delete from {self.target}") from exc
+        return "deleted"
+
 
 async def gather_settled(*awaitables: Any) -> list[Any]:
     """`asyncio.gather` that returns, or raises the first error, only once every

@@ -112,13 +112,12 @@ from typing import Any
 from boto3.dynamodb.types import Binary
 
 from shared.core import aws, capacity
-from shared.core.aws import error_code, translate
+from shared.core.aws import translate
 from shared.core.codec import from_dynamodb_json, to_native, to_wire
 from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
 from shared.core.errors import QuarantineError, StoreError, UsageError
 from shared.core.settings import Settings
-from shared.protocol.apply import TOMBSTONE, Applier, tombstone_item
-from shared.protocol.conditions import image_unchanged, render
+from shared.protocol.apply import TOMBSTONE, Applier
 from shared.store.control import (
     ControlStore,
     QuarantineEntry,
@@ -736,48 +735,22 @@ async def repair_difference(view: LiveView, difference: Difference) -> str:
 async def _release(view: LiveView, ref: SourceRef, key: TargetKey) -> str:
     """Remove a key its owner no longer produces: through the owner's validated write, or, if the
     owner no longer exists, a delete in a transaction that checks the source is still absent."""
-    applier, definition = view.applier, view.definition
+    applier = view.applier
     state = await view.source(ref)
     if state.image is not None:
         entry = await view.entry(ref)
         await applier.apply_validated(ref, held={key, *(entry.held_keys if entry else ())})
         return "released the key through its owner"
-    source = definition.source(ref.table)
-    key_item = dict(zip(definition.target_key_attrs, key, strict=True))
-    owned = render(definition.owner_condition(ref))
-    check = {"ConditionCheck": {"TableName": view.applier.settings.physical_name(ref.table),
-                                "Key": to_wire(source.key_of(ref)),
-                                "ConditionExpression": "attribute_not_exists(#k)",
-                                "ExpressionAttributeNames": {"#k": source.key_attrs[0]}}}
-    if await applier.tombstones_now():
-        tomb = tombstone_item(definition, key, applier.clock())
-        action = {"Put": {"TableName": applier.target, "Item": to_wire(tomb), **owned}}
-    else:
-        action = {"Delete": {"TableName": applier.target, "Key": to_wire(key_item), **owned}}
-    try:
-        await applier.client.transact_write_items(TransactItems=[check, action])
-    except Exception as exc:
-        if error_code(exc) == "TransactionCanceledException":
-            return "left alone: the source came back or the key changed hands"
-        raise translate(exc, f"remove orphan from {applier.target}") from exc
+    if not await applier.remove_orphan(ref, key):
+        return "left alone: the source came back or the key changed hands"
     return "removed an orphan of a deleted item"
 
 
 async def _delete_exact(view: LiveView, key: TargetKey, seen: Item) -> str:
     """Delete an item no source can own (or a tombstone), only if it is still exactly what was seen."""
-    applier, definition = view.applier, view.definition
-    if seen.get("entity") == TOMBSTONE and await applier.tombstones_now():
-        life_ms = (applier.settings.stale_write_horizon_s + applier.settings.consistency_margin_s) * 1000
-        if applier.clock() * 1000 - float(seen.get("_ds_deleted_at", 0)) < life_ms:
-            return "left alone: a backfill may still need this tombstone"
-    key_item = dict(zip(definition.target_key_attrs, key, strict=True))
-    try:
-        await applier.client.delete_item(TableName=applier.target, Key=to_wire(key_item), **image_unchanged(seen))
-    except Exception as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            return "left alone: it changed meanwhile"
-        raise translate(exc, f"delete from {applier.target}") from exc  # nosec B608 - an error message, not SQL
-    return "deleted"
+    outcome = await view.applier.delete_exact(key, seen)
+    return {"kept": "left alone: a backfill may still need this tombstone",
+            "changed": "left alone: it changed meanwhile", "deleted": "deleted"}[outcome]
 
 
 # =========================================================================== preflight
