@@ -5,7 +5,7 @@ Run it from the project root::
     .venv/bin/python -m bench.backfill_bench                  # 100,000 source items, 3 rounds of put, naive, plain, transact
     .venv/bin/python -m bench.backfill_bench --quick          # smoke: 2,000 items, 2 rounds of put, naive, plain + RSS at 500, 2,000
     .venv/bin/python -m bench.backfill_bench --rss-only       # RSS series: put mode at 100,000 and 1,000,000 items
-    .venv/bin/python bench/backfill_bench.py --help           # sizes, repeats, budget
+    .venv/bin/python -m bench.backfill_bench --help           # sizes, repeats, budget
 
 Method (issue 14, "a fair bench method")
 ========================================
@@ -95,7 +95,6 @@ import os
 import queue
 import resource
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -103,18 +102,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python bench/backfill_bench.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench import common
-from bench.mirror_bench import (
+from bench.common import (
     CONTAMINATED_CORES,
     DAGGER,
     OUT_DIR,
     CpuSnapshot,
-    _cell,
-    _stats,
+    cell,
     fresh_engine,
+    summary_stats,
     wait_for_quiet,
 )
 from shared.core import aws, capacity
@@ -756,14 +752,14 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = {"scenario": scenario, "items": items, "series": series,
                                "legacy_streams": mine[0]["legacy_streams"], "repeats": len(mine),
                                "contaminated": sum(r["contaminated"] for r in mine),
-                               "stream_records_at_start": _stats([r["engine_state"]["stream_records"] for r in mine])}
+                               "stream_records_at_start": summary_stats([r["engine_state"]["stream_records"] for r in mine])}
         for name in SUMMARY_FIELDS:
-            row[name] = _stats([r.get(name) for r in mine])
+            row[name] = summary_stats([r.get(name) for r in mine])
         if minimum and series == "rounds":
             # the plain copy does other work (untransformed items, no index): against its own minimum
             floor = minimum["plain_write_units_per_item" if scenario == "plain" else "write_units_per_item"]
-            row["write_units_vs_minimum"] = _stats([r["write_units_per_item"] / floor for r in mine])
-            row["read_units_vs_minimum"] = _stats([r["read_units_per_item"] / minimum["read_units_per_item"]
+            row["write_units_vs_minimum"] = summary_stats([r["write_units_per_item"] / floor for r in mine])
+            row["read_units_vs_minimum"] = summary_stats([r["read_units_per_item"] / minimum["read_units_per_item"]
                                                    for r in mine])
         rows.append(row)
     by_round: dict[int, dict[str, dict[str, Any]]] = {}
@@ -778,10 +774,10 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         if not pairs:
             continue
         ratios[scenario] = {
-            name: _stats([mine[key] / base[key] for mine, base in pairs if mine.get(key) and base.get(key)])
+            name: summary_stats([mine[key] / base[key] for mine, base in pairs if mine.get(key) and base.get(key)])
             for name, key in RATIO_FIELDS.items()
         }
-        ratios[scenario]["copy_items_per_s"] = _stats(
+        ratios[scenario]["copy_items_per_s"] = summary_stats(
             [mine["copy_items_per_s"] / base["items_per_s"] for mine, base in pairs if mine.get("copy_items_per_s")])
         ratios[scenario]["rounds"] = len(pairs)
     breakdown = {scenario: unit_breakdown([r for rs in by_round.values() for s, r in rs.items() if s == scenario])
@@ -798,10 +794,10 @@ def unit_breakdown(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         component, operation, table = key.split(" ", 2)
         out.append({
             "component": component, "operation": operation, "table": table,
-            "write_units_per_item": _stats([u.get("write_units", 0.0) / n for u, n in used]),
-            "read_units_per_item": _stats([u.get("read_units", 0.0) / n for u, n in used]),
-            "requests_per_item": _stats([u.get("requests", 0) / n for u, n in used]),
-            "failed_conditions": _stats([u.get("failed_conditions", 0) for u, n in used]),
+            "write_units_per_item": summary_stats([u.get("write_units", 0.0) / n for u, n in used]),
+            "read_units_per_item": summary_stats([u.get("read_units", 0.0) / n for u, n in used]),
+            "requests_per_item": summary_stats([u.get("requests", 0) / n for u, n in used]),
+            "failed_conditions": summary_stats([u.get("failed_conditions", 0) for u, n in used]),
         })
     return out
 
@@ -915,11 +911,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         name = LABELS[row["scenario"]] + (" (RSS series)" if row["series"] == "rss" else "")
         lines.append(
             f"| {name}{dirty} | {row['items']:,} | {common.cell(row['stream_records_at_start'], thousands=True)} | "
-            f"{_cell(row['items_per_s'])} | {_cell(row['copy_items_per_s'])} | "
-            f"{_cell(row['write_units_per_item'], 3)} | {_cell(row['read_units_per_item'], 3)} | "
-            f"{_cell(row['control_write_units_per_item'], 3)} / {_cell(row['control_read_units_per_item'], 3)} | "
-            f"{_cell(row['client_cpu_ms_per_item'], 2)} | {_cell(row['engine_cpu_ms_per_item'], 2)} | "
-            f"{_cell(row['peak_rss_mb'])} | {_cell(row['wall_s'], 1)} | {_cell(row['other_load_cores'], 2)} |"
+            f"{cell(row['items_per_s'])} | {cell(row['copy_items_per_s'])} | "
+            f"{cell(row['write_units_per_item'], 3)} | {cell(row['read_units_per_item'], 3)} | "
+            f"{cell(row['control_write_units_per_item'], 3)} / {cell(row['control_read_units_per_item'], 3)} | "
+            f"{cell(row['client_cpu_ms_per_item'], 2)} | {cell(row['engine_cpu_ms_per_item'], 2)} | "
+            f"{cell(row['peak_rss_mb'])} | {cell(row['wall_s'], 1)} | {cell(row['other_load_cores'], 2)} |"
         )
     dirty_runs = [r for r in report["runs"] if r["contaminated"]]
     if dirty_runs:
@@ -937,9 +933,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "| contender | rounds | items/s | write units/item | read units/item | client CPU/item |",
                   "|---|---|---|---|---|---|"]
         for scenario, ratio in summary["ratios"].items():
-            lines.append(f"| {LABELS[scenario]} | {ratio['rounds']} | {_cell(ratio['items_per_s'], 2)}x | "
-                         f"{_cell(ratio['write_units_per_item'], 3)}x | {_cell(ratio['read_units_per_item'], 3)}x | "
-                         f"{_cell(ratio['client_cpu_per_item'], 2)}x |")
+            lines.append(f"| {LABELS[scenario]} | {ratio['rounds']} | {cell(ratio['items_per_s'], 2)}x | "
+                         f"{cell(ratio['write_units_per_item'], 3)}x | {cell(ratio['read_units_per_item'], 3)}x | "
+                         f"{cell(ratio['client_cpu_per_item'], 2)}x |")
     if minimum:
         lines += ["", "## Capacity units against the minimum for the same work", "",
                   (f"Minimum by AWS's rules for these {minimum['source_items']:,} source items "
@@ -962,19 +958,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         for row in summary["rows"]:
             if row["series"] != "rounds":
                 continue
-            lines.append(f"| {LABELS[row['scenario']]} | {_cell(row['write_units_per_item'], 3)} | "
-                         f"{_cell(row.get('write_units_vs_minimum'), 3)} | {_cell(row['read_units_per_item'], 4)} | "
-                         f"{_cell(row.get('read_units_vs_minimum'), 2)} |")
+            lines.append(f"| {LABELS[row['scenario']]} | {cell(row['write_units_per_item'], 3)} | "
+                         f"{cell(row.get('write_units_vs_minimum'), 3)} | {cell(row['read_units_per_item'], 4)} | "
+                         f"{cell(row.get('read_units_vs_minimum'), 2)} |")
     for scenario, cells in summary.get("units_breakdown", {}).items():
         lines += ["", f"## Where {LABELS[scenario]}'s units go (per source item, by request)", "",
                   ("| component | operation | table | write units/item | read units/item | requests/item "
                    "| refused conditions |"),
                   "|---|---|---|---|---|---|---|"]
-        for cell in cells:
-            lines.append(f"| {cell['component']} | {cell['operation']} | {cell['table']} | "
-                         f"{_cell(cell['write_units_per_item'], 3)} | "
-                         f"{_cell(cell['read_units_per_item'], 3)} | {_cell(cell['requests_per_item'], 3)} | "
-                         f"{_cell(cell['failed_conditions'])} |")
+        for part in cells:
+            lines.append(f"| {part['component']} | {part['operation']} | {part['table']} | "
+                         f"{cell(part['write_units_per_item'], 3)} | "
+                         f"{cell(part['read_units_per_item'], 3)} | {cell(part['requests_per_item'], 3)} | "
+                         f"{cell(part['failed_conditions'])} |")
     writes = [r for r in report["runs"] if r["scenario"] in ("insert", "put", "transact")]
     if writes:
         lines += ["", "## Outcome of the dynashift runs", "",
@@ -1058,4 +1054,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.script_main(__package__, "bench.backfill_bench", main)
+    common.script_main(main)

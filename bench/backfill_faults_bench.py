@@ -45,7 +45,6 @@ per-round ratios). Results: bench/out/backfill_faults.json (every run, raw) and 
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,12 +52,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python bench/backfill_faults_bench.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench import common
 from bench.backfill_bench import CopyProcess, CopySpec, generate_data, prepare_engine, split
-from bench.mirror_bench import CONTAMINATED_CORES, DAGGER, OUT_DIR, CpuSnapshot, _stats, fresh_engine, wait_for_quiet
+from bench.common import (
+    CONTAMINATED_CORES,
+    DAGGER,
+    OUT_DIR,
+    CpuSnapshot,
+    cell,
+    fresh_engine,
+    summary_stats,
+    wait_for_quiet,
+)
 from shared.core import aws
 from shared.core.settings import Settings
 from shared.sim.workload import Workload, apply_operation
@@ -213,7 +218,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         if mine:
             rows.append({"contender": contender, "items": mine[0]["items"], "repeats": len(mine),
                          "contaminated": sum(r["contaminated"] for r in mine),
-                         **{name: _stats([r.get(name) for r in mine]) for name in SUMMARY_FIELDS}})
+                         **{name: summary_stats([r.get(name) for r in mine]) for name in SUMMARY_FIELDS}})
     by_round: dict[int, dict[str, dict[str, Any]]] = {}
     for r in runs:
         by_round.setdefault(r["round"], {})[r["contender"]] = r
@@ -226,8 +231,8 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                 "ratio": pair["faulty"]["items_per_s"] / pair["fault-free"]["items_per_s"],
                 "copy_ratio": copy_faulty / copy_free if copy_free and copy_faulty else None,
             })
-    ratios = {"faulty/fault-free items/s": _stats([p["ratio"] for p in per_round]),
-              "faulty/fault-free copy items/s": _stats([p["copy_ratio"] for p in per_round])}
+    ratios = {"faulty/fault-free items/s": summary_stats([p["ratio"] for p in per_round]),
+              "faulty/fault-free copy items/s": summary_stats([p["copy_ratio"] for p in per_round])}
     return {"rows": rows, "per_round": per_round, "ratios": ratios, "verdicts": verdicts(ratios, report)}
 
 
@@ -247,10 +252,6 @@ def verdicts(ratios: dict[str, Any], report: dict[str, Any]) -> list[dict[str, A
 # =====================================================================================
 # Rendering
 # =====================================================================================
-
-
-def _cell(stat: dict[str, float] | None, digits: int = 0) -> str:
-    return common.cell(stat, digits)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -276,10 +277,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for row in summary["rows"]:
         dirty = DAGGER if row["contaminated"] else ""
-        lines.append(f"| {row['contender']}{dirty} | {_cell(row['items_per_s'], 1)} | "
-                     f"{_cell(row['copy_items_per_s'], 1)} | {_cell(row['wall_s'], 1)} | "
-                     f"{_cell(row['requests_per_item'], 2)} | {_cell(row['faults'])} | "
-                     f"{_cell(row['other_load_cores'], 2)} |")
+        lines.append(f"| {row['contender']}{dirty} | {cell(row['items_per_s'], 1)} | "
+                     f"{cell(row['copy_items_per_s'], 1)} | {cell(row['wall_s'], 1)} | "
+                     f"{cell(row['requests_per_item'], 2)} | {cell(row['faults'])} | "
+                     f"{cell(row['other_load_cores'], 2)} |")
     dirty_runs = [r for r in report["runs"] if r["contaminated"]]
     if dirty_runs:
         lines += ["", (f"`{DAGGER}` {len(dirty_runs)} of {len(report['runs'])} runs shared the machine with other "
@@ -299,7 +300,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines[-1] += (f"{ratio['copy_ratio']:.2f}x |" if ratio and ratio["copy_ratio"] else "- |")
     lines += ["", "## Ratios (within a round, then the median)", "", "| ratio | value |", "|---|---|"]
     for name, stat in summary["ratios"].items():
-        lines.append(f"| {name} | {_cell(stat, 2)} |")
+        lines.append(f"| {name} | {cell(stat, 2)} |")
     faulty_runs = [r for r in report["runs"] if r["contender"] == "faulty"]
     if faulty_runs:
         kinds: dict[str, int] = {}
@@ -360,4 +361,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.script_main(__package__, "bench.backfill_faults_bench", main)
+    common.script_main(main)

@@ -4,21 +4,37 @@ Each benchmark renders its own report (`render_markdown`); this module writes
 that report as JSON and Markdown under bench/out, prints it, and formats the
 "median (min-max)" cells the tables use, and reads a child's own peak
 memory (`own_peak_rss_mb`) and what a report says of the machine
-(`machine_info`). The machine-level helpers (a fresh
-DynamoDB Local, waiting for a quiet machine, CPU snapshots) live in
-`bench.mirror_bench`, the first benchmark that needed them.
+(`machine_info`). And the machine-level helpers every benchmark uses: a
+fresh DynamoDB Local (`fresh_engine`), waiting for a quiet machine, CPU
+snapshots of the engine, this process and the whole machine, and the
+median/min/max of a series (`summary_stats`).
+
+Benchmarks run as modules (`python -m bench.<name>`, what `bench/run` does),
+so nothing here edits sys.path.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
+import statistics
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.sim import local_engine
+
+OUT_DIR = PROJECT_ROOT / "bench" / "out"
+CACHE_DIR = PROJECT_ROOT / ".cache" / "dynashift"
+DAGGER = "†"
+CONTAMINATED_CORES = 0.25  # a run during which other programs used more CPU than this is flagged
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Render = Callable[[dict[str, Any]], str]
 
@@ -73,11 +89,8 @@ def cell(stat: dict[str, float] | None, digits: int = 0, *, thousands: bool = Fa
     return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
 
 
-def script_main(package: str | None, module: str, main: Callable[[], int]) -> None:
-    """Run a benchmark's main. Started as a file (`python bench/x.py`), it re-enters through
-    the package, so the child processes it spawns can import their targets by name."""
-    if package in (None, ""):
-        main = importlib.import_module(module).main
+def script_main(main: Callable[[], int]) -> None:
+    """Run a benchmark's main and exit with its code (`python -m bench.<name>`)."""
     sys.exit(main())
 
 
@@ -88,3 +101,82 @@ def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
         info = " (informational)" if verdict.get("informational") else ""
         lines.append(f"- **{'PASS' if verdict['pass'] else 'FAIL'}**{info} {verdict['target']}: {verdict['measured']}")
     return lines
+
+
+# =====================================================================================
+# Machine accounting: engine CPU, our CPU, everybody else's CPU
+# =====================================================================================
+
+
+def pid_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all threads), in seconds; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_s() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (all cores)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    engine_s: float
+    own_s: float
+    machine_s: float
+
+    @classmethod
+    def take(cls, engine_pid: int) -> CpuSnapshot:
+        return cls(time.time(), pid_cpu_s(engine_pid), time.process_time(), machine_busy_s())
+
+
+def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> tuple[float, float]:
+    """Wait (at most `max_wait_s`) until the machine's CPU load drops below `threshold_cores`.
+
+    Other programs (say, a test suite) sharing the 2 cores distort every number; waiting for a quiet
+    moment is cheap. Returns (seconds waited, load in cores over the last second sampled).
+    """
+    started = time.monotonic()
+    if max_wait_s <= 0:
+        return 0.0, 0.0
+    while True:
+        before = machine_busy_s()
+        time.sleep(1.0)
+        load = machine_busy_s() - before
+        waited = time.monotonic() - started
+        if load < threshold_cores or waited >= max_wait_s:
+            return waited, load
+
+
+# =====================================================================================
+# The engine
+# =====================================================================================
+
+
+@contextmanager
+def fresh_engine() -> Iterator[tuple[local_engine.EngineInfo, Settings]]:
+    """A new, empty DynamoDB Local on a free port, stopped on exit."""
+    port = local_engine.free_port()
+    info = local_engine.start(CACHE_DIR, port, quiet=True)
+    try:
+        settings = load_settings(endpoint_url=info.endpoint)
+        yield info, settings
+    finally:
+        local_engine.stop(CACHE_DIR, port)
+
+
+def summary_stats(values: list[float]) -> dict[str, float] | None:
+    """median, min, max and n of the values given (None values left out); None for none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}

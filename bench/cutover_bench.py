@@ -4,13 +4,13 @@ Run it from the project root::
 
     .venv/bin/python -m bench.cutover_bench            # 5 cutovers + 5 rollbacks (about 2-4 minutes)
     .venv/bin/python -m bench.cutover_bench --quick    # smoke run: 1 cutover + 1 rollback
-    .venv/bin/python bench/cutover_bench.py --help
+    .venv/bin/python -m bench.cutover_bench --help
 
 Method
 ======
 
 One FRESH DynamoDB Local (started on a free port, stopped afterwards; see
-`bench.mirror_bench.fresh_engine`). The legacy tables, sc-main and the
+`bench.common.fresh_engine`). The legacy tables, sc-main and the
 control table are created; both mirror consumers run in follow mode (the
 local stream runner, each gated on the mode flag); the simulated application
 (`shared.sim.app_sim.AppSimulator`) writes at ``--rate`` operations/s through
@@ -70,24 +70,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python bench/cutover_bench.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench import common
-from bench.mirror_bench import (
+from bench.common import (
     CONTAMINATED_CORES,
     DAGGER,
     OUT_DIR,
-    _cell,
-    _machine_busy_s,
-    _stats,
+    cell,
     fresh_engine,
+    machine_busy_s,
+    summary_stats,
     wait_for_quiet,
 )
 from shared.core.settings import Settings, load_settings
@@ -200,11 +196,11 @@ def run_bench(config: BenchConfig, *, log: Any = print) -> dict[str, Any]:
             time.sleep(config.phase_s)
             for cycle in range(config.cycles):
                 for which in (CUTOVER, ROLLBACK):
-                    own_before, machine_before, at = time.process_time(), _machine_busy_s(), time.monotonic()
+                    own_before, machine_before, at = time.process_time(), machine_busy_s(), time.monotonic()
                     acked_before = rig.app.stats.acknowledged
                     outcome = rig.switch(which)
                     elapsed = time.monotonic() - at
-                    other = max(0.0, (_machine_busy_s() - machine_before) - (time.process_time() - own_before))
+                    other = max(0.0, (machine_busy_s() - machine_before) - (time.process_time() - own_before))
                     run = {
                         "cycle": cycle,
                         "op": outcome.op,
@@ -255,14 +251,14 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     runs = [r for r in report["runs"] if r["outcome"] == "switched"]  # aborted/refused ones are counted apart
     by_op = {
         op: {
-            "freeze_window_s": _stats([r["freeze_window_s"] for r in runs if r["op"] == op]),
-            "delayed_writes": _stats([r["delayed_writes"] for r in runs if r["op"] == op]),
-            "median_delay_s": _stats([r["median_delay_s"] for r in runs if r["op"] == op]),
+            "freeze_window_s": summary_stats([r["freeze_window_s"] for r in runs if r["op"] == op]),
+            "delayed_writes": summary_stats([r["delayed_writes"] for r in runs if r["op"] == op]),
+            "median_delay_s": summary_stats([r["median_delay_s"] for r in runs if r["op"] == op]),
         }
         for op in ("cutover", "rollback")
     }
-    windows = _stats([r["freeze_window_s"] for r in runs])
-    delayed = _stats([r["delayed_writes"] for r in runs])
+    windows = summary_stats([r["freeze_window_s"] for r in runs])
+    delayed = summary_stats([r["delayed_writes"] for r in runs])
     outcomes = {name: sum(1 for r in report["runs"] if r["outcome"] == name) for name in ("switched", "aborted", "refused")}
     consistent = all(r["consistent"] and r["outcome"] == "switched" for r in report["runs"])
     cfg = report["config"]
@@ -316,9 +312,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for op, row in summary["by_op"].items():
-        lines.append(f"| {op} | {_cell(row['freeze_window_s'], 2)} | {_cell(row['delayed_writes'])} | "
-                     f"{_cell(row['median_delay_s'], 2)} |")
-    lines.append(f"| all | {_cell(summary['freeze_window_s'], 2)} | {_cell(summary['delayed_writes'])} | |")
+        lines.append(f"| {op} | {cell(row['freeze_window_s'], 2)} | {cell(row['delayed_writes'])} | "
+                     f"{cell(row['median_delay_s'], 2)} |")
+    lines.append(f"| all | {cell(summary['freeze_window_s'], 2)} | {cell(summary['delayed_writes'])} | |")
     lines += ["", f"Outcomes: {summary_outcomes(report)} (freeze windows and delays above: completed switches only; "
               "`aborted` = froze, hit the timeout and went back by itself; `refused` = the gate said no, no freeze)."]
     lines += [
@@ -392,4 +388,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.script_main(__package__, "bench.cutover_bench", main)
+    common.script_main(main)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.mirror_bench import _pid_cpu_s, fresh_engine
+from bench.common import fresh_engine, pid_cpu_s
 from shared.core import aws
 from shared.core.codec import to_wire
 from shared.core.definition import Item, get_definition
@@ -112,9 +112,9 @@ def measure(method: str, items: list[Item]) -> dict[str, Any]:
     with fresh_engine() as (info, settings):
         create_tables(settings, with_sources=False)
         client = aws.dynamodb(settings)
-        engine0, client0, wall0 = _pid_cpu_s(info.pid), time.process_time(), time.perf_counter()
+        engine0, client0, wall0 = pid_cpu_s(info.pid), time.process_time(), time.perf_counter()
         METHODS[method][1](client, settings.target_table, items)
-        engine1, client1, wall1 = _pid_cpu_s(info.pid), time.process_time(), time.perf_counter()
+        engine1, client1, wall1 = pid_cpu_s(info.pid), time.process_time(), time.perf_counter()
         pages = client.get_paginator("scan").paginate(TableName=settings.target_table, Select="COUNT",
                                                       ConsistentRead=True)
         written = sum(page["Count"] for page in pages)
@@ -207,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.script_main(__package__, "bench.engine_writes_bench", main)
+    common.script_main(main)

@@ -4,7 +4,7 @@ Run it from the project root::
 
     .venv/bin/python -m bench.mirror_bench            # full run (2 rounds, about 15-25 minutes here)
     .venv/bin/python -m bench.mirror_bench --quick    # smoke run: 1 round, small backlog, 5 s of lag
-    .venv/bin/python bench/mirror_bench.py --help     # backlog, warm-up, lag duration, rounds, budget
+    .venv/bin/python -m bench.mirror_bench --help     # backlog, warm-up, lag duration, rounds, budget
 
 Method
 ======
@@ -113,7 +113,6 @@ import math
 import multiprocessing
 import os
 import statistics
-import sys
 import threading
 import time
 import warnings
@@ -123,9 +122,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python bench/mirror_bench.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 # As run_forward_mirror does, before handlers.mirror is imported (powertools reads them at import).
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
@@ -134,20 +130,28 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 from bench import common
+from bench.common import (
+    CONTAMINATED_CORES,
+    DAGGER,
+    OUT_DIR,
+    CpuSnapshot,
+    cell,
+    fresh_engine,
+    summary_stats,
+    wait_for_quiet,
+)
 from shared.core import aws, capacity
 from shared.core.capacity import Usage
 from shared.core.codec import from_stream_image, to_wire
 from shared.core.definition import MigrationDefinition, get_definition
 from shared.core.errors import QuarantineError
-from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.core.settings import Settings, load_settings
 from shared.ops.tables import create_tables
 from shared.sim import local_engine
 from shared.sim.workload import Workload
 from shared.streams.mirror import table_from_arn
 from shared.streams.runner import StreamRunner
 
-OUT_DIR = PROJECT_ROOT / "bench" / "out"
-CACHE_DIR = PROJECT_ROOT / ".cache" / "dynashift"
 TARGET_CEILING_SHARE = 0.8  # (a) mirrored records/s at saturation >= 0.8 x the engine's ceiling for the same writes
 TARGET_UNITS_RATIO = 1.1  # (b) capacity units per record <= 1.1 x the naive handler's
 TARGET_P99_MS = 1000.0  # (c) p99 lag under 1 s ...
@@ -158,85 +162,11 @@ HANDLERS = ("dynashift", "naive")
 # first record arrives, and the runner then re-acquires at LATEST (no checkpoint yet) and skips the records
 # written in between (measured: ~250 of the first records lost per run). See the report to the lead.
 START_FROM = "trim-horizon"
-DAGGER = "†"
-CONTAMINATED_CORES = 0.25  # a run during which other programs used more CPU than this is flagged
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARMUP_TABLES = {"target_table": "warmup-main", "control_table": "warmup-control",
                  "table_names": {"sc-accounts": "warmup-accounts", "sc-repositories": "warmup-repositories"}}
 
 MatchKey = tuple[Any, ...]
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
-
-
-# =====================================================================================
-# Machine accounting: engine CPU, our CPU, everybody else's CPU
-# =====================================================================================
-
-
-def _pid_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all threads), in seconds; 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _machine_busy_s() -> float:
-    """Non-idle CPU seconds of the whole machine since boot (all cores)."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except OSError:
-        return 0.0
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / CLK_TCK
-
-
-@dataclass
-class CpuSnapshot:
-    at: float
-    engine_s: float
-    own_s: float
-    machine_s: float
-
-    @classmethod
-    def take(cls, engine_pid: int) -> CpuSnapshot:
-        return cls(time.time(), _pid_cpu_s(engine_pid), time.process_time(), _machine_busy_s())
-
-
-def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.3) -> tuple[float, float]:
-    """Wait (at most `max_wait_s`) until the machine's CPU load drops below `threshold_cores`.
-
-    Other programs (say, a test suite) sharing the 2 cores distort every number; waiting for a quiet
-    moment is cheap. Returns (seconds waited, load in cores over the last second sampled).
-    """
-    started = time.monotonic()
-    if max_wait_s <= 0:
-        return 0.0, 0.0
-    while True:
-        before = _machine_busy_s()
-        time.sleep(1.0)
-        load = _machine_busy_s() - before
-        waited = time.monotonic() - started
-        if load < threshold_cores or waited >= max_wait_s:
-            return waited, load
-
-
-# =====================================================================================
-# The engine
-# =====================================================================================
-
-
-@contextmanager
-def fresh_engine() -> Iterator[tuple[local_engine.EngineInfo, Settings]]:
-    """A new, empty DynamoDB Local on a free port, stopped on exit."""
-    port = local_engine.free_port()
-    info = local_engine.start(CACHE_DIR, port, quiet=True)
-    try:
-        settings = load_settings(endpoint_url=info.endpoint)
-        yield info, settings
-    finally:
-        local_engine.stop(CACHE_DIR, port)
 
 
 # =====================================================================================
@@ -1125,13 +1055,6 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
     return report
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 SUMMARY_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "records_per_s": lambda r: r.get("records_per_s"),
     "achieved_writes_per_s": lambda r: r.get("achieved_writes_per_s"),
@@ -1173,7 +1096,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         row: dict[str, Any] = {"scenario": scenario, "handler": handler, "repeats": len(mine),
                                "contaminated": sum(r["contaminated"] for r in mine)}
         for name, get in SUMMARY_FIELDS.items():
-            row[name] = _stats([get(r) for r in mine])
+            row[name] = summary_stats([get(r) for r in mine])
         row["requests_per_record"] = _mean_maps([r.get("requests_per_record", {}) for r in mine])
         row["runner_requests_per_record"] = _mean_maps([r.get("runner_requests_per_record", {}) for r in mine])
         rows.append(row)
@@ -1185,7 +1108,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             x, y = get(mine[round_no]), get(base[round_no])
             if x is not None and y:
                 values.append(x / y)
-        return _stats(values)
+        return summary_stats(values)
 
     ratios = {
         "drain_vs_ceiling_records_per_s": paired(("drain", "dynashift"), ("ceiling", "ceiling"),
@@ -1283,10 +1206,6 @@ def verdicts(rows: list[dict[str, Any]], ratios: dict[str, Any]) -> list[dict[st
 # =====================================================================================
 
 
-def _cell(stat: dict[str, float] | None, digits: int = 0) -> str:
-    return common.cell(stat, digits)
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     cfg = report["config"]
@@ -1318,11 +1237,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         dirty = DAGGER if row["contaminated"] else ""
         lines.append(
-            f"| {label}{dirty} | {_cell(row['records_per_s'])} | {_cell(row['target_writes_per_record'], 2)} | "
-            f"{_cell(row['units_aws'], 2)} | {_cell(row['units_local'], 2)} | "
-            f"{_cell(row['engine_cpu_ms_per_record'], 2)} | {_cell(row['client_cpu_ms_per_record'], 2)} | "
-            f"{_cell(row['mean_batch'])} | {_cell(row['stream_records_before'])} → {_cell(row['stream_records_after'])} | "
-            f"{_cell(row['other_load_cores'], 2)} |"
+            f"| {label}{dirty} | {cell(row['records_per_s'])} | {cell(row['target_writes_per_record'], 2)} | "
+            f"{cell(row['units_aws'], 2)} | {cell(row['units_local'], 2)} | "
+            f"{cell(row['engine_cpu_ms_per_record'], 2)} | {cell(row['client_cpu_ms_per_record'], 2)} | "
+            f"{cell(row['mean_batch'])} | {cell(row['stream_records_before'])} → {cell(row['stream_records_after'])} | "
+            f"{cell(row['other_load_cores'], 2)} |"
         )
     lines += [
         "",
@@ -1341,13 +1260,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         mark = "*" if censored else ""
         dirty = DAGGER if row["contaminated"] else ""
         lines.append(
-            f"| {handler}{dirty} | {_cell(row['offered_rate'])} | {_cell(row['achieved_writes_per_s'])} | "
-            f"{_cell(row['mirrored_per_s'])} | {_cell(row['p50_ms'])}{mark} | {_cell(row['p99_ms'])}{mark} | "
-            f"{_cell(row['max_ms'])}{mark} | {_cell(row['drain_s'], 1)} | {_cell(row['units_aws'], 2)} | "
-            f"{_cell(row['units_local'], 2)} | {_cell(row['handler_cpu_ms_per_record'], 2)} | "
-            f"{_cell(row['engine_cpu_ms_per_record'], 2)} | {_cell(row['mean_batch'])} | "
-            f"{_cell(row['stream_records_before'])} → {_cell(row['stream_records_after'])} | "
-            f"{_cell(row['other_load_cores'], 2)} |"
+            f"| {handler}{dirty} | {cell(row['offered_rate'])} | {cell(row['achieved_writes_per_s'])} | "
+            f"{cell(row['mirrored_per_s'])} | {cell(row['p50_ms'])}{mark} | {cell(row['p99_ms'])}{mark} | "
+            f"{cell(row['max_ms'])}{mark} | {cell(row['drain_s'], 1)} | {cell(row['units_aws'], 2)} | "
+            f"{cell(row['units_local'], 2)} | {cell(row['handler_cpu_ms_per_record'], 2)} | "
+            f"{cell(row['engine_cpu_ms_per_record'], 2)} | {cell(row['mean_batch'])} | "
+            f"{cell(row['stream_records_before'])} → {cell(row['stream_records_after'])} | "
+            f"{cell(row['other_load_cores'], 2)} |"
         )
     if any((r["censored_records"] or {}).get("max") for r in rows if r["scenario"] == "lag"):
         lines += ["", "`*` some records were not applied before the drain timeout: lag figures are lower bounds."]
@@ -1377,14 +1296,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| ratio | value |",
         "|---|---|",
-        f"| dynashift drain / ceiling, records/s | {_cell(ratios.get('drain_vs_ceiling_records_per_s'), 2)} |",
+        f"| dynashift drain / ceiling, records/s | {cell(ratios.get('drain_vs_ceiling_records_per_s'), 2)} |",
         ("| dynashift drain / ceiling, target writes/s (coalescing aside) | "
-         f"{_cell(ratios.get('drain_vs_ceiling_target_writes_per_s'), 2)} |"),
-        f"| naive drain / ceiling, records/s | {_cell(ratios.get('naive_drain_vs_ceiling_records_per_s'), 2)} |",
-        f"| dynashift / naive drain, records/s | {_cell(ratios.get('drain_records_per_s_vs_naive'), 2)} |",
-        f"| dynashift / naive units per record, drain (AWS rules) | {_cell(ratios.get('drain_units_vs_naive'), 2)} |",
-        f"| dynashift / naive units per record, half ceiling (AWS rules) | {_cell(ratios.get('lag_units_vs_naive'), 2)} |",
-        f"| dynashift / naive p99 lag, half ceiling | {_cell(ratios.get('lag_p99_vs_naive'), 2)} |",
+         f"{cell(ratios.get('drain_vs_ceiling_target_writes_per_s'), 2)} |"),
+        f"| naive drain / ceiling, records/s | {cell(ratios.get('naive_drain_vs_ceiling_records_per_s'), 2)} |",
+        f"| dynashift / naive drain, records/s | {cell(ratios.get('drain_records_per_s_vs_naive'), 2)} |",
+        f"| dynashift / naive units per record, drain (AWS rules) | {cell(ratios.get('drain_units_vs_naive'), 2)} |",
+        f"| dynashift / naive units per record, half ceiling (AWS rules) | {cell(ratios.get('lag_units_vs_naive'), 2)} |",
+        f"| dynashift / naive p99 lag, half ceiling | {cell(ratios.get('lag_p99_vs_naive'), 2)} |",
         "",
         "## Targets (issue 14)",
         "",
@@ -1433,4 +1352,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.script_main(__package__, "bench.mirror_bench", main)
+    common.script_main(main)

@@ -47,11 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python bench/profile_hot_paths.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.backfill_bench import generate_data
-from bench.mirror_bench import OUT_DIR, fresh_engine
+from bench.common import OUT_DIR, fresh_engine
 from shared.core import aws, capacity
 from shared.core.settings import PROJECT_ROOT, Settings, load_settings
 from shared.ops.tables import create_tables

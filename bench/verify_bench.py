@@ -74,8 +74,6 @@ import dataclasses
 import json
 import multiprocessing
 import queue
-import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,11 +81,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python bench/verify_bench.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench import common
-from bench.mirror_bench import _machine_busy_s, fresh_engine, wait_for_quiet
+from bench.common import fresh_engine, machine_busy_s, summary_stats, wait_for_quiet
 from shared.core import aws, capacity
 from shared.core.codec import to_native
 from shared.core.definition import get_definition
@@ -239,7 +234,7 @@ def _child(kind: str, endpoint: str, segments: int, out: Any) -> None:
 def measure(kind: str, endpoint: str, segments: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    busy_before, at = _machine_busy_s(), time.monotonic()
+    busy_before, at = machine_busy_s(), time.monotonic()
     process = context.Process(target=_child, args=(kind, endpoint, segments, out))
     process.start()
     while True:  # a child that died without a result must not hang the bench
@@ -251,7 +246,7 @@ def measure(kind: str, endpoint: str, segments: int) -> dict[str, Any]:
                 raise RuntimeError(f"the {kind} verifier died (exit code {process.exitcode})") from None
     process.join()
     wall = time.monotonic() - at
-    result["machine_load_cores"] = (_machine_busy_s() - busy_before) / max(wall, 1e-9)
+    result["machine_load_cores"] = (machine_busy_s() - busy_before) / max(wall, 1e-9)
     result["items_per_s"] = (result["source_items"] + result["target_items"]) / result["elapsed_s"]
     result["verifier"] = kind
     return result
@@ -322,12 +317,6 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print, reuse:
     return report
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows, ratios = [], []
     for size in sorted({r["size"] for r in runs}):
@@ -338,15 +327,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             rows.append({
                 "size": size, "verifier": kind, "rounds": len(mine),
                 "all_ok": all(r["ok"] for r in mine.values()),
-                **{name: _stats([r[name] for r in mine.values()])
+                **{name: summary_stats([r[name] for r in mine.values()])
                    for name in ("elapsed_s", "items_per_s", "peak_rss_mb", "cpu_s", "machine_load_cores")},
-                "read_units": _stats([r["read_units"] for r in mine.values() if r.get("read_units") is not None]),
+                "read_units": summary_stats([r["read_units"] for r in mine.values() if r.get("read_units") is not None]),
                 "scan_read_units": next((r["scan_read_units"] for r in mine.values() if r.get("scan_read_units")),
                                         None),
             })
         shared = sorted(set(by_kind["dynashift"]) & set(by_kind["naive"]))
         if shared:
-            ratios.append({"size": size, "throughput_ratio": _stats(
+            ratios.append({"size": size, "throughput_ratio": summary_stats(
                 [by_kind["dynashift"][n]["items_per_s"] / by_kind["naive"][n]["items_per_s"] for n in shared])})
     return {"rows": rows, "ratios": ratios, "verdicts": verdicts(rows, ratios)}
 
@@ -394,7 +383,7 @@ def verdicts(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[d
     return out
 
 
-def _cell(stat: dict[str, float] | None, digits: int = 0) -> str:
+def cell(stat: dict[str, float] | None, digits: int = 0) -> str:
     return common.cell(stat, digits, thousands=True)
 
 
@@ -417,13 +406,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         target_items = loads.get(str(row["size"]), {}).get("target_items", "?")
         lines.append(
             f"| {row['size']:,} | {target_items:,} | {row['verifier']} | {'yes' if row['all_ok'] else 'NO'} | "
-            f"{_cell(row['elapsed_s'], 1)} | {_cell(row['items_per_s'])} | {_cell(row['peak_rss_mb'])} | "
-            f"{_cell(row['cpu_s'], 1)} | {_cell(row.get('read_units'))} ({_num(row.get('scan_read_units'))}) | "
-            f"{_cell(row['machine_load_cores'], 2)} |"
+            f"{cell(row['elapsed_s'], 1)} | {cell(row['items_per_s'])} | {cell(row['peak_rss_mb'])} | "
+            f"{cell(row['cpu_s'], 1)} | {cell(row.get('read_units'))} ({_num(row.get('scan_read_units'))}) | "
+            f"{cell(row['machine_load_cores'], 2)} |"
         )
     lines += ["", "| source items | dynashift / naive throughput (paired) |", "|---|---|"]
     for ratio in summary["ratios"]:
-        lines.append(f"| {ratio['size']:,} | {_cell(ratio['throughput_ratio'], 2)} |")
+        lines.append(f"| {ratio['size']:,} | {cell(ratio['throughput_ratio'], 2)} |")
     verifiers_by_size: dict[int, set[str]] = {}
     for row in summary["rows"]:
         verifiers_by_size.setdefault(row["size"], set()).add(row["verifier"])
@@ -513,4 +502,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.script_main(__package__, "bench.verify_bench", main)
+    common.script_main(main)

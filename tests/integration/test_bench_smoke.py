@@ -127,3 +127,20 @@ def test_engine_writes_bench_writes_every_method_on_fresh_engines(tmp_path: Path
     assert all(run["engine_cpu_ms_per_item"] > 0 and run["items_per_s"] > 0 for run in report["runs"])
     assert {r["method"] for r in report["summary"]["ratios"]} == set(engine_writes_bench.METHODS) - {"batch_write"}
     assert "| BatchExecuteStatement INSERT (25, create-only) |" in (tmp_path / "engine_writes-quick.md").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_backfill_faults_bench_injects_faults_and_reports_its_ratio(tmp_path: Path) -> None:
+    from bench import backfill_faults_bench
+
+    # WHEN the bench runs as bench/run runs it, on a few items and one round
+    argv = ["--quick", "--rounds", "1", "--items", "400", "--quiet-wait-s", "0", "--out-dir", str(tmp_path)]
+    assert backfill_faults_bench.main(argv) == 0
+    # THEN both contenders completed; only the faulty one met faults; the ratio and its verdict are reported
+    report = json.loads((tmp_path / "backfill_faults-quick.json").read_text())
+    runs = {run["contender"]: run for run in report["runs"]}
+    assert set(runs) == {"fault-free", "faulty"} and all(run["exit_code"] == 0 for run in runs.values())
+    assert runs["fault-free"]["faults"] == 0 < runs["faulty"]["faults"]
+    assert report["summary"]["ratios"]["faulty/fault-free items/s"]["n"] == 1
+    markdown = (tmp_path / "backfill_faults-quick.md").read_text()
+    assert "keeps >= 0.5x its fault-free items/s" in markdown and ("PASS" in markdown or "FAIL" in markdown)
