@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Before pydantic (shared.core.settings): powertools' batch types import its pydantic
+# parser models, about 20 ms of a cold start, only if pydantic is imported already.
+import aws_lambda_powertools.utilities.batch  # noqa: F401
 from aws_lambda_powertools import Logger, Metrics
 
 from shared.core.settings import get_settings
