@@ -87,6 +87,7 @@ from shared.core import aws
 from shared.core.aws import error_code, translate
 from shared.core.errors import BackfillIncomplete, UsageError
 from shared.core.settings import Settings
+from shared.store import keys
 from shared.store.control import StaleWriterRegistry
 
 WRITER_KIND = "backfill-stepfunctions"
@@ -172,7 +173,7 @@ class RunRegistration:
 
     @property
     def key(self) -> dict[str, Any]:
-        return {"PK": {"S": StaleWriterRegistry.PK}, "SK": {"S": self.writer_id}}
+        return keys.stale_writer(self.writer_id)
 
     async def renew(self) -> None:
         """Extend the lease if it is still valid; else register afresh, with a new fence."""

@@ -37,6 +37,7 @@ from typing import Any
 from shared.core.aws import error_code, translate
 from shared.core.capacity import Usage
 from shared.core.errors import UsageError
+from shared.store import keys
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Run:
 
 
 def _pk(table: str) -> str:
-    return f"BACKFILL#{table}"
+    return keys.backfill_pk(table)
 
 
 class UnitStore:
@@ -214,7 +215,7 @@ class UnitStore:
                 ":reason": {"S": reason}, ":now": {"N": repr(round(self.clock(), 3))}}
         kwargs: dict[str, Any] = {
             "TableName": self.table,
-            "Key": {"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
+            "Key": keys.backfill(table, "RUN"),
             "UpdateExpression": update,
             "ConditionExpression": "attribute_exists(PK)",
         }
@@ -230,7 +231,7 @@ class UnitStore:
         try:
             await self.client.update_item(
                 TableName=self.table,
-                Key={"PK": {"S": _pk(table)}, "SK": {"S": "RUN"}},
+                Key=keys.backfill(table, "RUN"),
                 UpdateExpression="SET finished_at = if_not_exists(finished_at, :now)",
                 ExpressionAttributeValues={":now": {"N": repr(self.clock())}},
             )
@@ -275,7 +276,7 @@ class UnitStore:
         try:
             response = await self.client.update_item(
                 TableName=self.table,
-                Key={"PK": {"S": _pk(table)}, "SK": {"S": sk}},
+                Key=keys.backfill(table, sk),
                 UpdateExpression=(
                     "SET #s = :running, #o = :me, lease_until = :until, claim_id = :claim, "
                     "started_at = if_not_exists(started_at, :now), updated_at = :now"
@@ -311,7 +312,7 @@ class UnitStore:
         try:
             await self.client.update_item(
                 TableName=self.table,
-                Key={"PK": {"S": _pk(unit.table)}, "SK": {"S": unit.sk}},
+                Key=keys.backfill(unit.table, unit.sk),
                 UpdateExpression="SET #s = :pending, lease_until = :zero, updated_at = :now REMOVE #o",
                 ConditionExpression="#o = :me AND #s = :running",
                 ExpressionAttributeNames={"#o": "owner", "#s": "status"},
@@ -335,7 +336,7 @@ class UnitStore:
         try:
             await self.client.update_item(
                 TableName=self.table,
-                Key={"PK": {"S": _pk(unit.table)}, "SK": {"S": unit.sk}},
+                Key=keys.backfill(unit.table, unit.sk),
                 UpdateExpression="SET lease_until = :until",
                 ConditionExpression="#o = :me AND #s = :running",
                 ExpressionAttributeNames={"#o": "owner", "#s": "status"},
@@ -378,7 +379,7 @@ class UnitStore:
         try:
             await self.client.update_item(
                 TableName=self.table,
-                Key={"PK": {"S": _pk(unit.table)}, "SK": {"S": unit.sk}},
+                Key=keys.backfill(unit.table, unit.sk),
                 UpdateExpression=update,
                 ConditionExpression="#o = :me AND #s = :running",
                 ExpressionAttributeNames={"#o": "owner", "#s": "status", "#c": "cursor", "#r": "read"},

@@ -38,6 +38,7 @@ from shared.core.definition import get_definition
 from shared.core.errors import StoreError
 from shared.core.settings import Settings
 from shared.protocol.apply import Applier
+from shared.store import keys
 from shared.store.control import ControlStore, StaleWriterRegistry, StaleWriterWatch
 from shared.verify.verifier import jsonable, last_verify, preflight
 
@@ -46,7 +47,7 @@ MODE_DEFAULT = "old"
 
 def read_mode(client: Any, settings: Settings) -> str:
     try:
-        response = client.get_item(TableName=settings.control_table, Key={"PK": {"S": "MODE"}, "SK": {"S": "MODE"}},
+        response = client.get_item(TableName=settings.control_table, Key=keys.mode(),
                                    ConsistentRead=True)
     except Exception as exc:
         raise translate(exc, f"read the mode from {settings.control_table}") from exc

@@ -69,8 +69,9 @@ from shared.core import aws
 from shared.core.definition import get_definition
 from shared.core.errors import ConfigError, NotSupportedHere, StoreError, TransientError, UsageError
 from shared.core.settings import Settings
+from shared.store import keys
 
-BACKUP_PK = "BACKUP"
+BACKUP_PK = keys.BACKUP_PK
 ON_DEMAND = "on_demand"
 EXPORT = "export"
 KINDS = (ON_DEMAND, EXPORT)
@@ -640,7 +641,7 @@ class BackupManager:
         try:
             self.dynamodb.update_item(
                 TableName=self.settings.control_table,
-                Key={"PK": {"S": BACKUP_PK}, "SK": {"S": record.sk}},
+                Key=keys.backup(record.sk),
                 UpdateExpression=update,
                 ConditionExpression="attribute_exists(PK)",  # never resurrect a pruned record
                 ExpressionAttributeNames=names,
@@ -656,7 +657,7 @@ class BackupManager:
             return
         try:
             self.dynamodb.delete_item(TableName=self.settings.control_table,
-                                      Key={"PK": {"S": BACKUP_PK}, "SK": {"S": record.sk}})
+                                      Key=keys.backup(record.sk))
         except Exception as exc:
             raise aws.translate(exc, f"remove backup record {record.sk}") from exc
 

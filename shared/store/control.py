@@ -41,6 +41,7 @@ from boto3.dynamodb.types import Binary
 from shared.core.aws import translate
 from shared.core.codec import from_dynamodb_json, to_dynamodb_json
 from shared.core.definition import Item, SourceRef, TargetKey
+from shared.store import keys
 
 QUARANTINE_BUCKETS = 8
 KEY_SEP = "\x1f"
@@ -366,7 +367,7 @@ class StaleWriterRegistry:
     whose writer died; it costs tombstones for a few seconds more.
     """
 
-    PK = "STALE_WRITERS"
+    PK = keys.STALE_WRITERS_PK
     LANDING_GRACE_S = 10.0
 
     def __init__(self, client: Any, table: str, clock: Any = time.time) -> None:
@@ -399,7 +400,7 @@ class StaleWriterRegistry:
 
     async def deregister(self, writer_id: str) -> None:
         try:
-            await self.client.delete_item(TableName=self.table, Key={"PK": {"S": self.PK}, "SK": {"S": writer_id}})
+            await self.client.delete_item(TableName=self.table, Key=keys.stale_writer(writer_id))
         except Exception as exc:
             raise translate(exc, "deregister stale writer") from exc
 

@@ -51,8 +51,9 @@ from typing import Any
 from shared.core.aws import error_code, translate
 from shared.core.codec import to_native, to_wire
 from shared.core.errors import InvalidModeTransition, ModeConflict
+from shared.store import keys
 
-MODE_KEY = {"PK": {"S": "MODE"}, "SK": {"S": "MODE"}}
+MODE_KEY = keys.mode()
 _OWN_ATTRS = ("PK", "SK", "mode", "towards", "version", "since")
 
 

@@ -37,8 +37,8 @@ from typing import Any
 from shared.core import aws
 from shared.core.errors import UsageError
 from shared.core.settings import Settings
+from shared.store import keys
 
-MIRROR_PK = "MIRROR"
 POLL_S = 2.0
 
 
@@ -92,7 +92,7 @@ def from_mappings(mappings: list[dict[str, Any]], stream_label: str | None) -> C
 def _recorded(dynamodb: Any, settings: Settings, table: str) -> float | None:
     try:
         response = dynamodb.get_item(TableName=settings.control_table,
-                                     Key={"PK": {"S": MIRROR_PK}, "SK": {"S": table}}, ConsistentRead=True)
+                                     Key=keys.mirror_start(table), ConsistentRead=True)
     except Exception as exc:
         raise aws.translate(exc, f"read the mirror's start from {settings.control_table}") from exc
     item = response.get("Item")

@@ -59,12 +59,13 @@ from shared.core.aws import error_code, translate
 from shared.core.definition import get_definition
 from shared.core.errors import DrainTimeout, StoreError, UsageError
 from shared.core.settings import Settings
+from shared.store import keys
 from shared.store.receipts import receipted_ids
 
 DIRECTIONS = ("forward", "reverse")
 EMPTY_PAGES_AT_END = 2
 MAX_PAGES = 100_000
-POSITION_PREFIX = "DRAINPOS#"
+POSITION_PREFIX = keys.POSITION_PREFIX
 
 
 @dataclass(frozen=True)
@@ -138,13 +139,13 @@ def _shards(streams: Any, arn: str) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------ positions
 def _position_key(arn: str, shard_id: str) -> dict[str, Any]:
-    return {"PK": {"S": f"{POSITION_PREFIX}{arn}"}, "SK": {"S": shard_id}}
+    return keys.position(arn, shard_id)
 
 
 def _positions(dynamodb: Any, settings: Settings, arn: str) -> dict[str, dict[str, Any]]:
     items = aws.query_items(dynamodb, f"read drain positions from {settings.control_table}",
                             TableName=settings.control_table, KeyConditionExpression="PK = :pk",
-                            ExpressionAttributeValues={":pk": {"S": f"{POSITION_PREFIX}{arn}"}}, ConsistentRead=True)
+                            ExpressionAttributeValues={":pk": {"S": keys.position_pk(arn)}}, ConsistentRead=True)
     return {item["SK"]["S"]: {"sequence_number": item.get("sequence_number", {}).get("S"),
                               "finished": item.get("finished", {}).get("BOOL", False)} for item in items}
 

@@ -74,6 +74,7 @@ from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetK
 from shared.core.errors import TransientError
 from shared.core.settings import Settings
 from shared.protocol.apply import Applier, ApplyResult, gather_settled
+from shared.store import keys
 from shared.store.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
 from shared.store.mode import forward_applies, read_mode_async
 from shared.store.receipts import acknowledge, record_usage
@@ -422,7 +423,7 @@ class MirrorEngine(StreamEngine):
             try:
                 await self.applier.client.put_item(
                     TableName=self.settings.control_table,
-                    Item={"PK": {"S": "MIRROR"}, "SK": {"S": table}, "started_at": {"N": repr(first)}},
+                    Item={**keys.mirror_start(table), "started_at": {"N": repr(first)}},
                     ConditionExpression="attribute_not_exists(PK)",
                 )
             except Exception as exc:

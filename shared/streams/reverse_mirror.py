@@ -83,13 +83,12 @@ from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetK
 from shared.core.errors import QuarantineError, TransformFailed, TransientError, WriteRejected
 from shared.core.settings import Settings
 from shared.protocol.apply import gather_settled, is_tombstone
+from shared.store import keys
 from shared.store.control import ControlStore, QuarantineEntry, key_from_text, key_text
 from shared.store.mode import read_mode_async, reverse_applies
 from shared.store.receipts import acknowledge, record_usage
 from shared.streams.engine import StreamEngine
 
-STATE_PK = "REVERSE#"
-STATE_SK = "STATE"
 QUARANTINE_PREFIX = "reverse:"
 MAX_ATTEMPTS = 10
 
@@ -336,7 +335,7 @@ class ReverseEngine(StreamEngine):
         return to_wire(self.definition.source(ref.table).key_of(ref))
 
     def _state_key(self, ref: SourceRef) -> dict[str, Any]:
-        return {"PK": {"S": STATE_PK + ref.as_text()}, "SK": {"S": STATE_SK}}
+        return keys.reverse_state(ref.as_text())
 
     async def _read_state(self, ref: SourceRef) -> tuple[int, set[TargetKey]]:
         item = await self._get(self.settings.control_table, self._state_key(ref))

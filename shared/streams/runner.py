@@ -72,6 +72,7 @@ from shared.core.codec import b64_attribute
 from shared.core.definition import MigrationDefinition, get_definition
 from shared.core.errors import StoreError, UsageError
 from shared.core.settings import Settings
+from shared.store import keys
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 IDLE_POLL_S = 0.25
@@ -213,12 +214,12 @@ class StreamRunner:
 
     # ------------------------------------------------------------ checkpoints
     def _checkpoint_key(self, shard: ShardState) -> dict[str, Any]:
-        return {"PK": {"S": f"CHECKPOINT#{shard.stream_arn}"}, "SK": {"S": shard.shard_id}}
+        return keys.checkpoint(shard.stream_arn, shard.shard_id)
 
     def _load_checkpoints(self, stream_arn: str) -> dict[str, dict[str, Any]]:
         items = aws.query_items(self.dynamodb, f"read checkpoints from {self.settings.control_table}",
                                 TableName=self.settings.control_table, KeyConditionExpression="PK = :pk",
-                                ExpressionAttributeValues={":pk": {"S": f"CHECKPOINT#{stream_arn}"}},
+                                ExpressionAttributeValues={":pk": {"S": keys.checkpoint_pk(stream_arn)}},
                                 ConsistentRead=True)
         return {item["SK"]["S"]: item for item in items}
 
@@ -259,7 +260,7 @@ class StreamRunner:
             try:
                 self.dynamodb.put_item(
                     TableName=self.settings.control_table,
-                    Item={"PK": {"S": "MIRROR"}, "SK": {"S": physical_to_logical.get(table, table)},
+                    Item={**keys.mirror_start(physical_to_logical.get(table, table)),
                           "started_at": {"N": repr(round(self.clock(), 3))}},
                     ConditionExpression="attribute_not_exists(PK)",
                 )

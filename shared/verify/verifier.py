@@ -118,6 +118,7 @@ from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetK
 from shared.core.errors import QuarantineError, StoreError, UsageError
 from shared.core.settings import Settings
 from shared.protocol.apply import TOMBSTONE, Applier
+from shared.store import keys
 from shared.store.control import (
     ControlStore,
     QuarantineEntry,
@@ -137,7 +138,7 @@ SCAN_RETRIES = 8
 SCAN_PAGE_ITEMS = 250
 RECHECK_CONCURRENCY = 32
 SQLITE_CACHE_KB = 16_384
-VERIFY_PK = "VERIFY"
+VERIFY_PK = keys.VERIFY_PK
 HISTORY_TTL_S = 90 * 24 * 3600
 ABSENT = "<absent>"
 LEFTOVER_PREFIX = "_dynashift"
@@ -1031,7 +1032,7 @@ def last_verify(settings: Settings) -> dict[str, Any] | None:
     client = aws.dynamodb(settings)
     try:
         response = client.get_item(TableName=settings.control_table,
-                                   Key={"PK": {"S": VERIFY_PK}, "SK": {"S": "LAST"}}, ConsistentRead=True)
+                                   Key=keys.verify_result(), ConsistentRead=True)
     except Exception as exc:
         raise translate(exc, f"read the last verify result from {settings.control_table}") from exc
     raw = response.get("Item")
