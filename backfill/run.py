@@ -172,7 +172,7 @@ def run_backfill_report(
     if unfinished:
         console.print(f"not finished: {', '.join(unfinished)} (workers stopped); run the same command to resume")
         return 1, report
-    swept = asyncio.run(_finish(settings, tables))
+    swept = asyncio.run(_finish(settings, tables, console.print))
     report["tombstones_swept"] = swept
     console.print(f"backfill complete; {swept} tombstones swept")
     return 0, report
@@ -185,26 +185,49 @@ async def _load(settings: Settings, tables: list[str]) -> list[Run]:
     return [r for r in runs if r is not None]
 
 
-async def _finish(settings: Settings, tables: list[str]) -> int:
+async def _finish(settings: Settings, tables: list[str], progress: Callable[[str], None] | None = None) -> int:
     """After the last unit: sweep the tombstones the mirror left meanwhile, mark done.
 
     The mirror may keep leaving tombstones for up to `stale_writer_refresh_s`
     after the last worker deregistered; after that, if no other stale writer
     is registered, no tombstone can be needed any more (a new backfill fences
-    before reading) and all of them go. Otherwise only those older than
-    horizon + margin, which no stale writer can need.
+    before reading) and all of them go. A writer still registered is either
+    alive (another backfill: it renews its lease) or died without
+    deregistering (killed: its lease lapses, and until then its writes could
+    still land). So the sweep first waits, at most until the leases seen now
+    have lapsed, for every other writer to go; then all tombstones go, or, if
+    one is still live, only those older than horizon + margin, which no
+    stale writer can need (the mirror's periodic sweep takes the rest later).
     """
+    from shared.store.control import StaleWriterRegistry
+
     await asyncio.sleep(settings.stale_writer_refresh_s + 0.5)
     async with aws.aio_dynamodb(settings) as client:
-        from shared.store.control import StaleWriterRegistry
-
-        others = await StaleWriterRegistry(client, settings.control_table).active()
+        registry = StaleWriterRegistry(client, settings.control_table)
+        others = await _await_stopped_writers(registry, progress)
         life = settings.stale_write_horizon_s + settings.consistency_margin_s if others else 0.0
         swept = await sweep_tombstones(settings, get_definition(settings.migration), client, older_than_s=life)
         store = UnitStore(client, settings.control_table)
         for table in tables:
             await store.mark_finished(table)
     return swept
+
+
+async def _await_stopped_writers(registry: Any, progress: Callable[[str], None] | None) -> bool:
+    """Wait until no other stale writer is live, at most until the leases live now would
+    lapse unrenewed; True if one still is (it renewed: a backfill that is running)."""
+    until = await registry.live_until()
+    if until is None:
+        return False
+    if progress is not None:
+        progress(f"another stale writer is still registered (a backfill running, or one killed before it "
+                 f"deregistered): waiting up to {max(0.0, until - time.time()):.0f} s for its lease to lapse "
+                 "before the final tombstone sweep")
+    while time.time() < until:
+        await asyncio.sleep(min(1.0, max(0.05, until - time.time())))
+        if not await registry.active():
+            return False
+    return await registry.active()
 
 
 async def _in_process(settings: Settings, options: WorkerOptions, tables: list[str], console: Console) -> None:

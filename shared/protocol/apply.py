@@ -821,7 +821,7 @@ class Applier:
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return "changed"
-            raise translate(exc, f"delete from {self.target}") from exc
+            raise translate(exc, f"delete from {self.target}") from exc  # nosec B608 - an error message, not SQL
         return "deleted"
 
 

@@ -10,6 +10,7 @@ which the library below them must not.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,14 @@ from typing import Any
 from shared.core.errors import UsageError
 from shared.core.settings import Settings
 from shared.streams.runner import RunnerReport, StreamRunner, forward_runner
+
+
+def _quiet_powertools() -> None:
+    """Before a handler is imported (powertools reads these then): no EMF and no
+    X-Ray on a local run, and only warnings in its log; an explicit setting wins."""
+    for name, value in (("POWERTOOLS_METRICS_DISABLED", "true"), ("POWERTOOLS_TRACE_DISABLED", "true"),
+                        ("POWERTOOLS_LOG_LEVEL", "WARNING")):
+        os.environ.setdefault(name, value)
 
 
 def run_forward_mirror(
@@ -34,11 +43,7 @@ def run_forward_mirror(
 
     `stop_event` lets another thread stop it after the current batch.
     """
-    import os
-
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    _quiet_powertools()
     from handlers import mirror as mirror_handler
     from shared.streams.mirror import MirrorEngine
 
@@ -68,11 +73,7 @@ def run_reverse_mirror(
     Same runner, same checkpoints (`CHECKPOINT#<sc-main stream arn>` / shard id);
     the mode gate makes it write only after cutover, so it can run all the time.
     """
-    import os
-
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    _quiet_powertools()
     from handlers import reverse_mirror as reverse_handler
     from shared.streams.reverse_mirror import ReverseEngine
 

@@ -407,6 +407,12 @@ class StaleWriterRegistry:
     async def active(self) -> bool:
         return bool(await self._live())
 
+    async def live_until(self) -> float | None:
+        """When the last lease seen now stops counting (its end plus the landing
+        grace), if it is not renewed; None when no stale writer is live."""
+        live = await self._live()
+        return max(float(i["lease_until"]["N"]) for i in live) + self.LANDING_GRACE_S if live else None
+
     async def oldest_read(self) -> float | None:
         """The oldest read a live stale writer may still write from (None: no live
         writer; -inf: one that does not say, so every tombstone must stay)."""
