@@ -93,10 +93,6 @@ class Run:
         return total
 
 
-def _pk(table: str) -> str:
-    return keys.backfill_pk(table)
-
-
 class UnitStore:
     def __init__(self, client: Any, control_table: str, clock: Any = time.time) -> None:
         self.client = client
@@ -131,8 +127,7 @@ class UnitStore:
             return await self._plan_units(table, units=units, kind=kind, files=files)
         now = self.clock()
         run_item = {
-            "PK": {"S": _pk(table)},
-            "SK": {"S": "RUN"},
+            **keys.backfill(table, "RUN"),
             "segments": {"N": str(units)},
             "source": {"S": source},
             "write_mode": {"S": write_mode},
@@ -155,8 +150,7 @@ class UnitStore:
         for number in range(units):
             unit = Unit(table, number, kind, file=files[number] if files else None)
             item = {
-                "PK": {"S": _pk(table)},
-                "SK": {"S": unit.sk},
+                **keys.backfill(table, unit.sk),
                 "kind": {"S": kind},
                 "status": {"S": "pending"},
                 "read": {"N": "0"},
@@ -407,7 +401,7 @@ class UnitStore:
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "PK = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": _pk(table)}},
+            "ExpressionAttributeValues": {":pk": {"S": keys.backfill_pk(table)}},
             "ConsistentRead": True,
         }
         while True:

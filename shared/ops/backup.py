@@ -71,7 +71,6 @@ from shared.core.errors import ConfigError, NotSupportedHere, StoreError, Transi
 from shared.core.settings import Settings
 from shared.store import keys
 
-BACKUP_PK = keys.BACKUP_PK
 ON_DEMAND = "on_demand"
 EXPORT = "export"
 KINDS = (ON_DEMAND, EXPORT)
@@ -122,8 +121,7 @@ class BackupRecord:
 
     def to_item(self) -> dict[str, Any]:
         item: dict[str, Any] = {
-            "PK": {"S": BACKUP_PK},
-            "SK": {"S": self.sk},
+            **keys.backup(self.sk),
             "table": {"S": self.table},
             "kind": {"S": self.kind},
             "arn": {"S": self.arn},
@@ -413,7 +411,7 @@ class BackupManager:
         kwargs: dict[str, Any] = {
             "TableName": self.settings.control_table,
             "KeyConditionExpression": "PK = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": BACKUP_PK}},
+            "ExpressionAttributeValues": {":pk": {"S": keys.BACKUP_PK}},
             "ConsistentRead": True,
             "ScanIndexForward": False,
         }
@@ -722,6 +720,6 @@ def _failure(description: dict[str, Any]) -> str | None:
 
 
 __all__ = [
-    "BACKUP_PK", "EXPORT", "KINDS", "ON_DEMAND", "BackupManager", "BackupRecord", "PruneReport",
+    "EXPORT", "KINDS", "ON_DEMAND", "BackupManager", "BackupRecord", "PruneReport",
     "backup_gate_problems", "latest_backups",
 ]

@@ -65,7 +65,6 @@ from shared.store.receipts import receipted_ids
 DIRECTIONS = ("forward", "reverse")
 EMPTY_PAGES_AT_END = 2
 MAX_PAGES = 100_000
-POSITION_PREFIX = keys.POSITION_PREFIX
 
 
 @dataclass(frozen=True)

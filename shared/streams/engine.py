@@ -47,6 +47,7 @@ class StreamEngine:
     """The frame of a stream engine: Lambda's batch contract around `_apply_and_acknowledge`."""
 
     loop: asyncio.AbstractEventLoop
+    last_stats: Any  # the last batch's counts: log_fields() and metrics()
 
     def handle(self, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         """Lambda-compatible: returns the partial batch response."""
@@ -109,7 +110,7 @@ class EngineSlot(Generic[E]):
 
         engine = self.get()
         response = engine.handle(event, context)
-        stats: Any = getattr(engine, "last_stats")  # noqa: B009  (every engine keeps its last batch's counts)
+        stats = engine.last_stats
         logger.info(message, extra=stats.log_fields())
         if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
             # The local runner turns EMF off; powertools would still flush every

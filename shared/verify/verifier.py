@@ -138,7 +138,6 @@ SCAN_RETRIES = 8
 SCAN_PAGE_ITEMS = 250
 RECHECK_CONCURRENCY = 32
 SQLITE_CACHE_KB = 16_384
-VERIFY_PK = keys.VERIFY_PK
 HISTORY_TTL_S = 90 * 24 * 3600
 ABSENT = "<absent>"
 LEFTOVER_PREFIX = "_dynashift"
@@ -993,8 +992,7 @@ COUNT_FIELDS = ("source_items", "target_items", *KINDS, "unconfirmed")
 
 def _result_item(report: dict[str, Any], sk: str) -> dict[str, Any]:
     item: dict[str, Any] = {
-        "PK": {"S": VERIFY_PK},
-        "SK": {"S": sk},
+        **keys.verify_result(sk),
         "ok": {"BOOL": bool(report["ok"])},
         "started_at": {"N": repr(round(report["started_at"], 3))},
         "finished_at": {"N": repr(round(report["finished_at"], 3))},

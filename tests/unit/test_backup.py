@@ -24,7 +24,6 @@ from shared.cli.main import cli, main
 from shared.core.errors import ConfigError, UsageError
 from shared.core.settings import Settings, load_settings
 from shared.ops.backup import (
-    BACKUP_PK,
     DAY_S,
     EXPORT,
     ON_DEMAND,
@@ -34,6 +33,7 @@ from shared.ops.backup import (
     latest_backups,
 )
 from shared.ops.tables import create_tables
+from shared.store import keys
 
 BUCKET = "dynashift-test-backups"
 ACCOUNT = "123456789012"
@@ -78,7 +78,7 @@ def control_items(settings: Settings) -> list[dict]:
     return ddb().query(
         TableName=settings.control_table,
         KeyConditionExpression="PK = :pk",
-        ExpressionAttributeValues={":pk": {"S": BACKUP_PK}},
+        ExpressionAttributeValues={":pk": {"S": keys.BACKUP_PK}},
     )["Items"]
 
 
