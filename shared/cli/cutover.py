@@ -57,7 +57,7 @@ def _json_option(func: click.decorators.FC) -> click.decorators.FC:
 
 def mode_as_dict(state: ModeState) -> dict[str, Any]:
     """What `dynashift mode` shows, as plain data (the raw `extra` included)."""
-    from shared.verify.verifier import jsonable
+    from shared.verify.differences import jsonable
 
     extra = state.extra
     window = extra.get("freeze_window_s")

@@ -12,7 +12,7 @@ GetItem or a Query; never a scan of a data table):
   (`shared.streams.drain`), which holds for Lambda and the local runner alike;
 * quarantine counts by reason (`ControlStore.quarantine_counts`: reasons
   only, streamed, so a quarantine of millions is counted, not loaded);
-* the last verify result (`shared.verify.verifier.last_verify`);
+* the last verify result (`shared.verify.report.last_verify`);
 * the last backup: items ``BACKUP`` / ``<ISO timestamp>...`` (written by the
   backup module), newest first; None when there is none yet;
 * each mirror direction's capacity units over the last 24 hours (the hourly
@@ -40,7 +40,9 @@ from shared.core.settings import Settings
 from shared.protocol.apply import Applier
 from shared.store import keys
 from shared.store.control import ControlStore, StaleWriterRegistry, StaleWriterWatch
-from shared.verify.verifier import jsonable, last_verify, preflight
+from shared.verify.differences import jsonable
+from shared.verify.report import last_verify
+from shared.verify.verifier import preflight
 
 MODE_DEFAULT = "old"
 

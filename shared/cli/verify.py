@@ -79,7 +79,7 @@ def verify(ctx: Context, table: str, segments: int, sample: float, settle: float
 
 
 def render_verify(report: dict[str, Any]) -> None:
-    from shared.verify.verifier import KINDS
+    from shared.verify.differences import KINDS
 
     view = Table(title=f"verify {', '.join(report['tables'])}" + (
         f" (sample {report['sample']:g})" if report["sample"] < 1 else ""))
@@ -215,7 +215,7 @@ REASON_HELP = "Only this reason code (e.g. invalid_email, key_collision); an unk
 
 def quarantine_row(entry: QuarantineEntry, *, with_images: bool) -> dict[str, Any]:
     """One entry as JSON: without images, only what names the item and says why (no personal data)."""
-    from shared.verify.verifier import jsonable
+    from shared.verify.differences import jsonable
 
     row: dict[str, Any] = {
         "table": entry.ref.table,
@@ -266,7 +266,7 @@ def quarantine_list(ctx: Context, reason: str | None, as_json: bool, with_images
         row = [Text(entry.ref.table), Text("|".join(entry.ref.key)), Text(entry.reason), Text(entry.message[:120]),
                Text(detected)]
         if with_images:
-            from shared.verify.verifier import jsonable
+            from shared.verify.differences import jsonable
 
             row.append(Text(json.dumps(jsonable(entry.image), sort_keys=True, default=str)))
         view.add_row(*row)

@@ -431,7 +431,7 @@ def default_gate_checks(
 
 
 def check_verify(settings: Settings, now: float) -> GateCheck:
-    from shared.verify.verifier import last_verify
+    from shared.verify.report import last_verify
 
     last = last_verify(settings)
     if not last:

@@ -444,7 +444,7 @@ def catch_up(story: Story, settings: Settings, background: Background, direction
 
 
 def verify_step(story: Story, settings: Settings, label: str) -> dict[str, Any]:
-    from shared.verify.verifier import KINDS
+    from shared.verify.differences import KINDS
 
     report = run_verify(settings, story.console)
     differences = {kind: report[kind] for kind in KINDS if report[kind]}

@@ -16,7 +16,7 @@ written once and a new one cannot take another's name unseen.
 | collision waiters | ``WAIT#<target key>`` | source ref | `shared.store.control` |
 | stale writers | ``STALE_WRITERS`` | writer id | `shared.store.control` |
 | reverse state | ``REVERSE#<source ref>`` | ``STATE`` | `shared.streams.reverse_mirror` |
-| verify result | ``VERIFY`` | ``LAST``, history | `shared.verify.verifier` |
+| verify result | ``VERIFY`` | ``LAST``, history | `shared.verify.report` |
 | backups | ``BACKUP`` | created-at#table#kind | `shared.ops.backup` |
 | backfill plan | ``BACKFILL#<source table>`` | ``RUN``, ``UNIT#<n>`` | `backfill.units` |
 """

@@ -18,7 +18,8 @@ from shared.sim.local_lambda import run_forward_mirror
 from shared.sim.seed import seed
 from shared.sim.workload import Workload
 from shared.verify.convergence import check_tables
-from shared.verify.verifier import last_verify, make_request, run
+from shared.verify.report import last_verify
+from shared.verify.verifier import make_request, run
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import shared.verify.verifier
+import shared.verify.report
 from shared.core.settings import load_settings
 from shared.cutover.protocol import check_verify
 
@@ -24,7 +24,7 @@ FULL = {"ok": True, "finished_at": NOW - 60, "tables": ["sc-accounts", "sc-repos
     ],
 )
 def test_verify_gate(monkeypatch: pytest.MonkeyPatch, last, passes: bool, says: str) -> None:
-    monkeypatch.setattr(shared.verify.verifier, "last_verify", lambda settings: last)
+    monkeypatch.setattr(shared.verify.report, "last_verify", lambda settings: last)
     check = check_verify(load_settings(verify_max_age_s=3600), NOW)
     assert check.ok is passes
     assert says in check.detail

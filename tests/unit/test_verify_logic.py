@@ -10,24 +10,16 @@ from typing import Any
 
 import pytest
 
+from shared.core.capacity import Usage
 from shared.core.definition import SourceRef, get_definition
 from shared.core.settings import load_settings
 from shared.protocol.apply import TOMBSTONE, Applier, tombstone_item
 from shared.store.control import QuarantineEntry, key_text
-from shared.verify.verifier import (
-    KINDS,
-    Difference,
-    LiveView,
-    SourceState,
-    SpillStore,
-    VerifyRun,
-    attribute_diff,
-    canonical,
-    digest,
-    judge_key,
-    judge_ref,
-    make_request,
-)
+from shared.verify.differences import KINDS, Difference, attribute_diff, canonical, digest
+from shared.verify.judge import LiveView, SourceState, judge_key, judge_ref
+from shared.verify.report import build_report
+from shared.verify.spill import SpillStore
+from shared.verify.verifier import VerifyRun, make_request
 
 SC = get_definition("sc")
 
@@ -250,7 +242,6 @@ def test_a_difference_that_keeps_moving_is_looked_at_again_then_reported():
 # ----------------------------------------------------------------------------- report shape
 def test_report_json_has_every_documented_field(tmp_path):
     settings = load_settings()
-    run = VerifyRun(settings, make_request(settings, settle_s=0))
     store = SpillStore()
     try:
         store.db.execute("INSERT INTO src VALUES ('sc-accounts|a1', x'00', NULL)")
@@ -258,7 +249,9 @@ def test_report_json_has_every_documented_field(tmp_path):
         store.db.execute("INSERT INTO act VALUES ('K', NULL, x'02', 0)")
         store.add_found([Difference("extra", None, ("K", "S"), {"PK": {"expected": "<absent>", "actual": "K"}})] * 25
                         + [Difference("extra", None, (f"K{i}", "S")) for i in range(24)], confirmed=True)
-        report = run._report(store, 100.0, None)
+        report = build_report(store, started=100.0, finished=101.0, tables=("sc-accounts",), sample=1.0,
+                              settle_s=0, rounds=1, rechecked=0, repair=None, usage=Usage(), repair_usage=None,
+                              region=settings.effective_region)
     finally:
         store.close()
     expected = {"ok", "source_items", "target_items", "missing", "extra", "mismatched", "leftover", "quarantined",
