@@ -31,56 +31,33 @@ Design:
   per-record template method is kept: `_prepare` applies the coalesced batch
   once, and the record handler only reports each record's outcome.
 
-* Mode gate: the flag (`shared.store.mode`) is read strongly once per batch. The
-  forward mirror applies only in `old` and while freezing towards `new`;
-  otherwise every record is reported processed and nothing is written (those
-  records were written by reverse replication). Why this cannot lose or echo
-  a write is explained in `shared.store.mode`. While the last batch applied, the
-  flag is read together with the batch's other reads (the stale-writer
-  registry, the quarantine entries), not before them: one round trip instead
-  of three; nothing is written before the flag said yes.
+* Mode gate, faults, lifecycle, receipts and usage are the frame's
+  (`shared.streams.engine`): the forward mirror applies only in `old` and
+  while freezing towards `new`; its first reads, beside the flag, are the
+  stale-writer registry and the batch's quarantine entries. Each applying
+  thread also owns its `Applier` and registry watch (`_MirrorState`).
 * Round trips: a batch is one round of reads, its writes (lanes), and one
-  write of its receipts. The hourly usage counter (`shared.store.receipts.
-  record_usage`) is added to at most every `USAGE_FLUSH_S` (with everything
-  consumed since, so nothing is dropped; a Lambda container that ends keeps
-  its last few seconds of units to itself), alongside the receipts.
-
-The engine owns one event loop and one aiobotocore client for its lifetime
-(a Lambda container, or a runner process), created lazily on first use;
-one of each per thread that applies batches: the local runner delivers the
-batches of different shards from threads of their own, at the same time, as
-Lambda runs one execution environment per shard (`shared.streams.runner`).
-What a batch reads and writes is the same either way; only the loop, the
-client, the registry watch, the usage not yet reported and `last_stats` are
-the thread's.
+  write of its receipts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from shared.core import capacity
-from shared.core.aws import aio_dynamodb, error_code, is_transient
+from shared.core.aws import error_code, is_transient
 from shared.core.capacity import Usage
 from shared.core.codec import from_stream_image
-from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
-from shared.core.errors import TransientError
+from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey
 from shared.core.settings import Settings
 from shared.protocol.apply import Applier, ApplyResult, gather_settled
 from shared.store import keys
 from shared.store.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
-from shared.store.mode import forward_applies, read_mode_async
-from shared.store.receipts import acknowledge, record_usage
-from shared.streams.engine import StreamEngine
-
-USAGE_FLUSH_S = 5.0  # the usage counter is added to at most this often (see the module note)
+from shared.store.mode import ModeState, forward_applies
+from shared.streams.engine import EngineState, StreamEngine, retryable, sequences
 
 
 @dataclass
@@ -162,139 +139,66 @@ def table_from_arn(arn: str) -> str:
 
 
 @dataclass
-class _ThreadState:
-    """What one applying thread owns (see the module note)."""
+class _MirrorState(EngineState):
+    """A thread's state (`EngineState`), with its applier and stale-writer registry watch."""
 
-    loop: asyncio.AbstractEventLoop
-    stack: contextlib.AsyncExitStack | None = None
     applier: Applier | None = None
     watch: StaleWriterWatch | None = None
-    last_stats: BatchStats = field(default_factory=BatchStats)
-    forward_seen: bool = True  # the last flag read let the forward mirror apply
-    unreported: Usage = field(default_factory=Usage)  # units not yet added to the usage counter
-    unreported_records: int = 0
-    usage_flushed_at: float = -math.inf
 
 
 class MirrorEngine(StreamEngine):
     """Applies stream batches; one per process (Lambda container or runner)."""
 
+    component = "mirror"
+    direction = "forward"
+    state_type = _MirrorState
+
     def __init__(self, settings: Settings, definition: MigrationDefinition | None = None) -> None:
-        self.settings = settings
-        self.definition = definition or get_definition(settings.migration)
-        self._local = threading.local()
-        self._states: list[_ThreadState] = []
-        self._states_lock = threading.Lock()
+        super().__init__(settings, definition)
         self._start_recorded: set[str] = set()
-        physical = {settings.physical_name(s.name): s.name for s in self.definition.sources}
-        self._logical_by_physical = physical
+        self._logical_by_physical = {settings.physical_name(s.name): s.name for s in self.definition.sources}
+
+    def applies(self, mode: ModeState) -> bool:
+        return forward_applies(mode)
+
+    def _new_stats(self, records: list[dict[str, Any]]) -> BatchStats:
+        return BatchStats(records=len(records))
 
     # ------------------------------------------------------------- per thread
-    def _state(self) -> _ThreadState:
-        state: _ThreadState | None = getattr(self._local, "state", None)
-        if state is None:
-            state = self._local.state = _ThreadState(asyncio.new_event_loop())
-            with self._states_lock:
-                self._states.append(state)
-        return state
+    def _mirror_state(self) -> _MirrorState:
+        return cast(_MirrorState, self._state())
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._state().loop
+    def _connected(self, state: EngineState) -> None:
+        mine = cast(_MirrorState, state)
+        control = ControlStore(state.client, self.settings.control_table)
+        mine.watch = StaleWriterWatch(StaleWriterRegistry(state.client, self.settings.control_table),
+                                      self.settings.stale_writer_refresh_s)
+        mine.applier = Applier(self.settings, self.definition, state.client, control,
+                               tombstone_source=mine.watch.stale_writers_about)
 
     @property
     def applier(self) -> Applier | None:
-        return self._state().applier
+        return self._mirror_state().applier
 
     @applier.setter
     def applier(self, applier: Applier | None) -> None:
-        self._state().applier = applier
+        self._mirror_state().applier = applier
 
     @property
     def watch(self) -> StaleWriterWatch | None:
-        return self._state().watch
-
-    @property
-    def last_stats(self) -> BatchStats:
-        """The stats of the last batch this thread applied."""
-        return self._state().last_stats
-
-    @last_stats.setter
-    def last_stats(self, stats: BatchStats) -> None:
-        self._state().last_stats = stats
+        return self._mirror_state().watch
 
     @property
     def last_tombstone_at(self) -> float:
         """When any thread's applier last left a tombstone (the runner's final sweep waits it out)."""
         with self._states_lock:
-            return max((s.applier.last_tombstone_at for s in self._states if s.applier), default=0.0)
+            return max((cast(_MirrorState, s).applier.last_tombstone_at  # type: ignore[union-attr]
+                        for s in self._states if cast(_MirrorState, s).applier), default=0.0)
 
-    # ------------------------------------------------------------- lifecycle
     async def _ensure_applier(self) -> Applier:
-        state = self._state()
-        if state.applier is None:
-            state.stack = contextlib.AsyncExitStack()
-            client = await state.stack.enter_async_context(
-                aio_dynamodb(self.settings, pool=self.settings.mirror_concurrency * 2)
-            )
-            control = ControlStore(client, self.settings.control_table)
-            state.watch = StaleWriterWatch(StaleWriterRegistry(client, self.settings.control_table),
-                                           self.settings.stale_writer_refresh_s)
-            state.applier = Applier(self.settings, self.definition, client, control,
-                                    tombstone_source=state.watch.stale_writers_about)
-        return state.applier
-
-    async def _refresh_tombstone_mode(self, applier: Applier) -> None:
-        """Tombstones only while a stale writer (backfill) may be about.
-
-        The applier asks its `tombstone_source` (the registry watch) right
-        before each removal; this per-batch call only surfaces a registry
-        failure early, as a transient fault of the whole batch.
-        """
-        await applier.tombstones_now()
-
-    def close(self) -> None:
-        """Release every thread's client and loop (call it once no thread applies any more)."""
-        with self._states_lock:
-            states, self._states = self._states, []
-        for state in states:
-            if state.stack is not None:
-                if state.applier is not None and state.unreported_records:
-                    with contextlib.suppress(Exception):
-                        state.loop.run_until_complete(self._flush_usage(state))
-                state.loop.run_until_complete(state.stack.aclose())
-                state.stack = None
-                state.applier = None
-            state.loop.close()
-        self._local = threading.local()
-
-    # ---------------------------------------------------------------- batch entry (StreamEngine.apply_records)
-    async def _apply_and_acknowledge(self, records: list[dict[str, Any]]) -> set[str]:
-        state = self._state()
-        with capacity.scope("mirror") as usage:
-            failed = await self._apply_records(records)
-            applier = await self._ensure_applier()
-            receipts = acknowledge(applier.client, self.settings.control_table, records, failed)
-            if time.monotonic() - state.usage_flushed_at >= USAGE_FLUSH_S and state.unreported_records:
-                # What earlier batches consumed, beside this batch's receipts (never fails the batch).
-                failed, _ = await gather_settled(receipts, self._flush_usage(state))
-            else:
-                failed = await receipts
-        state.last_stats.failed_records = max(state.last_stats.failed_records, len(failed))
-        state.last_stats.usage = usage
-        state.unreported.add(usage)
-        state.unreported_records += len(records)
-        if state.usage_flushed_at == -math.inf:
-            await self._flush_usage(state)  # the first batch shows up in `status` at once
-        return failed
-
-    async def _flush_usage(self, state: _ThreadState) -> None:
-        """Add the units not yet reported to the hourly counter (best effort: `record_usage` never raises)."""
+        state = cast(_MirrorState, await self._connect())
         assert state.applier is not None
-        usage, records = state.unreported, state.unreported_records
-        state.unreported, state.unreported_records = Usage(), 0
-        state.usage_flushed_at = time.monotonic()
-        await record_usage(state.applier.client, self.settings.control_table, "forward", usage, records)
+        return state.applier
 
     # ---------------------------------------------------------------- batch
     def _chains(self, records: list[dict[str, Any]]) -> OrderedDict[SourceRef, Chain]:
@@ -338,50 +242,30 @@ class MirrorEngine(StreamEngine):
             lanes.setdefault(find(ref), []).append(chain)
         return [sorted(lane, key=lambda c: c.first_index) for lane in lanes.values()]
 
-    async def _apply_records(self, records: list[dict[str, Any]]) -> set[str]:
-        applier = await self._ensure_applier()
-        stats = BatchStats(records=len(records))
+    def _parse(self, records: list[dict[str, Any]], stats: BatchStats) -> OrderedDict[SourceRef, Chain]:
         now = time.time()
         for record in records:
             created = record["dynamodb"].get("ApproximateCreationDateTime")
             if created is not None:
                 stats.lag_ms.append(max(0.0, (now - float(created)) * 1000))
-        chains = self._chains(records)
-        state = self._state()
-        try:
-            if state.forward_seen:
-                # The flag rarely moves: read it with the batch's other reads. Only reads go
-                # out before it is known; what they found is dropped if it says no.
-                mode, _, entries = await gather_settled(
-                    read_mode_async(applier.client, self.settings.control_table),
-                    self._refresh_tombstone_mode(applier),
-                    applier.control.quarantine_get_many(chains),
-                )
-            else:
-                mode, entries = await read_mode_async(applier.client, self.settings.control_table), None
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            stats.failed_records = len(records)
-            self.last_stats = stats
-            return {r["dynamodb"]["SequenceNumber"] for r in records}
-        state.forward_seen = forward_applies(mode)
-        if not state.forward_seen:
-            stats.mode_skipped = len(records)
-            self.last_stats = stats
-            return set()
+        return self._chains(records)
+
+    async def _prefetch(self, state: EngineState,
+                        chains: OrderedDict[SourceRef, Chain]) -> dict[SourceRef, QuarantineEntry]:
+        """Tombstones only while a stale writer (backfill) may be about: the applier asks the
+        registry watch right before each removal; reading it here surfaces a registry failure
+        early, as a transient fault of the whole batch. And the chains' quarantine entries."""
+        applier = cast(_MirrorState, state).applier
+        assert applier is not None
+        _, entries = await gather_settled(applier.tombstones_now(), applier.control.quarantine_get_many(chains))
+        return cast(dict[SourceRef, QuarantineEntry], entries)
+
+    async def _apply(self, state: EngineState, chains: OrderedDict[SourceRef, Chain],
+                     entries: dict[SourceRef, QuarantineEntry], stats: BatchStats) -> set[str]:
+        applier = cast(_MirrorState, state).applier
+        assert applier is not None
         stats.chains = len(chains)
-        await self._record_start({c.ref.table for c in chains.values()}, records)
-        try:
-            if entries is None:
-                await self._refresh_tombstone_mode(applier)
-                entries = await applier.control.quarantine_get_many(chains)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            self.last_stats = stats
-            stats.failed_records = len(records)
-            return {r["dynamodb"]["SequenceNumber"] for r in records}
+        await self._record_start({c.ref.table for c in chains.values()}, [r for c in chains.values() for r in c.records])
         failed: set[str] = set()
         semaphore = asyncio.Semaphore(self.settings.mirror_concurrency)
 
@@ -389,25 +273,23 @@ class MirrorEngine(StreamEngine):
             broken = False
             for chain in lane:
                 if broken:
-                    failed.update(r["dynamodb"]["SequenceNumber"] for r in chain.records)
+                    failed.update(sequences(chain.records))
                     continue
                 try:
                     async with semaphore:
                         result = await applier.apply_change(chain.ref, chain.applied_images(self.definition),
                                                          entries.get(chain.ref))
                 except Exception as exc:
-                    if not (is_transient(exc) or isinstance(exc, TransientError)):
+                    if not retryable(exc):
                         raise
-                    broken = True
-                    failed.update(r["dynamodb"]["SequenceNumber"] for r in chain.records)
+                    broken = True  # the lane's later chains wait for this one's redelivery
+                    failed.update(sequences(chain.records))
                     continue
                 self._count(stats, result)
 
         # Settled: a lane that raises must not leave the others' writes in flight to
         # resume in this loop's next batch, after their records were redelivered.
         await gather_settled(*(run_lane(lane) for lane in self._lanes(chains, entries)))
-        stats.failed_records = len(failed)
-        self.last_stats = stats
         return failed
 
     async def _record_start(self, tables: set[str], records: list[dict[str, Any]]) -> None:

@@ -68,26 +68,23 @@ version, and the entry is cleared by the next clean rebuild of that owner.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.core import capacity
-from shared.core.aws import aio_dynamodb, error_code, is_transient, translate
+from shared.core.aws import error_code, translate
 from shared.core.capacity import Usage
 from shared.core.codec import from_stream_image, to_native, to_wire
-from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey, get_definition
+from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey
 from shared.core.errors import QuarantineError, TransformFailed, TransientError, WriteRejected
 from shared.core.settings import Settings
 from shared.protocol.apply import gather_settled, is_tombstone
 from shared.store import keys
 from shared.store.control import ControlStore, QuarantineEntry, key_from_text, key_text
-from shared.store.mode import read_mode_async, reverse_applies
-from shared.store.receipts import acknowledge, record_usage
-from shared.streams.engine import StreamEngine
+from shared.store.mode import ModeState, reverse_applies
+from shared.streams.engine import EngineState, StreamEngine, retryable
 
 QUARANTINE_PREFIX = "reverse:"
 MAX_ATTEMPTS = 10
@@ -147,46 +144,23 @@ class _Rebuilt:
 class ReverseEngine(StreamEngine):
     """Applies sc-main stream batches to the legacy tables; one per process."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        definition: MigrationDefinition | None = None,
-    ) -> None:
-        self.settings = settings
-        self.definition = definition or get_definition(settings.migration)
-        self.loop = asyncio.new_event_loop()
-        self._stack: contextlib.AsyncExitStack | None = None
-        self.client: Any = None
-        self.control: ControlStore | None = None
-        self.last_stats = ReverseStats()
+    component = "reverse-mirror"
+    direction = "reverse"
+
+    def __init__(self, settings: Settings, definition: MigrationDefinition | None = None) -> None:
+        super().__init__(settings, definition)
         self.clock = time.time
 
-    # ------------------------------------------------------------- lifecycle
-    async def _ensure_client(self) -> Any:
-        if self.client is None:
-            self._stack = contextlib.AsyncExitStack()
-            self.client = await self._stack.enter_async_context(
-                aio_dynamodb(self.settings, pool=self.settings.mirror_concurrency * 2)
-            )
-            self.control = ControlStore(self.client, self.settings.control_table)
-        return self.client
+    def applies(self, mode: ModeState) -> bool:
+        return reverse_applies(mode)
 
-    def close(self) -> None:
-        if self._stack is not None:
-            self.loop.run_until_complete(self._stack.aclose())
-            self._stack = None
-            self.client = None
-        self.loop.close()
+    def _new_stats(self, records: list[dict[str, Any]]) -> ReverseStats:
+        return ReverseStats(records=len(records))
 
-    # ---------------------------------------------------------------- batch entry (StreamEngine.apply_records)
-    async def _apply_and_acknowledge(self, records: list[dict[str, Any]]) -> set[str]:
-        with capacity.scope("reverse-mirror") as usage:
-            failed = await self._apply_records(records)
-            failed = await acknowledge(self.client, self.settings.control_table, records, failed)
-        self.last_stats.failed_records = max(self.last_stats.failed_records, len(failed))
-        self.last_stats.usage = usage
-        await record_usage(self.client, self.settings.control_table, "reverse", usage, len(records))
-        return failed
+    @property
+    def control(self) -> ControlStore:
+        """This thread's view of the control table (through its client)."""
+        return ControlStore(self.client, self.settings.control_table)
 
     # ---------------------------------------------------------------- batch
     def _groups(self, records: list[dict[str, Any]], stats: ReverseStats) -> OrderedDict[SourceRef, _Group]:
@@ -210,31 +184,18 @@ class ReverseEngine(StreamEngine):
             stats.artifacts += not owned
         return groups
 
-    async def _apply_records(self, records: list[dict[str, Any]]) -> set[str]:
-        client = await self._ensure_client()
-        stats = ReverseStats(records=len(records))
-        self.last_stats = stats
-        all_sequences = {r["dynamodb"]["SequenceNumber"] for r in records}
-        try:
-            mode = await read_mode_async(client, self.settings.control_table)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            stats.failed_records = len(records)
-            return all_sequences
-        if not reverse_applies(mode):
-            stats.mode_skipped = len(records)
-            return set()
+    def _parse(self, records: list[dict[str, Any]], stats: ReverseStats) -> OrderedDict[SourceRef, _Group]:
         groups = self._groups(records, stats)
         stats.owners = len(groups)
-        assert self.control is not None
-        try:
-            entries = await self.control.quarantine_get_many(reverse_quarantine_ref(r) for r in groups)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            stats.failed_records = len(records)
-            return all_sequences
+        return groups
+
+    async def _prefetch(self, state: EngineState, groups: OrderedDict[SourceRef, _Group]) -> dict[SourceRef, Any]:
+        """The owners' reverse quarantine entries."""
+        return await ControlStore(state.client, self.settings.control_table).quarantine_get_many(
+            reverse_quarantine_ref(r) for r in groups)
+
+    async def _apply(self, state: EngineState, groups: OrderedDict[SourceRef, _Group],
+                     entries: dict[SourceRef, QuarantineEntry], stats: ReverseStats) -> set[str]:
         failed: set[str] = set()
         semaphore = asyncio.Semaphore(self.settings.mirror_concurrency)
 
@@ -243,12 +204,11 @@ class ReverseEngine(StreamEngine):
                 async with semaphore:
                     await self.rebuild(ref, group.hints, entries.get(reverse_quarantine_ref(ref)), stats)
             except Exception as exc:
-                if not (is_transient(exc) or isinstance(exc, TransientError)):
+                if not retryable(exc):
                     raise
                 failed.update(group.sequences)
 
         await gather_settled(*(run(ref, group) for ref, group in groups.items()))  # none left in flight
-        stats.failed_records = len(failed)
         return failed
 
     # -------------------------------------------------------------- rebuild
@@ -260,7 +220,7 @@ class ReverseEngine(StreamEngine):
         stats: ReverseStats | None = None,
     ) -> str:
         """Rebuild one legacy item from sc-main's current state: 'written', 'deleted' or 'quarantined'."""
-        await self._ensure_client()
+        await self._connect()
         stats = stats if stats is not None else ReverseStats()
         delay = 0.02
         for _attempt in range(MAX_ATTEMPTS):
@@ -292,7 +252,6 @@ class ReverseEngine(StreamEngine):
     async def _after_commit(
         self, ref: SourceRef, rebuilt: _Rebuilt, entry: QuarantineEntry | None, stats: ReverseStats
     ) -> str:
-        assert self.control is not None
         if rebuilt.error is not None:
             await self.control.quarantine_put(
                 QuarantineEntry(

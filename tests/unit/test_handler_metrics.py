@@ -20,6 +20,8 @@ from shared.streams.runner import LocalContext
 class CountingEngine(StreamEngine):
     """Answers every batch with no failure, and the counts it was given."""
 
+    last_stats: Any = None  # a plain attribute here, not the base's per-thread one
+
     def __init__(self, stats: Any) -> None:
         self.last_stats = stats
         self.events: list[dict[str, Any]] = []
