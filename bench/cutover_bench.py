@@ -17,7 +17,7 @@ local stream runner, each gated on the mode flag); the simulated application
 `shared.cutover.router.Router` (its cached flag, `mode_cache_age_s`), in `old` on the
 legacy tables and in `new` in one transaction on sc-main, retrying
 `WritesFrozen` every 50 ms. After ``--phase`` seconds of writes, a cutover
-runs (`shared.cutover.protocol.run_switch`: gate, freeze, cache wait, exact drains of
+runs (`shared.cutover.operations.run_switch`: gate, freeze, cache wait, exact drains of
 both consumers, flip), then after another phase a rollback, ``--cycles``
 times. After every switch the application pauses and the authoritative side
 is compared with the expected state built from every acknowledged write

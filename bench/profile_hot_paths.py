@@ -14,7 +14,7 @@ figures are the client's CPU, not its wall time):
    1 worker, no mirror (``allow_no_mirror``), from the seeded legacy tables into sc-main.
 2. **verify scan**: ``shared.verify.verifier.run`` (8 segments) of the legacy tables against that sc-main.
 3. **mirror apply**: the seeded writes' stream records (read back with GetRecords, in Lambda's event
-   shape, ``shared.streams.runner.lambda_record``) handed to the mirror's Lambda handler
+   shape, ``shared.streams.lambda_event.lambda_record``) handed to the mirror's Lambda handler
    (``handlers.mirror.lambda_handler`` on a ``shared.streams.mirror.MirrorEngine``, as bench/mirror_bench.py
    drives it) in batches of 100 (the event source mapping's BatchSize), into a second, empty target
    and control table on the same engine. The engine is warmed first (client pool, registry), as in a
@@ -129,7 +129,7 @@ def verify_scan(settings: Settings) -> int:
 def stream_records(settings: Settings) -> list[dict[str, Any]]:
     """Every record of the legacy tables' streams, in Lambda's event shape, table after table."""
     from shared.core.definition import get_definition
-    from shared.streams.runner import lambda_record
+    from shared.streams.lambda_event import lambda_record
 
     client, streams = aws.dynamodb(settings), aws.streams(settings)
     records: list[dict[str, Any]] = []
@@ -151,8 +151,8 @@ def stream_records(settings: Settings) -> list[dict[str, Any]]:
 def mirror_apply(settings: Settings, records: list[dict[str, Any]]) -> Callable[[], int]:
     """The handler on a warm engine; returns the profiled part (the batches) as a callable."""
     from handlers import mirror as mirror_handler
+    from shared.streams.lambda_event import LocalContext
     from shared.streams.mirror import MirrorEngine
-    from shared.streams.runner import LocalContext
 
     engine = MirrorEngine(settings)
     mirror_handler.use_engine(engine)

@@ -40,7 +40,8 @@ import click
 
 from shared.cli.context import Context, console, emit_json, err_console, pass_ctx
 from shared.core.settings import Settings
-from shared.cutover.protocol import AwsPorts, GateCheck, SwitchReport
+from shared.cutover.aws_ports import AwsPorts
+from shared.cutover.protocol import GateCheck, SwitchReport
 from shared.store.mode import Mode, ModeState
 
 MODES = click.Choice([m.value for m in Mode])
@@ -82,7 +83,7 @@ def mode(click_ctx: click.Context, as_json: bool) -> None:
     """Show the cutover flag (old, freeze or new). `mode set` changes it by hand."""
     if click_ctx.invoked_subcommand is not None:
         return
-    from shared.cutover.protocol import read_mode
+    from shared.cutover.operations import read_mode
 
     ctx: Context = click_ctx.find_object(Context)
     state = read_mode(ctx.settings)
@@ -126,7 +127,7 @@ def mode_set(click_ctx: click.Context, value: str, towards: str | None, force: b
     """
     from shared.cli.context import refuse_remote_endpoint
     from shared.core.errors import UsageError
-    from shared.cutover.protocol import force_mode
+    from shared.cutover.operations import force_mode
 
     settings = click_ctx.find_object(Context).settings  # type: ignore[union-attr]
     as_json = as_json or bool(click_ctx.parent and click_ctx.parent.params.get("as_json"))  # `mode --json set`
@@ -179,7 +180,9 @@ class RecordingPorts(AwsPorts):
 def _run(settings: Settings, switch: Any, crash_after: str | None, as_json: bool, **kwargs: Any) -> None:
     import os
 
-    from shared.cutover.protocol import CrashInjected, CutoverError, SwitchAborted, default_gate_checks, run_switch
+    from shared.cutover.gate import default_gate_checks
+    from shared.cutover.operations import run_switch
+    from shared.cutover.protocol import CrashInjected, CutoverError, SwitchAborted
 
     ports = RecordingPorts(settings)
     gate: list[GateCheck] = []
@@ -307,8 +310,9 @@ def finalize(ctx: Context, yes: bool, as_json: bool) -> None:
     before asking anything.
     """
     from shared.core.errors import UsageError
-    from shared.cutover.protocol import CutoverError, read_mode
-    from shared.cutover.protocol import finalize as run_finalize
+    from shared.cutover.operations import finalize as run_finalize
+    from shared.cutover.operations import read_mode
+    from shared.cutover.protocol import CutoverError
 
     settings = ctx.settings
     state = read_mode(settings)

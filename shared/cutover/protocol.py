@@ -58,21 +58,21 @@ returns the AWS commands that disable the reverse event source mapping and,
 later, retire the legacy tables. It never deletes a table itself.
 
 Everything that touches AWS goes through `Ports` (mode store, drain,
-clock), so the state machine is unit-tested with fakes.
+clock), so the state machine is unit-tested with fakes. This module is the
+state machine; the gate's checks are `shared.cutover.gate`, the real ports
+`shared.cutover.aws_ports`, and the entry points (`run_switch`, `finalize`,
+`force_mode`) `shared.cutover.operations`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
-from shared.core.errors import DrainTimeout, DynashiftError, TransientError, UsageError
-from shared.core.settings import Settings
-from shared.store.mode import Mode, ModeState, ModeStore
+from shared.core.errors import DynashiftError, UsageError
+from shared.store.mode import Mode, ModeState
 
 DRAIN_POLL_S = 0.1  # each drain poll adds up to this to the freeze window
 FORWARD = "forward"
@@ -339,317 +339,23 @@ def _float_or_none(value: Any) -> float | None:
 PERSISTENT_EXTRA = ("finalized_at", "reverse_replication")
 
 
-# =========================================================================== entry points
-def run_switch(
-    settings: Settings,
-    switch: Switch,
-    *,
-    ports: Ports | None = None,
-    timeout_s: float | None = None,
-    max_lag_s: float | None = None,
-    accept_quarantined: bool = False,
-    skip_backup_check: bool = False,
-    resume: bool = False,
-    crash_after: str | None = None,
-    progress: Progress | None = None,
-    gate_checks: Callable[..., list[GateCheck]] | None = None,
-) -> SwitchReport:
-    """`dynashift cutover` / `dynashift rollback` (with `--resume`).
-
-    Raises CutoverError when the gate refuses, SwitchAborted when the switch
-    went back to its origin; returns the report otherwise.
-    """
-    options = SwitchOptions(
-        timeout_s=timeout_s if timeout_s is not None else settings.cutover_timeout_s,
-        cache_age_s=settings.mode_cache_age_s + settings.cutover_inflight_grace_s,
-        crash_after=crash_after,
-    )
-    ports = ports or AwsPorts(settings)
-    protocol = SwitchProtocol(ports, options, progress)
-    state = ports.read_mode()
-
-    if state.mode == Mode.FREEZE:
-        in_progress = switch_of(state)
-        if resume or in_progress is switch:
-            return _raise_if_aborted(protocol.resume(state))
-        # `rollback` while a cutover is frozen: go back, that *is* the rollback.
-        return _raise_if_aborted(protocol.abort(state, f"{switch.op} requested during a {in_progress.op}"))
-    if resume:
-        return protocol.resume(state)
-    if state.extra.get("finalized_at"):
-        raise CutoverError(f"the migration was finalized; {switch.op} is no longer possible")
-    if state.mode != switch.origin:
-        raise CutoverError(f"{switch.op} needs mode {switch.origin}, but the mode is {state.mode}")
-
-    checks = (gate_checks or default_gate_checks)(
-        settings, switch, state, max_lag_s=max_lag_s if max_lag_s is not None else settings.cutover_max_lag_s,
-        accept_quarantined=accept_quarantined, skip_backup_check=skip_backup_check, ports=ports,
-    )
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        raise CutoverError(f"{switch.op} refused by the gate: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
-    for check in checks:
-        (progress or (lambda _l: None))(f"gate: {check.name}: {check.detail}")
-    # The gate took a while: the freeze write is conditional on the version read before it.
-    return _raise_if_aborted(protocol.start(switch, state, checks))
-
-
-def _raise_if_aborted(report: SwitchReport) -> SwitchReport:
-    if report.outcome == "aborted":
-        raise SwitchAborted(
-            f"{report.op} aborted, mode is back to {report.mode} after a freeze of "
-            f"{report.freeze_window_s:.2f}s: {report.reason}"
-        )
-    return report
-
-
-# =========================================================================== the gate
-def default_gate_checks(
-    settings: Settings,
-    switch: Switch,
-    state: ModeState,
-    *,
-    max_lag_s: float,
-    accept_quarantined: bool,
-    skip_backup_check: bool,
-    ports: Ports,
-) -> list[GateCheck]:
-    checks: list[GateCheck] = []
-    if switch is CUTOVER:
-        checks.append(check_verify(settings, ports.clock()))
-        checks.append(check_quarantine(settings, accept_quarantined))
-        checks.append(
-            GateCheck("backup", True, "skipped (--skip-backup-check)") if skip_backup_check
-            else check_backups(settings, ports.clock())
-        )
-    # Both consumers must be running: the active one with a bounded lag, the
-    # other one because it takes over (reverse replication) or must have
-    # skipped everything before the flip.
-    for direction in switch.drains:
-        checks.append(check_lag(ports, direction, max_lag_s))
-    return checks
-
-
-def check_verify(settings: Settings, now: float) -> GateCheck:
-    from shared.verify.report import last_verify
-
-    last = last_verify(settings)
-    if not last:
-        return GateCheck("verify", False, "no verify result yet (run: dynashift verify)")
-    age = now - float(last["finished_at"])
-    if not last.get("ok"):
-        return GateCheck("verify", False, f"the last verify ({age:.0f}s ago) found differences")
-    if age > settings.verify_max_age_s:
-        return GateCheck("verify", False,
-                         f"the last clean verify is {age:.0f}s old (limit verify_max_age_s={settings.verify_max_age_s:g})")
-    from shared.core.definition import get_definition
-
-    every_table = {source.name for source in get_definition(settings.migration).sources}
-    covered = set(last.get("tables") or [])
-    if not every_table <= covered or float(last.get("sample", 1.0)) < 1.0:
-        # A clean partial run proves nothing about the rest: the gate wants all of it.
-        return GateCheck("verify", False,
-                         f"the last clean verify covered {', '.join(sorted(covered)) or 'no table'}"
-                         f" at sample {float(last.get('sample', 1.0)):g}; run a full `dynashift verify`")
-    return GateCheck("verify", True, f"clean, {age:.0f}s ago")
-
-
-def check_quarantine(settings: Settings, accept: bool) -> GateCheck:
-    from shared.core import aws
-    from shared.store.control import ControlStore
-
-    async def counts() -> dict[str, int]:
-        async with aws.aio_dynamodb(settings) as client:
-            return await ControlStore(client, settings.control_table).quarantine_counts()
-
-    reasons = asyncio.run(counts())
-    total = sum(reasons.values())
-    if not total:
-        return GateCheck("quarantine", True, "empty")
-    listing = ", ".join(f"{n} {r}" for r, n in reasons.items())
-    if accept:
-        return GateCheck("quarantine", True, f"{total} item(s) accepted ({listing})")
-    return GateCheck("quarantine", False,
-                     f"{total} item(s) ({listing}); fix them or pass --accept-quarantined")
-
-
-def check_backups(settings: Settings, now: float) -> GateCheck:
-    from shared.ops.backup import backup_gate_problems
-
-    problems = backup_gate_problems(settings, now=now)
-    if problems:
-        return GateCheck("backup", False, "; ".join(problems))
-    return GateCheck("backup", True, "every legacy table has a recent completed backup")
-
-
-def check_lag(ports: Ports, direction: str, max_lag_s: float) -> GateCheck:
-    """The consumer reaches the stream ends as of now within `max_lag_s`: its lag is under the bound."""
-    started = ports.clock()
-    if ports.wait_caught_up(direction, max_lag_s):
-        return GateCheck(f"{direction} mirror lag", True, f"caught up in {ports.clock() - started:.2f}s")
-    return GateCheck(f"{direction} mirror lag", False,
-                     f"did not acknowledge every record in its streams within {max_lag_s:g}s (is the stack's "
-                     f"mapping enabled, or `mirror run --direction {direction}` running?)")
-
-
-# =========================================================================== AWS ports
-class AwsPorts:
-    """The real world: the mode item in the control table, the drain module, the wall clock."""
-
-    def __init__(self, settings: Settings) -> None:
-        from shared.core import aws
-
-        self.settings = settings
-        self.store = ModeStore(aws.dynamodb(settings), settings.control_table)
-
-    def read_mode(self) -> ModeState:
-        return self.store.read(consistent=True)
-
-    def write_mode(self, state: ModeState, expected_version: int) -> ModeState:
-        return self.store.write(storable(state), expected_version)
-
-    def wait_drained(self, direction: str, timeout_s: float) -> bool:
-        from shared.streams import drain
-
-        try:
-            drain.wait_drained(self.settings, direction, timeout_s, poll_s=DRAIN_POLL_S)
-        except DrainTimeout:
-            return False
-        return True
-
-    def wait_caught_up(self, direction: str, timeout_s: float) -> bool:
-        from shared.streams import drain
-
-        try:
-            return drain.wait_caught_up(self.settings, direction, timeout_s, poll_s=DRAIN_POLL_S)
-        except TransientError:
-            return False
-
-    def clock(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
 def storable(state: ModeState) -> ModeState:
     """DynamoDB takes no floats: the protocol's times go into `extra` as Decimals (ms precision)."""
     extra = {k: Decimal(repr(round(v, 3))) if isinstance(v, float) else v for k, v in state.extra.items()}
     return replace(state, extra=extra)
 
 
-# =========================================================================== finalize
-@dataclass
-class FinalizeReport:
-    tombstones_swept: int
-    already_finalized: bool
-    commands: list[str]
-
-
-def finalize(settings: Settings, *, ports: Ports | None = None) -> FinalizeReport:
-    """Clean up after the monitoring period; never deletes a legacy table."""
-    from shared.core import aws
-    from shared.core.definition import get_definition
-    from shared.protocol.apply import sweep_tombstones
-    from shared.store.control import StaleWriterRegistry
-
-    ports = ports or AwsPorts(settings)
-    state = ports.read_mode()
-    if state.mode != Mode.NEW:
-        raise CutoverError(f"finalize needs mode new (after a cutover), but the mode is {state.mode}")
-    definition = get_definition(settings.migration)
-
-    async def sweep() -> int:
-        async with aws.aio_dynamodb(settings) as client:
-            if await StaleWriterRegistry(client, settings.control_table).active():
-                raise CutoverError("a backfill is still registered as a writer; finish or stop it first")
-            return await sweep_tombstones(settings, definition, client, older_than_s=0)
-
-    swept = asyncio.run(sweep())
-    already = bool(state.extra.get("finalized_at"))
-    if not already:
-        ports.write_mode(
-            replace(state, extra={**state.extra, "finalized_at": ports.clock(), "reverse_replication": "stopped"}),
-            state.version,
-        )
-    legacy = [settings.physical_name(s.name) for s in definition.sources]
-    commands = [
-        "# stop reverse replication in AWS (it already stopped applying):",
-        ("aws lambda list-event-source-mappings --function-name <ReverseMirrorFunction> "
-        "--query 'EventSourceMappings[].UUID' --output text"),
-        "aws lambda update-event-source-mapping --uuid <UUID> --no-enabled",
-        "# later, once the backups' retention allows it, retire the legacy tables:",
-        *(f"aws dynamodb update-table --table-name {t} --no-deletion-protection-enabled" for t in legacy),
-        *(f"aws dynamodb delete-table --table-name {t}" for t in legacy),
-    ]
-    return FinalizeReport(tombstones_swept=swept, already_finalized=already, commands=commands)
-
-
-
-
-# =========================================================================== by hand
-def force_mode(settings: Settings, mode: Mode, towards: Mode | None = None) -> ModeState:
-    """`dynashift mode set X --force`: write the flag without the protocol.
-
-    Skips the gate, the cache wait and the drains, and any transition rule:
-    only for repairing a flag by hand. Still optimistic (a concurrent switch
-    wins) and recorded in `extra` (`step = forced`).
-    """
-    from shared.core import aws
-    from shared.core.aws import error_code, translate
-    from shared.core.errors import ModeConflict
-    from shared.store.mode import item_from_state
-
-    if mode == Mode.FREEZE and towards not in (Mode.OLD, Mode.NEW):
-        raise UsageError("mode set freeze: --towards old|new is required")
-    if mode != Mode.FREEZE:
-        towards = None
-    client = aws.dynamodb(settings)
-    store = ModeStore(client, settings.control_table)
-    current = store.read(consistent=True)
-    now = time.time()
-    extra = {k: v for k, v in current.extra.items() if k in PERSISTENT_EXTRA}
-    extra.update(step="forced", reason=f"set by hand from {current.describe()}", forced_at=now)
-    if mode == Mode.FREEZE:
-        extra.update(op=(CUTOVER if towards == Mode.NEW else ROLLBACK).op, freeze_started_at=now,
-                     deadline=now + settings.cutover_timeout_s, timeout_s=settings.cutover_timeout_s,
-                     cache_age_s=settings.mode_cache_age_s + settings.cutover_inflight_grace_s)
-    stored = ModeState(mode=mode, towards=towards, version=current.version + 1, since=now, extra=extra)
-    condition: dict[str, Any] = (
-        {"ConditionExpression": "attribute_not_exists(PK)"} if current.version == 0 else {
-            "ConditionExpression": "#v = :v", "ExpressionAttributeNames": {"#v": "version"},
-            "ExpressionAttributeValues": {":v": {"N": str(current.version)}}}
-    )
-    try:
-        client.put_item(TableName=settings.control_table, Item=item_from_state(storable(stored)), **condition)
-    except Exception as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            raise ModeConflict("the mode flag changed meanwhile: look again (dynashift mode)") from exc
-        raise translate(exc, f"write the mode flag to {settings.control_table}") from exc
-    return stored
-
-
-def read_mode(settings: Settings) -> ModeState:
-    from shared.core import aws
-
-    return ModeStore(aws.dynamodb(settings), settings.control_table).read(consistent=True)
-
-
 __all__ = [
     "CRASH_POINTS",
     "CUTOVER",
     "ROLLBACK",
-    "AwsPorts",
     "CrashInjected",
     "CutoverError",
-    "FinalizeReport",
     "GateCheck",
     "Ports",
     "Switch",
     "SwitchAborted",
+    "SwitchProtocol",
     "SwitchReport",
-    "finalize",
-    "force_mode",
-    "read_mode",
-    "run_switch",
+    "storable",
 ]

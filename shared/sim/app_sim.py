@@ -557,7 +557,7 @@ class SwitchRig:
 
     # ------------------------------------------------------------------ switching
     def ports(self) -> Any:
-        from shared.cutover.protocol import AwsPorts
+        from shared.cutover.aws_ports import AwsPorts
 
         rig = self
 
@@ -572,8 +572,9 @@ class SwitchRig:
 
     def switch(self, which: Any, **kwargs: Any) -> SwitchOutcome:
         """Run a cutover or rollback (or `resume=True`) and check the result."""
-        from shared.cutover.protocol import CutoverError, SwitchAborted, run_switch
-        from shared.cutover.protocol import read_mode as read_flag
+        from shared.cutover.operations import read_mode as read_flag
+        from shared.cutover.operations import run_switch
+        from shared.cutover.protocol import CutoverError, SwitchAborted
 
         delayed_before, delays_before = self.app.stats.delayed, len(self.app.stats.delays_s)
         kwargs.setdefault("gate_checks", local_gate)
@@ -597,7 +598,7 @@ class SwitchRig:
 
     def check(self, outcome: SwitchOutcome | None = None) -> AuthoritativeDiff:
         """Pause the application, compare the authoritative side with every acknowledged write, resume."""
-        from shared.cutover.protocol import read_mode as read_flag
+        from shared.cutover.operations import read_mode as read_flag
 
         self.app.pause()
         try:
@@ -635,7 +636,7 @@ class SwitchRig:
 def local_gate(settings: Settings, switch: Any, state: Any, *, max_lag_s: float, ports: Any, **_: Any) -> list[Any]:
     """The gate without verify and backup (no verifier run, no backups on DynamoDB Local): quarantine
     (accepted: the simulated application writes no bad data, so it stays empty) and both mirrors' lag."""
-    from shared.cutover.protocol import check_lag, check_quarantine
+    from shared.cutover.gate import check_lag, check_quarantine
 
     return [check_quarantine(settings, accept=True), *(check_lag(ports, d, max_lag_s) for d in switch.drains)]
 

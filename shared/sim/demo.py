@@ -423,7 +423,7 @@ def timed_ports(settings: Settings, background: Background) -> Any:
     time a consumer needs to reach its streams' ends as of a moment is an
     honest upper bound of its lag (it includes the polling intervals).
     """
-    from shared.cutover.protocol import AwsPorts
+    from shared.cutover.aws_ports import AwsPorts
 
     class TimedPorts(AwsPorts):
         def wait_caught_up(self, direction: str, timeout_s: float) -> bool:
@@ -458,7 +458,8 @@ def verify_step(story: Story, settings: Settings, label: str) -> dict[str, Any]:
 
 
 def switch_step(story: Story, settings: Settings, background: Background, label: str, target: Mode) -> None:
-    from shared.cutover.protocol import CUTOVER, ROLLBACK, run_switch
+    from shared.cutover.operations import run_switch
+    from shared.cutover.protocol import CUTOVER, ROLLBACK
 
     app = background.app
     delayed_before, delays_before = app.stats.delayed, len(app.stats.delays_s)
@@ -516,7 +517,7 @@ def reverse_flow_step(story: Story, settings: Settings, background: Background) 
 
 
 def final_step(story: Story, settings: Settings, background: Background) -> None:
-    from shared.cutover.protocol import finalize
+    from shared.cutover.operations import finalize
     from shared.streams import drain
     from shared.verify.convergence import check_tables
 

@@ -47,32 +47,32 @@ mapping where correctness depends on it:
   `--follow` it stops by itself once every shard is drained.
 
 Every `SWEEP_EVERY_S`, and before it exits, it sweeps tombstones old enough
-that no stale writer can need them (see `shared.protocol.apply`). A periodic sweep
-runs in a thread of its own (`TombstoneSweeper`: its own event loop and
-client), never in the polling loop: its 16 GSI queries would otherwise hold
-every shard's next batch back, a lag spike every few seconds.
+that no stale writer can need them (see `shared.protocol.apply`), through
+`shared.streams.sweeper.TombstoneSweeper` (a thread of its own, never the
+polling loop). Its checkpoints are `shared.streams.checkpoints`; the events
+it builds are `shared.streams.lambda_event`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.core import aws
 from shared.core.aws import error_code, translate
-from shared.core.codec import b64_attribute
 from shared.core.definition import MigrationDefinition, get_definition
 from shared.core.errors import StoreError, UsageError
 from shared.core.settings import Settings
 from shared.store import keys
+from shared.streams.checkpoints import CheckpointStore
+from shared.streams.lambda_event import LocalContext, lambda_record
+from shared.streams.sweeper import TombstoneSweeper
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 IDLE_POLL_S = 0.25
@@ -80,22 +80,6 @@ MAX_BACKOFF_S = 5.0
 DESCRIBE_EVERY_S = 10.0
 SWEEP_EVERY_S = 5.0
 CHECKPOINT_EVERY_S = 1.0
-
-
-@dataclass
-class LocalContext:
-    """The parts of Lambda's context object that powertools reads."""
-
-    function_name: str = "dynashift-mirror-local"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:dynashift-mirror-local"
-    aws_request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    log_group_name: str = "local"
-    log_stream_name: str = "local"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 900_000
 
 
 @dataclass
@@ -125,29 +109,6 @@ class RunnerReport:
     tombstones_swept: int = 0
     transient_faults: int = 0  # outages survived in follow mode
     lag_ms: list[float] = field(default_factory=list)
-
-
-def lambda_record(raw: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
-    """A GetRecords record in the exact shape Lambda delivers it."""
-    body = dict(raw["dynamodb"])
-    created = body.get("ApproximateCreationDateTime")
-    if created is not None and hasattr(created, "timestamp"):
-        body["ApproximateCreationDateTime"] = int(created.timestamp())
-    for image in ("Keys", "NewImage", "OldImage"):
-        if image in body:
-            body[image] = {k: b64_attribute(v) for k, v in body[image].items()}
-    record = {
-        "eventID": raw["eventID"],
-        "eventName": raw["eventName"],
-        "eventVersion": raw.get("eventVersion", "1.1"),
-        "eventSource": "aws:dynamodb",
-        "awsRegion": raw.get("awsRegion", region),
-        "dynamodb": body,
-        "eventSourceARN": stream_arn,
-    }
-    if "userIdentity" in raw:
-        record["userIdentity"] = raw["userIdentity"]
-    return record
 
 
 class StreamRunner:
@@ -189,6 +150,7 @@ class StreamRunner:
         # Injectable so unit tests can hand in fakes; default: clients from the settings.
         self.streams = streams_client if streams_client is not None else aws.streams(settings)
         self.dynamodb = dynamodb_client if dynamodb_client is not None else aws.dynamodb(settings)
+        self.checkpoints = CheckpointStore(self.dynamodb, settings.control_table, clock)
         self.shards: dict[str, ShardState] = {}
         self.report = RunnerReport()
         self.stop_requested = threading.Event()
@@ -213,31 +175,12 @@ class StreamRunner:
         signal.signal(signal.SIGTERM, self.request_stop)
 
     # ------------------------------------------------------------ checkpoints
-    def _checkpoint_key(self, shard: ShardState) -> dict[str, Any]:
-        return keys.checkpoint(shard.stream_arn, shard.shard_id)
-
     def _load_checkpoints(self, stream_arn: str) -> dict[str, dict[str, Any]]:
-        items = aws.query_items(self.dynamodb, f"read checkpoints from {self.settings.control_table}",
-                                TableName=self.settings.control_table, KeyConditionExpression="PK = :pk",
-                                ExpressionAttributeValues={":pk": {"S": keys.checkpoint_pk(stream_arn)}},
-                                ConsistentRead=True)
-        return {item["SK"]["S"]: item for item in items}
+        return self.checkpoints.load(stream_arn)
 
     def _save_checkpoint(self, shard: ShardState) -> None:
-        item = {
-            **self._checkpoint_key(shard),
-            "stream_arn": {"S": shard.stream_arn},
-            "finished": {"BOOL": shard.finished},
-            "updated_at": {"N": repr(round(self.clock(), 3))},
-        }
-        if shard.checkpoint:
-            item["sequence_number"] = {"S": shard.checkpoint}
-        if shard.parent_id:
-            item["parent_shard_id"] = {"S": shard.parent_id}
-        try:
-            self.dynamodb.put_item(TableName=self.settings.control_table, Item=item)
-        except Exception as exc:
-            raise translate(exc, "save stream checkpoint") from exc
+        self.checkpoints.save(shard.stream_arn, shard.shard_id, sequence=shard.checkpoint, finished=shard.finished,
+                              parent_id=shard.parent_id)
         shard.saved, shard.saved_at = shard.checkpoint, self.clock()
 
     def _flush_checkpoints(self) -> None:
@@ -595,68 +538,6 @@ class StreamRunner:
         self.report.tombstones_swept += self.sweeper(self._tombstone_life_s())
 
 
-class BackgroundLoop:
-    """An event loop running in a daemon thread of its own; `run` submits a coroutine from any thread."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-
-class TombstoneSweeper:
-    """`sweep_tombstones` callable from any thread: one loop and one client for its lifetime.
-
-    The runner calls it from its sweeping thread while the handler's engine
-    applies batches in the polling thread; neither waits for the other (the
-    sweep's delete is conditional on the tombstone still being there).
-    """
-
-    def __init__(self, settings: Settings, definition: MigrationDefinition) -> None:
-        self.settings = settings
-        self.definition = definition
-        self._background: BackgroundLoop | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    async def _sweep(self, older_than_s: float) -> int:
-        from shared.protocol.apply import sweep_tombstones
-
-        if self._client is None:
-            self._stack = contextlib.AsyncExitStack()
-            self._client = await self._stack.enter_async_context(aws.aio_dynamodb(self.settings))
-        return await sweep_tombstones(self.settings, self.definition, self._client, older_than_s=older_than_s)
-
-    def __call__(self, older_than_s: float) -> int:
-        with self._lock:
-            if self._background is None:
-                self._background = BackgroundLoop("dynashift-sweeper")
-            background = self._background
-        return background.run(self._sweep(older_than_s))
-
-    def close(self) -> None:
-        with self._lock:
-            background, self._background = self._background, None
-        if background is None:
-            return
-        if self._stack is not None:
-            with contextlib.suppress(Exception):
-                background.run(self._stack.aclose())
-            self._stack, self._client = None, None
-        background.close()
-
-
 def forward_runner(
     settings: Settings,
     engine: Any,
@@ -686,12 +567,4 @@ def forward_runner(
     return runner, sweeper
 
 
-__all__ = [
-    "BackgroundLoop",
-    "LocalContext",
-    "RunnerReport",
-    "StreamRunner",
-    "TombstoneSweeper",
-    "forward_runner",
-    "lambda_record",
-]
+__all__ = ["RunnerReport", "ShardState", "StreamRunner", "forward_runner"]

@@ -12,7 +12,7 @@ from shared.core import aws
 from shared.core.codec import to_wire
 from shared.core.definition import get_definition
 from shared.core.settings import Settings, load_settings
-from shared.cutover.protocol import read_mode
+from shared.cutover.operations import read_mode
 from shared.ops.tables import create_tables
 from shared.protocol.apply import tombstone_item
 from shared.sim.app_sim import ConsumerThread
@@ -277,7 +277,7 @@ def test_mode_set_force_goes_ahead_remotely_with_allow_remote(
         forced.append((settings.effective_endpoint, mode, towards))
         return ModeState(mode, towards, version=7, since=1.0, extra={"step": "forced"})
 
-    monkeypatch.setattr("shared.cutover.protocol.force_mode", fake_force_mode)
+    monkeypatch.setattr("shared.cutover.operations.force_mode", fake_force_mode)
     # WHEN forced against AWS with --allow-remote THEN it writes
     code, out, err = run(capsys, "--endpoint-url", REMOTE, "mode", "set", "new", "--force", "--allow-remote",
                          "--json")

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from shared.core.settings import Settings
-from shared.cutover.protocol import CUTOVER, ROLLBACK, CrashInjected, read_mode
+from shared.cutover.operations import read_mode
+from shared.cutover.protocol import CUTOVER, ROLLBACK, CrashInjected
 from shared.sim.app_sim import SwitchRig
 from shared.store.mode import Mode
 from tests.integration.test_cutover_local import switch_settings

@@ -56,7 +56,7 @@ from shared.core import aws
 from shared.core.definition import get_definition
 from shared.core.errors import QuarantineError
 from shared.core.settings import PROJECT_ROOT, Settings, load_settings
-from shared.cutover.protocol import read_mode
+from shared.cutover.operations import read_mode
 from shared.ops.backup import BackupManager
 from shared.ops.tables import create_table, create_tables, source_specs
 from shared.sim.app_sim import AppSimulator, diff_authoritative

@@ -10,7 +10,7 @@ import pytest
 from shared.cli.main import main
 from shared.core import aws
 from shared.core.codec import to_wire
-from shared.cutover.protocol import check_quarantine
+from shared.cutover.gate import check_quarantine
 from shared.sim.local_lambda import run_forward_mirror
 from shared.sim.seed import seed
 from tests.integration.helpers import make_tables

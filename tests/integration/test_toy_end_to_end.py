@@ -19,7 +19,7 @@ import pytest
 
 from shared.core import aws
 from shared.core.settings import Settings, load_settings
-from shared.cutover.protocol import read_mode
+from shared.cutover.operations import read_mode
 from shared.ops.tables import create_tables
 from shared.sim.app_sim import ConsumerThread
 from shared.store.mode import Mode

@@ -6,7 +6,7 @@ import pytest
 
 import shared.verify.report
 from shared.core.settings import load_settings
-from shared.cutover.protocol import check_verify
+from shared.cutover.gate import check_verify
 
 NOW = 1_800_000_000.0
 FULL = {"ok": True, "finished_at": NOW - 60, "tables": ["sc-accounts", "sc-repositories"], "sample": 1.0}

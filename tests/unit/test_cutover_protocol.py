@@ -9,15 +9,8 @@ import pytest
 
 from shared.core.errors import ModeConflict, UsageError
 from shared.core.settings import load_settings
-from shared.cutover.protocol import (
-    CUTOVER,
-    ROLLBACK,
-    CrashInjected,
-    CutoverError,
-    GateCheck,
-    SwitchAborted,
-    run_switch,
-)
+from shared.cutover.operations import run_switch
+from shared.cutover.protocol import CUTOVER, ROLLBACK, CrashInjected, CutoverError, GateCheck, SwitchAborted
 from shared.store.mode import Mode, ModeState, check_transition
 
 CACHE_AGE = 1.0

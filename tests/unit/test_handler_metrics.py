@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from shared.streams.engine import StreamEngine
+from shared.streams.lambda_event import LocalContext
 from shared.streams.mirror import BatchStats
 from shared.streams.reverse_mirror import ReverseStats
-from shared.streams.runner import LocalContext
 
 
 class CountingEngine(StreamEngine):

@@ -27,7 +27,8 @@ from botocore.exceptions import ClientError
 from shared.core.errors import StoreError, TransientError
 from shared.core.settings import load_settings
 from shared.streams import runner as stream_runner
-from shared.streams.runner import StreamRunner, lambda_record
+from shared.streams.lambda_event import lambda_record
+from shared.streams.runner import StreamRunner
 
 TABLE = "accounts-src"
 CONTROL = "ctl-test"
