@@ -21,7 +21,7 @@ LAMBDA_PYTHON   := 3.11
 LAMBDA_SOURCES  := handlers shared backfill
 # The layers no handler imports (shared/__init__.py): the CLI and the local
 # stand-ins (demo, simulator, embedded engine) stay out of the artifact.
-LAMBDA_LEAVES_OUT := shared/cli shared/sim
+LAMBDA_LEAVES_OUT := shared/cli shared/sim shared/sc/seed.py shared/sc/workload.py
 LAMBDA_DEPS     := .build/lambda-deps
 
 .PHONY: demo test setup tools lock lock-tools sam-build

@@ -15,7 +15,7 @@ engine process on a free port, in memory, stopped afterwards; ``shared.sim.local
 tests' ``fresh_sc_settings``), prepared identically before anything is measured: sc-main and the control
 table created as dynashift creates them (``shared.ops.tables.create_tables``, from template.yaml: sc-main
 with its stream and GSI1), the legacy tables as the CLI creates them locally (WITH NEW_AND_OLD_IMAGES
-streams), the plain copy's tables, then the SAME data: ``shared.sim.seed.generate`` (1 account : 3
+streams), the plain copy's tables, then the SAME data: ``shared.sc.seed.generate`` (1 account : 3
 repositories, 2% bad rows, case collisions, seed 7), written with the seeder's BatchWriteItem writer.
 Seeding is not timed. The engine state at the start of the timed part is recorded beside every figure
 (``engine_state``): the tables, their items, which have streams, and the **stream records the engine
@@ -154,7 +154,7 @@ def split(items: int) -> tuple[int, int]:
 
 def generate_data(items: int) -> dict[str, list[dict[str, Any]]]:
     """The legacy items (native), per logical table; the same for every engine of a run."""
-    from shared.sim.seed import generate
+    from shared.sc.seed import generate
 
     accounts, repos = split(items)
     return generate(accounts, repos, BAD_FRACTION, SEED).tables
@@ -257,7 +257,7 @@ def prepare_engine(settings: Settings, data: dict[str, list[dict[str, Any]]], *,
 
     Returns (seconds spent loading, items the seeder wrote per physical table); nothing is measured here.
     """
-    from shared.sim.seed import write_items
+    from shared.sc.seed import write_items
 
     create_tables(settings, with_sources=False)
     client = aws.dynamodb(settings)
@@ -515,7 +515,7 @@ def _plain_copier(spec: CopySpec, settings: Settings) -> Copier:
 
 
 def _ceiling_copier(spec: CopySpec, settings: Settings) -> Copier:
-    from shared.sim.seed import write_items
+    from shared.sc.seed import write_items
 
     covered, refused, targets = transformed_targets(settings, generate_data(spec.items))
 

@@ -24,7 +24,7 @@ sc-main, the control table and the legacy tables (with streams) created as the C
 with the same seeded items as bench/backfill_bench.py (``generate_data``/``prepare_engine``, imported from
 there; seeding is not timed). The backfill runs in a CHILD PROCESS that does nothing else
 (bench/backfill_bench.py's ``CopyProcess``); the proxy and the live workload run in this process.
-During each backfill a live application workload (``shared.sim.workload.Workload``, seeded, ``--workload-rate``
+During each backfill a live application workload (``shared.sc.workload.Workload``, seeded, ``--workload-rate``
 operations/s, default 20; 0 turns it off) writes the legacy tables directly (not through the proxy: the
 faults are the backfill's). No mirror runs.
 
@@ -66,7 +66,7 @@ from bench.common import (
 )
 from shared.core import aws
 from shared.core.settings import Settings
-from shared.sim.workload import Workload, apply_operation
+from shared.sc.workload import Workload, apply_operation
 from tests.chaos.fault_proxy import FaultPlan, FaultProxy
 
 CONTENDERS = ("fault-free", "faulty")

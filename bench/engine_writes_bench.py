@@ -9,7 +9,7 @@ Method
 ======
 
 The backfill benchmark (bench/backfill_bench.py) compares whole runs; this one isolates the write
-request itself. The same target items (``shared.sim.seed.generate``, by default 500 accounts and 1,500 repositories
+request itself. The same target items (``shared.sc.seed.generate``, by default 500 accounts and 1,500 repositories
 (``--items``),
 no bad rows, seed 7, each transformed by the sc definition, duplicates of a key dropped) are written into
 an empty sc-main (stream and GSI1, as template.yaml defines it) by one synchronous boto3 client, one
@@ -51,7 +51,7 @@ from shared.core.errors import QuarantineError
 from shared.core.itemsize import check_target_items
 from shared.ops.tables import create_tables
 from shared.protocol.apply import insert_statement
-from shared.sim.seed import generate
+from shared.sc.seed import generate
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 BATCH = 25

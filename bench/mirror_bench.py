@@ -38,7 +38,7 @@ Scenarios (each round runs all of them, each on its own fresh engine):
   ``mirror_concurrency`` requests in flight (the mirror's own bound), writes
   to one key in order. ``records/s`` = stream records covered / time.
 * ``drain`` (saturation): the same backlog (``--backlog`` application writes
-  of `shared.sim.workload.Workload`, written flat out before the mirror starts),
+  of `shared.sc.workload.Workload`, written flat out before the mirror starts),
   then the mirror starts at TRIM_HORIZON and applies it flat out: the local
   stream runner (`shared.streams.runner.forward_runner`, exactly as
   ``dynashift mirror run`` wires it, tombstone sweeper included) calling
@@ -147,8 +147,8 @@ from shared.core.definition import MigrationDefinition, get_definition
 from shared.core.errors import QuarantineError
 from shared.core.settings import Settings, load_settings
 from shared.ops.tables import create_tables
+from shared.sc.workload import Workload
 from shared.sim import local_engine
-from shared.sim.workload import Workload
 from shared.streams.mirror import table_from_arn
 from shared.streams.runner import StreamRunner
 

@@ -5,7 +5,7 @@ Run it from the project root::
     .venv/bin/python -m bench.profile_hot_paths --items 2000
 
 One FRESH DynamoDB Local (free port, in memory, stopped afterwards), seeded like bench/backfill_bench.py
-(``shared.sim.seed.generate``: 1 account : 3 repositories, 2% bad rows, seed 7) into legacy tables WITH
+(``shared.sc.seed.generate``: 1 account : 3 repositories, 2% bad rows, seed 7) into legacy tables WITH
 streams. Then, in this one process, each path under ``cProfile`` with a CPU clock
 (``time.process_time``: a coroutine waiting for DynamoDB, or a fixed wait, costs nothing, so the
 figures are the client's CPU, not its wall time):
@@ -99,7 +99,7 @@ def profile(name: str, title: str, what: str, unit: str, run: Callable[[], int])
 
 
 def seed(settings: Settings, items: int) -> dict[str, int]:
-    from shared.sim.seed import write_items
+    from shared.sc.seed import write_items
 
     create_tables(settings, with_sources=True)  # legacy tables with streams, as `dynashift local` does
     return {settings.physical_name(logical): asyncio.run(write_items(settings, settings.physical_name(logical), rows,

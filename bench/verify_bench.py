@@ -10,7 +10,7 @@ Method
 ======
 
 Each data size gets a FRESH DynamoDB Local (started on a free port, stopped
-afterwards). The legacy data is `shared.sim.seed.generate` (every legacy variant,
+afterwards). The legacy data is `shared.sc.seed.generate` (every legacy variant,
 1% bad rows, case collisions), a quarter accounts and three quarters
 repositories. Loading a million items through streams and the mirror would
 take hours on DynamoDB Local, so the bench builds the migrated state directly:
@@ -115,7 +115,7 @@ def create_tables_without_streams(settings: Settings) -> None:
 
 def load(settings: Settings, source_items: int, seed: int = 11, log: Callable[[str], None] = print) -> dict[str, int]:
     """Legacy items + their transforms + quarantine, with unconditional batch writes."""
-    from shared.sim.seed import generate, write_items
+    from shared.sc.seed import generate, write_items
 
     definition = get_definition(settings.migration)
     accounts = source_items // 4

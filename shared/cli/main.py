@@ -29,7 +29,7 @@ from shared.core.errors import DynashiftError, EndpointUnreachable, UsageError
 from shared.core.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.sim.seed import SeedReport
+    from shared.sc.seed import SeedReport
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -155,7 +155,7 @@ def seed(ctx: Context, accounts: int, repos: int, bad_fraction: float, seed_valu
 
     Synthetic data: refused on a non-local endpoint unless --allow-remote.
     """
-    from shared.sim.seed import run_seed
+    from shared.sc.seed import run_seed
 
     settings = ctx.settings
     refuse_remote_endpoint(settings, "seed (writes synthetic items into the legacy tables)", allow_remote)

@@ -76,6 +76,10 @@ class SourceTable:
 
     name: str
     key_attrs: tuple[str, ...]
+    # template.yaml's parameters for this table: (its physical name, its stream ARN). Only a
+    # migration the stack's template was written for has them; `enable-streams` needs them to
+    # print the `sam deploy` line.
+    stack_parameters: tuple[str, str] | None = None
 
     def ref(self, item: Mapping[str, Any]) -> SourceRef:
         return SourceRef(self.name, tuple(str(item[a]) for a in self.key_attrs))

@@ -48,11 +48,6 @@ from shared.core.settings import Settings
 
 VIEW_TYPE = "NEW_AND_OLD_IMAGES"
 
-# template.yaml parameters per legacy table of the sc migration: (table name, stream ARN).
-SAM_PARAMETERS: dict[str, tuple[str, str]] = {
-    "sc-accounts": ("AccountsTableName", "AccountsStreamArn"),
-    "sc-repositories": ("RepositoriesTableName", "RepositoriesStreamArn"),
-}
 TARGET_PARAMETER = "TargetTableName"
 CONTROL_PARAMETER = "ControlTableName"
 BUCKET_PARAMETER = "BackupBucketName"
@@ -125,12 +120,15 @@ def deploy_overrides(settings: Settings, results: list[StreamResult], template: 
     from shared.ops.tables import load_template
 
     parameters = (template or load_template()).get("Parameters", {})
+    definition = get_definition(settings.migration)
     overrides: list[tuple[str, str]] = []
     for result in results:
-        try:
-            name_param, arn_param = SAM_PARAMETERS[result.table]
-        except KeyError:
-            raise ConfigError(f"no template.yaml parameters are known for legacy table {result.table}") from None
+        # The template's parameters per legacy table are the migration definition's (SourceTable).
+        stack_parameters = definition.source(result.table).stack_parameters
+        if stack_parameters is None:
+            raise ConfigError(f"migration {definition.name} names no template.yaml parameters for legacy table "
+                              f"{result.table} (SourceTable.stack_parameters): its stack needs a template of its own")
+        name_param, arn_param = stack_parameters
         overrides += [(name_param, result.physical), (arn_param, result.stream_arn)]
     overrides.append((BUCKET_PARAMETER, settings.backup_bucket or BUCKET_PLACEHOLDER))
     overrides.append((PREFIX_PARAMETER, settings.backup_prefix))

@@ -57,7 +57,10 @@ from shared.sc.models import (
 
 ACCOUNTS = "sc-accounts"
 REPOSITORIES = "sc-repositories"
-SOURCES = (SourceTable(ACCOUNTS, ("accountId",)), SourceTable(REPOSITORIES, ("repoId",)))
+SOURCES = (
+    SourceTable(ACCOUNTS, ("accountId",), stack_parameters=("AccountsTableName", "AccountsStreamArn")),
+    SourceTable(REPOSITORIES, ("repoId",), stack_parameters=("RepositoriesTableName", "RepositoriesStreamArn")),
+)
 TARGET_KEY_ATTRS = ("PK", "SK")
 
 # settings key ↔ preferences key; any other key travels unchanged.

@@ -1,7 +1,7 @@
 """A router-honouring application, for the cutover tests, the demo and the bench.
 
 `AppSimulator` plays the application during a migration: it produces the
-logical operations of `shared.sim.workload.Workload` at a target rate and
+logical operations of `shared.sc.workload.Workload` at a target rate and
 performs each one where the *cached* mode flag says:
 
 * `old`: the legacy write itself (PutItem / DeleteItem on a legacy table).
@@ -53,7 +53,7 @@ from shared.core.settings import Settings
 from shared.cutover.router import Router
 from shared.protocol.apply import TOMBSTONE, is_tombstone
 from shared.protocol.conditions import render
-from shared.sim.workload import Operation, Workload
+from shared.sc.workload import Operation, Workload
 from shared.store.mode import Mode
 
 FROZEN_BACKOFF_S = 0.05
@@ -192,21 +192,10 @@ class AppSimulator:
             targets = self.definition.transform(op.table, op.item)
         except QuarantineError:
             return False
-        if op.table != "sc-repositories":
-            return bool(targets) or op.item.get("status") == "deleted"
-        mine = (op.item["accountId"], op.item["name"].lower())
-        return not any(
-            (r.get("accountId"), str(r.get("name", "")).lower()) == mine
-            for repo_id, r in self.workload.repos.items() if repo_id != op.item["repoId"]
-        )
+        return self.workload.honours_new_schema(op, targets)
 
     def _restore_model(self, ref: SourceRef) -> None:
-        model = self.workload.accounts if ref.table == "sc-accounts" else self.workload.repos
-        previous = self._generated.get(ref)
-        if previous is None:
-            model.pop(ref.key[0], None)
-        else:
-            model[ref.key[0]] = previous
+        self.workload.restore(ref.table, ref.key[0], self._generated.get(ref))
 
     # ------------------------------------------------------------------ workers
     def _worker(self, tasks: queue.Queue[_Task | None]) -> None:

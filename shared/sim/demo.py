@@ -287,7 +287,7 @@ def tell_the_story(story: Story, settings: Settings, scale: int, background: Bac
 
     story.step("Create sc-main and the control table, and the legacy tables.")
     from shared.ops.tables import create_tables
-    from shared.sim.seed import run_seed
+    from shared.sc.seed import run_seed
 
     for name, outcome, _ in create_tables(settings, with_sources=True):
         story.say(f"{name}: {outcome}")

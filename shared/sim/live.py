@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from shared.core import aws
 from shared.core.settings import Settings
+from shared.sc.workload import Operation, Workload, apply_operation
 from shared.sim.local_lambda import run_forward_mirror
-from shared.sim.workload import Operation, Workload, apply_operation
 from shared.streams.runner import RunnerReport
 
 

@@ -36,10 +36,10 @@ from shared.core import aws
 from shared.core.codec import to_native, to_wire
 from shared.core.definition import get_definition
 from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.sc.seed import seed
+from shared.sc.workload import Operation, Workload, apply_operation
 from shared.sim import local_engine
 from shared.sim.local_lambda import run_forward_mirror
-from shared.sim.seed import seed
-from shared.sim.workload import Operation, Workload, apply_operation
 from shared.verify.convergence import ConvergenceResult, check_tables, scan_all
 from tests.integration.helpers import make_tables
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from shared.sim.workload import Workload
+from shared.sc.workload import Workload
 from tests.chaos.fault_proxy import FaultPlan, FaultProxy
 from tests.chaos.harness import AppThread, Outcome, Stage
 

@@ -8,7 +8,7 @@ from shared.cli.main import main
 from shared.core import aws
 from shared.core.settings import Settings
 from shared.ops.tables import create_tables
-from shared.sim.workload import Operation, Workload, apply_operation
+from shared.sc.workload import Operation, Workload, apply_operation
 
 
 def make_tables(settings: Settings) -> None:

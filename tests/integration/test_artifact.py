@@ -189,3 +189,6 @@ def test_the_artifact_ships_no_cli_demo_or_simulator(built):
         # THEN the library is there, but not its CLI or its local stand-ins (demo, simulator, engine)
         assert "shared/protocol/apply.py" in shipped and "shared/streams/mirror.py" in shipped, sorted(shipped)
         assert not {p for p in shipped if p.startswith(("shared/cli/", "shared/sim/"))}, function
+        # nor the sc migration's test data and workload (its definition ships)
+        assert "shared/sc/transform.py" in shipped, function
+        assert not shipped & {"shared/sc/seed.py", "shared/sc/workload.py"}, function

@@ -37,8 +37,8 @@ from shared.core import aws
 from shared.core.codec import to_native
 from shared.core.definition import SourceRef, get_definition
 from shared.core.settings import PROJECT_ROOT, Settings, load_settings
+from shared.sc.seed import generate, seed
 from shared.sim import local_engine
-from shared.sim.seed import generate, seed
 from shared.store.control import ControlStore
 from shared.verify.convergence import check_tables, scan_all
 from tests.integration.helpers import make_tables

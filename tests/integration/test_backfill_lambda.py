@@ -38,9 +38,9 @@ from handlers.backfill import finish_handler, plan_handler, unit_handler
 from shared.core import aws
 from shared.core.errors import UsageError
 from shared.core.settings import PROJECT_ROOT, Settings, get_settings
+from shared.sc.seed import seed
+from shared.sc.workload import Workload
 from shared.sim.live import MirrorThread, WorkloadThread
-from shared.sim.seed import seed
-from shared.sim.workload import Workload
 from shared.verify.convergence import check_tables
 from tests.integration.helpers import make_tables
 

@@ -8,9 +8,9 @@ import pytest
 from rich.console import Console
 
 from backfill.run import BackfillRequest, run_backfill, status
+from shared.sc.seed import seed
+from shared.sc.workload import Workload
 from shared.sim.live import MirrorThread, WorkloadThread
-from shared.sim.seed import seed
-from shared.sim.workload import Workload
 from shared.verify.convergence import check_tables
 from tests.integration.helpers import make_tables
 

@@ -13,8 +13,8 @@ import pytest
 
 from shared.core import aws
 from shared.core.settings import Settings
+from shared.sc.seed import seed
 from shared.sim.local_lambda import run_forward_mirror
-from shared.sim.seed import seed
 from tests.integration.helpers import make_tables, one_line
 from tests.integration.helpers import run_cli as run
 

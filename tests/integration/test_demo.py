@@ -86,8 +86,8 @@ def test_lost_write_check_finds_a_write_missing_from_the_side_it_looks_at(sc_set
     from shared.core import aws
     from shared.core.codec import to_wire
     from shared.core.definition import get_definition
+    from shared.sc.workload import Workload
     from shared.sim.demo import check_landed
-    from shared.sim.workload import Workload
     from shared.store.mode import Mode
     from tests.integration.helpers import make_tables
 

@@ -23,7 +23,7 @@ from shared.core.codec import to_native
 from shared.core.definition import get_definition
 from shared.core.errors import QuarantineError
 from shared.core.itemsize import MAX_ITEM_BYTES, item_size_bytes
-from shared.sim.seed import seed
+from shared.sc.seed import seed
 from tests.export_fixture import write_export
 from tests.integration.helpers import make_tables
 

@@ -10,8 +10,8 @@ from shared.cli.main import main
 from shared.core import aws
 from shared.core.settings import PROJECT_ROOT
 from shared.ops.tables import create_tables, load_template
+from shared.sc.seed import seed
 from shared.sim import local_engine
-from shared.sim.seed import seed
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from shared.cli.main import main
 from shared.core import aws
 from shared.core.settings import Settings, load_settings
 from shared.cutover.protocol import CUTOVER, ROLLBACK
+from shared.sc.seed import seed
 from shared.sim.app_sim import SwitchRig
-from shared.sim.seed import seed
 from shared.store.mode import Mode
 from shared.streams import coverage
 from shared.verify.convergence import check_tables

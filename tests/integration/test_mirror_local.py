@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.sc.workload import Workload
 from shared.sim.local_lambda import run_forward_mirror
-from shared.sim.workload import Workload
 from shared.verify.convergence import check_tables
 from tests.integration.helpers import make_tables, run_workload
 

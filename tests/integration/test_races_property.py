@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from shared.core.settings import load_settings
-from shared.sim.workload import Workload
+from shared.sc.workload import Workload
 from tests.conftest import drop_tables
 from tests.integration.race_harness import RaceHarness
 

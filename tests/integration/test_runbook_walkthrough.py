@@ -59,11 +59,11 @@ from shared.core.settings import PROJECT_ROOT, Settings, load_settings
 from shared.cutover.operations import read_mode
 from shared.ops.backup import BackupManager
 from shared.ops.tables import create_table, create_tables, source_specs
+from shared.sc.seed import seed
+from shared.sc.workload import Workload
 from shared.sim.app_sim import AppSimulator, diff_authoritative
 from shared.sim.live import WorkloadThread
 from shared.sim.local_engine import free_port
-from shared.sim.seed import seed
-from shared.sim.workload import Workload
 from shared.store.mode import Mode
 from shared.streams import coverage
 from tests.esm_consumer import EsmConsumer, FakeLambda

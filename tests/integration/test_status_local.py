@@ -11,8 +11,8 @@ from shared.cli.main import main
 from shared.core import aws
 from shared.core.codec import to_wire
 from shared.cutover.gate import check_quarantine
+from shared.sc.seed import seed
 from shared.sim.local_lambda import run_forward_mirror
-from shared.sim.seed import seed
 from tests.integration.helpers import make_tables
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ from shared.core import aws
 from shared.core.codec import to_native, to_wire
 from shared.core.definition import get_definition
 from shared.protocol.apply import tombstone_item
+from shared.sc.seed import seed
+from shared.sc.workload import Workload
 from shared.sim.live import MirrorThread, WorkloadThread
 from shared.sim.local_lambda import run_forward_mirror
-from shared.sim.seed import seed
-from shared.sim.workload import Workload
 from shared.verify.convergence import check_tables
 from shared.verify.report import last_verify
 from shared.verify.verifier import make_request, run

@@ -59,7 +59,7 @@ def test_cli_group_lists_the_commands():
 
 
 def fake_seed_report():
-    from shared.sim.seed import SeedReport
+    from shared.sc.seed import SeedReport
 
     return SeedReport(written={"sc-accounts": 1200, "sc-repositories": 3000},
                       bad={"invalid_email": 7, "missing_attribute": 2}, collisions=3, elapsed_s=1.25)
@@ -67,7 +67,7 @@ def fake_seed_report():
 
 @pytest.fixture
 def fake_seed(monkeypatch):
-    from shared.sim import seed
+    from shared.sc import seed
 
     async def run_seed(settings, accounts, repos, bad_fraction, seed_value, console):
         return fake_seed_report()

@@ -7,8 +7,8 @@ from decimal import Decimal
 from shared.core.definition import SourceRef
 from shared.core.settings import load_settings
 from shared.cutover.protocol import storable
+from shared.sc.workload import Operation
 from shared.sim.app_sim import AppSimulator, unexplained_records
-from shared.sim.workload import Operation
 from shared.store.mode import Mode, ModeState
 
 

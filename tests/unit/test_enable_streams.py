@@ -14,10 +14,10 @@ import pytest
 from moto import mock_aws
 
 from shared.cli.main import main
+from shared.core.definition import get_definition
 from shared.core.errors import ConfigError, StoreError, UsageError
 from shared.core.settings import PROJECT_ROOT, Settings, load_settings
 from shared.ops.streams_setup import (
-    SAM_PARAMETERS,
     StreamResult,
     deploy_overrides,
     enable_streams,
@@ -228,7 +228,9 @@ def test_sam_line_adds_non_default_target_and_control_names_and_checks_the_templ
 
 def test_every_parameter_we_print_is_in_the_template():
     parameters = load_template()["Parameters"]
-    for name_param, arn_param in SAM_PARAMETERS.values():
+    for source in get_definition("sc").sources:
+        assert source.stack_parameters is not None, source.name
+        name_param, arn_param = source.stack_parameters
         assert name_param in parameters and arn_param in parameters
 
 
@@ -281,3 +283,12 @@ def test_samconfig_example_is_valid_and_matches_the_template():
     for name in ("AccountsStreamArn", "RepositoriesStreamArn"):
         assert not re.fullmatch(parameters[name]["AllowedPattern"], overrides[name]), name
     assert deploy["template_file"] == ".aws-sam/build/template.yaml"
+
+
+def test_a_migration_without_stack_parameters_gets_a_line_naming_the_gap():
+    # GIVEN the toy migration, whose definition names no template.yaml parameters
+    settings = load_settings(migration="tests.toy_migration:DEFINITION")
+    results = [StreamResult("toy-users", "toy-users", "arn:u", "enabled")]
+    # WHEN the deploy line's parameters are asked for / THEN one error names the table and the field
+    with pytest.raises(ConfigError, match=r"toy-users .*stack_parameters"):
+        deploy_overrides(settings, results)

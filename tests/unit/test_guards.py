@@ -55,7 +55,7 @@ def fail_fast(monkeypatch):
         return Config(**{**kwargs, "retries": {"mode": "standard", "max_attempts": 1}, "connect_timeout": 1})
 
     monkeypatch.setattr(aws, "Config", quick_config)
-    from shared.sim import seed
+    from shared.sc import seed
 
     monkeypatch.setattr(seed.Backoff, "delay", lambda self, attempt: 0.0)
 

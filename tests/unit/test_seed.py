@@ -13,7 +13,7 @@ from boto3.dynamodb.types import TypeSerializer
 
 from shared.core.errors import UsageError
 from shared.core.itemsize import MAX_ITEM_BYTES, item_size_bytes
-from shared.sim.seed import ACCOUNTS, REPOSITORIES, SeedData, generate
+from shared.sc.seed import ACCOUNTS, REPOSITORIES, SeedData, generate
 
 REASONS = {
     "missing_attribute",

@@ -19,7 +19,7 @@ from shared.core.definition import get_definition
 from shared.core.errors import StoreError, TransientError
 from shared.core.settings import Settings, load_settings
 from shared.ops.tables import create_table, source_specs
-from shared.sim.seed import ACCOUNTS, REPOSITORIES, Backoff, generate, seed, write_batches, write_items
+from shared.sc.seed import ACCOUNTS, REPOSITORIES, Backoff, generate, seed, write_batches, write_items
 
 TABLE = "legacy"
 

@@ -198,6 +198,30 @@ class Workload:
             key = {"repoId": item["repoId"]}
         return Operation(kind, table, "put", key, item)
 
+    def honours_new_schema(self, op: Operation, targets: list[Item]) -> bool:
+        """Would an application writing the new schema attempt this clean put (`targets`: its transform)?
+
+        Not an account that produces nothing yet is not ``deleted``, nor a
+        repository renamed onto a name a sibling holds (sc-main's name key
+        would refuse it).
+        """
+        assert op.item is not None
+        if op.table != REPOS:
+            return bool(targets) or op.item.get("status") == "deleted"
+        mine = (op.item["accountId"], op.item["name"].lower())
+        return not any(
+            (r.get("accountId"), str(r.get("name", "")).lower()) == mine
+            for repo_id, r in self.repos.items() if repo_id != op.item["repoId"]
+        )
+
+    def restore(self, table: str, key: str, previous: Item | None) -> None:
+        """Take back an operation the application did not attempt: the model holds `previous` again."""
+        model = self.accounts if table == ACCOUNTS else self.repos
+        if previous is None:
+            model.pop(key, None)
+        else:
+            model[key] = previous
+
     def operations(self, count: int) -> list[Operation]:
         return [self.next() for _ in range(count)]
 
