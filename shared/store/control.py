@@ -20,6 +20,16 @@ The image is personal data (emails): an operator's listing reads entries
 without it (`quarantine_list(with_images=False)` projects it, the held keys
 and the collision key away), and only an explicit request fetches it.
 
+A projection does not lower what a read costs: the entry's full size,
+image included (an oversized item's image is hundreds of KB). Readers that
+need every entry's reason and nothing else (verify) therefore query the
+sparse index `QUARANTINE_INDEX` instead, keyed by the entry's bucket
+(``quarantine_bucket``, which only quarantine entries carry) and projecting
+only the source table, key and reason: a read there costs the projected
+size. An index is eventually consistent, which those readers accept (they
+re-check strongly what they find); a control table created before the index
+existed is read from the table itself.
+
 All reads here are strongly consistent: the no-lost-wake-up argument for
 key collisions (see `shared.protocol.apply`) depends on it.
 """
@@ -44,6 +54,7 @@ from shared.core.definition import Item, SourceRef, TargetKey
 from shared.store import keys
 
 QUARANTINE_BUCKETS = 8
+QUARANTINE_INDEX = "QuarantineReasons"  # template.yaml's sparse index of every entry's reason (module note)
 KEY_SEP = "\x1f"
 
 
@@ -58,6 +69,10 @@ def key_from_text(text: str) -> TargetKey:
 def quarantine_pk(ref: SourceRef) -> str:
     bucket = zlib.crc32(ref.as_text().encode()) % QUARANTINE_BUCKETS
     return f"QUARANTINE#{bucket}"
+
+
+class _NoIndex(Exception):
+    """The control table has no `QUARANTINE_INDEX` (created before it existed)."""
 
 
 @dataclass
@@ -104,8 +119,9 @@ class ControlStore:
         not at all (None) if the source changed since: the mirror may already
         have recorded the newer state, which this entry must not replace."""
         names = {"#r": "reason", "#m": "message", "#i": "image", "#d": "detected_at", "#t": "source_table",
-                 "#k": "source_key", "#c": "collision_key"}
+                 "#k": "source_key", "#c": "collision_key", "#b": "quarantine_bucket"}
         values: dict[str, Any] = {
+            ":b": {"S": quarantine_pk(entry.ref)},
             ":t": {"S": entry.ref.table},
             ":k": {"L": [{"S": k} for k in entry.ref.key]},
             ":r": {"S": entry.reason},
@@ -116,7 +132,7 @@ class ControlStore:
         token = uuid.uuid4().hex
         names["#w"] = "write_token"
         values[":w"] = {"S": token}
-        update = "SET #t = :t, #k = :k, #r = :r, #m = :m, #i = :i, #d = :d, #w = :w"
+        update = "SET #t = :t, #k = :k, #r = :r, #m = :m, #i = :i, #d = :d, #w = :w, #b = :b"
         if entry.collision_key:
             update += ", #c = :c"
             values[":c"] = {"S": key_text(entry.collision_key)}
@@ -240,11 +256,19 @@ class ControlStore:
     async def quarantine_reasons(self, *, consistent: bool = True) -> AsyncIterator[tuple[SourceRef, str]]:
         """Every entry's item and reason, a page at a time, without the images.
 
-        For readers that only count or compare (the verifier): memory stays one page, not the
-        whole quarantine. A projection does not lower the read units (AWS charges the items'
-        full size, images included), so a reader that re-checks what it finds anyway (the
-        verifier) reads eventually consistently (`consistent=False`): half the units.
+        For readers that only count or compare: memory stays one page, not the whole
+        quarantine. `consistent=False` is for a reader that re-checks strongly what it finds
+        (the verifier): it reads the sparse index (module note), where a read costs the
+        projected size instead of the entries' images; a table without the index is read
+        eventually consistently (half the units; a projection does not lower them).
         """
+        if not consistent:
+            try:
+                async for pair in self._reasons_from_index():
+                    yield pair
+                return
+            except _NoIndex:
+                pass  # a control table created before the index: read the table itself
         projection: dict[str, Any] = {
             "ProjectionExpression": "#t, #k, #r",
             "ExpressionAttributeNames": {"#t": "source_table", "#k": "source_key", "#r": "reason"},
@@ -253,6 +277,29 @@ class ControlStore:
         for bucket in range(QUARANTINE_BUCKETS):
             async for raw in self._query(f"QUARANTINE#{bucket}", **projection):
                 yield self._ref(raw), raw["reason"]["S"]
+
+    async def _reasons_from_index(self) -> AsyncIterator[tuple[SourceRef, str]]:
+        for bucket in range(QUARANTINE_BUCKETS):
+            kwargs: dict[str, Any] = {
+                "TableName": self.table, "IndexName": QUARANTINE_INDEX,
+                "KeyConditionExpression": "#b = :b", "ExpressionAttributeNames": {"#b": "quarantine_bucket"},
+                "ExpressionAttributeValues": {":b": {"S": f"QUARANTINE#{bucket}"}},
+            }
+            while True:
+                try:
+                    page = await self.client.query(**kwargs)
+                except Exception as exc:
+                    error = getattr(exc, "response", {}).get("Error", {})
+                    first_query = bucket == 0 and "ExclusiveStartKey" not in kwargs  # nothing yielded yet
+                    if first_query and error.get("Code") == "ValidationException" and "index" in str(
+                            error.get("Message", "")).lower():
+                        raise _NoIndex from exc
+                    raise translate(exc, f"query the control table's {QUARANTINE_INDEX} index") from exc
+                for raw in page.get("Items", []):
+                    yield self._ref(raw), raw["reason"]["S"]
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     async def quarantine_counts(self) -> dict[str, int]:
         """Entries per reason, sorted by reason; streamed, so memory holds the reasons only."""

@@ -32,7 +32,9 @@ How, in bounded memory (the design):
    transform), ``exp`` (target key, claiming source, digest of the expected
    item), ``act`` (target key, owner, digest, tombstone?), ``quar`` (the
    control table's quarantine: reasons only, streamed a page at a time,
-   never held whole, since 1% bad rows of a billion items is ten million).
+   never held whole, since 1% bad rows of a billion items is ten million;
+   read from the control table's sparse ``QuarantineReasons`` index, so
+   it costs the reasons' size, not the entries' source images).
    Items are stored as 16-byte digests of a canonical form (types kept, sets
    sorted, numbers normalised), never whole.
 2. **Nominate** with SQL joins over indexes built after the load (SQLite's
@@ -241,8 +243,8 @@ class VerifyRun:
         # Streamed into the store a page at a time, without images: the quarantine grows with the
         # tables (1% bad rows of a billion items), so it must not be held in memory.
         rows: list[tuple[str, str]] = []
-        # Eventually consistent, like the scans: an entry written or cleared meanwhile is
-        # no worse than an item changed meanwhile, and the re-check reads strongly.
+        # Eventually consistent (the reasons index), like the scans: an entry written or cleared
+        # meanwhile is no worse than an item changed meanwhile, and the re-check reads strongly.
         async for ref, reason in control.quarantine_reasons(consistent=False):
             text = ref.as_text()
             if ref.table in self.request.tables and sampled(text, self.request.sample):

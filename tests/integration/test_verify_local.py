@@ -250,3 +250,59 @@ def test_the_quarantine_is_read_as_reasons_a_page_at_a_time_without_images(sc_se
     # AND only the reference and the reason were asked for (the images stay in the table)
     assert calls and all(c["ProjectionExpression"] == "#t, #k, #r" for c in calls)
     assert "image" not in {name for c in calls for name in c["ExpressionAttributeNames"].values()}
+
+
+def test_verify_reads_quarantine_reasons_at_their_projected_size_not_their_images(sc_settings):
+    # GIVEN quarantine entries whose source images are ~100 KB each (incompressible, like an oversized item)
+    import os
+
+    from shared.core import capacity
+    from shared.core.definition import SourceRef
+    from shared.store.control import ControlStore, QuarantineEntry
+
+    make_tables(sc_settings)
+    entries = [QuarantineEntry(SourceRef("sc-accounts", (f"big-{n}",)), "item_too_large", "test entry",
+                               {"accountId": f"big-{n}", "blob": os.urandom(100_000)}) for n in range(4)]
+
+    async def read(consistent: bool) -> tuple[list[tuple[SourceRef, str]], capacity.Usage]:
+        async with aws.aio_dynamodb(sc_settings) as client:
+            control = ControlStore(client, sc_settings.control_table)
+            if consistent:  # first pass: write them
+                await asyncio.gather(*(control.quarantine_put(e) for e in entries))
+            with capacity.scope("probe") as usage:
+                pairs = [pair async for pair in control.quarantine_reasons(consistent=consistent)]
+            return pairs, usage
+
+    from_table, table_usage = asyncio.run(read(consistent=True))
+    from_index, index_usage = asyncio.run(read(consistent=False))
+    # THEN both readers see every entry with its reason
+    expected = sorted((e.ref, e.reason) for e in entries)
+    assert sorted(from_table) == expected and sorted(from_index) == expected
+    # AND the table's read costs the images (>= 4 x 100 KB / 4 KB), the verifier's read only the reasons
+    assert table_usage.read_units >= 4 * 100_000 / 4096
+    assert index_usage.read_units <= 8 * 0.5, index_usage  # one page per bucket, each under 4 KB
+
+
+def test_a_control_table_without_the_reasons_index_is_read_from_the_table(sc_settings):
+    # GIVEN a control table created before the QuarantineReasons index existed, with entries
+    from shared.core.definition import SourceRef
+    from shared.store.control import ControlStore, QuarantineEntry
+
+    make_tables(sc_settings)
+    old_table = sc_settings.control_table + "-before-index"
+    client = aws.dynamodb(sc_settings)
+    client.create_table(TableName=old_table, BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("PK", "SK")],
+                        KeySchema=[{"AttributeName": "PK", "KeyType": "HASH"},
+                                   {"AttributeName": "SK", "KeyType": "RANGE"}])
+    entries = [QuarantineEntry(SourceRef("sc-accounts", (f"a{n}",)), "invalid_email", "test entry",
+                               {"accountId": f"a{n}"}) for n in range(12)]
+
+    async def read() -> list[tuple[SourceRef, str]]:
+        async with aws.aio_dynamodb(sc_settings) as aio:
+            control = ControlStore(aio, old_table)
+            await asyncio.gather(*(control.quarantine_put(e) for e in entries))
+            return [pair async for pair in control.quarantine_reasons(consistent=False)]
+
+    # WHEN the verifier's reader asks for the reasons / THEN it gets every one, from the table
+    assert sorted(asyncio.run(read())) == sorted((e.ref, e.reason) for e in entries)
