@@ -27,7 +27,8 @@ items seen, never from averages guessed up front:
   ``transact`` mode; plus one checkpoint write per page;
 * each item that will be quarantined: read again strongly, and its entry
   written with the compressed image (an oversized item's entry can cost
-  hundreds of write units);
+  hundreds of write units), plus its arm in the control table's reasons
+  index;
 * the mirror per day at ``--write-rate`` legacy writes per second: each
   write's target items as above, plus per batch (the mapping's BatchSize
   100, or a second's writes when fewer) the mode read, the receipt and the
@@ -67,6 +68,7 @@ RECEIPT_BYTES_PER_RECORD = 37  # an eventID in the receipt's string set (shared/
 RECEIPT_BYTES_FIXED = 150  # its key (the stream ARN), count and expiry
 SECONDS_PER_DAY = 86400
 QUARANTINE_ENTRY_BYTES = 300  # an entry's key, reason, message and times, beside the image (shared/store/control.py)
+QUARANTINE_INDEX_BYTES = 200  # its arm in the control table's QuarantineReasons index: key, table, reason
 
 
 @dataclass
@@ -93,7 +95,8 @@ class CostEstimate:
         from shared.store.control import encode_image
 
         self.quarantine_read_units += capacity.read_units(item_size_bytes(item), consistent=True)
-        self.quarantine_write_units += capacity.write_units(len(encode_image(item)) + QUARANTINE_ENTRY_BYTES)
+        self.quarantine_write_units += (capacity.write_units(len(encode_image(item)) + QUARANTINE_ENTRY_BYTES)
+                                        + capacity.write_units(QUARANTINE_INDEX_BYTES))
 
     def add_target(self, item: Item) -> None:
         size = item_size_bytes(item)
