@@ -17,7 +17,9 @@ a readable message.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -155,6 +157,35 @@ def translate(exc: BaseException, what: str) -> Exception:
         return exc  # type: ignore[return-value]
     err.__cause__ = exc
     return err
+
+
+# ------------------------------------------------------------------ raw Scan pages
+def _raw_scan_pages(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore's ``before-parse`` hook for Scan: decode the JSON body in C, skip the model walk.
+
+    botocore rebuilds every AttributeValue by walking the service model, which costs more CPU than
+    everything else the verifier does per item. A successful Scan body already *is* the wire
+    format (DynamoDB JSON; binary as base64 text, which `from_dynamodb_json` decodes), so it is
+    handed over as it is through `customized_response_dict`, the hook's documented way to add to
+    the parsed response, and the parser is given an empty body. Errors are left to botocore.
+    """
+    if response_dict.get("status_code") != 200:
+        return
+    body = json.loads(response_dict["body"])
+    # ConsumedCapacity too: shared.core.capacity reads it from the parsed answer.
+    customized_response_dict.update({k: body[k] for k in ("Items", "Count", "ConsumedCapacity") if k in body})
+    if "LastEvaluatedKey" in body:  # sent back as ExclusiveStartKey, so binary key values as bytes again
+        customized_response_dict["LastEvaluatedKey"] = {
+            k: {"B": base64.b64decode(v["B"])} if "B" in v else v for k, v in body["LastEvaluatedKey"].items()
+        }
+    customized_response_dict["RawItems"] = True
+    response_dict["body"] = b"{}"
+
+
+def raw_scan_pages(client: Any) -> None:
+    """Let this client's Scan calls return DynamoDB JSON unparsed (see `_raw_scan_pages`); decode the
+    items with `shared.core.codec.from_dynamodb_json`. Registering twice is harmless."""
+    client.meta.events.register("before-parse.dynamodb.Scan", _raw_scan_pages, unique_id="dynashift-raw-scan")
 
 
 def s3_client_kwargs(settings: Settings) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Each table is read in ``--segments`` parallel segments of `SCAN_PAGE_ITEMS`
 items (one full scan of read capacity, eventually consistent); a transient
 fault retries the same page. Scan answers skip botocore's model walk (see
-`_raw_scan_pages`), the biggest CPU cost per item otherwise. `Scanner` turns
+`shared.core.aws.raw_scan_pages`), the biggest CPU cost per item otherwise. `Scanner` turns
 each page into spill rows: a source item is transformed with the writers' own
 checks (`Applier.transform_checked`), a target item is keyed by its owner;
 ``--sample`` keeps items by a hash of their source key.
@@ -12,8 +12,6 @@ checks (`Applier.transform_checked`), a target item is keyed by its owner;
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,33 +35,11 @@ def sampled(text: str, fraction: float) -> bool:
     return fraction >= 1 or zlib.crc32(text.encode()) < fraction * 2**32
 
 
-def _raw_scan_pages(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
-    """botocore's ``before-parse`` hook for Scan: decode the JSON body in C, skip the model walk.
-
-    botocore rebuilds every AttributeValue by walking the service model, which costs more CPU than
-    everything else the verifier does per item. A successful Scan body already *is* the wire
-    format (DynamoDB JSON; binary as base64 text, which `from_dynamodb_json` decodes), so it is
-    handed over as it is through `customized_response_dict`, the hook's documented way to add to
-    the parsed response, and the parser is given an empty body. Errors are left to botocore.
-    """
-    if response_dict.get("status_code") != 200:
-        return
-    body = json.loads(response_dict["body"])
-    # ConsumedCapacity too: shared.core.capacity reads it from the parsed answer.
-    customized_response_dict.update({k: body[k] for k in ("Items", "Count", "ConsumedCapacity") if k in body})
-    if "LastEvaluatedKey" in body:  # sent back as ExclusiveStartKey, so binary key values as bytes again
-        customized_response_dict["LastEvaluatedKey"] = {
-            k: {"B": base64.b64decode(v["B"])} if "B" in v else v for k, v in body["LastEvaluatedKey"].items()
-        }
-    customized_response_dict["RawItems"] = True
-    response_dict["body"] = b"{}"
-
-
 async def scan_segments(client: Any, table: str, segments: int, on_page: Callable[[list[Item]], None]) -> None:
     """Parallel scan of one table, eventually consistent (one full scan of read capacity).
 
-    `on_page` receives items in DynamoDB JSON (see `_raw_scan_pages`), once `raw_scan_pages(client)`
-    is registered on the client.
+    `on_page` receives items in DynamoDB JSON once `shared.core.aws.raw_scan_pages(client)` is
+    registered on the client.
     """
 
     async def segment(number: int) -> None:
@@ -90,11 +66,6 @@ async def scan_segments(client: Any, table: str, segments: int, on_page: Callabl
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     await asyncio.gather(*(segment(n) for n in range(segments)))
-
-
-def raw_scan_pages(client: Any) -> None:
-    """Let this client's Scan calls return DynamoDB JSON unparsed (see `_raw_scan_pages`)."""
-    client.meta.events.register("before-parse.dynamodb.Scan", _raw_scan_pages)
 
 
 @dataclass

@@ -114,7 +114,7 @@ from shared.verify.differences import KINDS, Difference, unconfirmed
 from shared.verify.judge import LiveView, judge_key, judge_ref
 from shared.verify.repair import repair_all
 from shared.verify.report import build_report, last_verify, store_result, write_report
-from shared.verify.scan import Scanner, raw_scan_pages, sampled, scan_segments
+from shared.verify.scan import Scanner, sampled, scan_segments
 from shared.verify.spill import SpillStore
 
 MAX_ROUNDS = 3
@@ -211,7 +211,7 @@ class VerifyRun:
         try:
             pool = max(16, self.request.segments + 8)
             async with aws.aio_dynamodb(self.settings, pool=pool, retry_mode="adaptive", max_attempts=10) as client:
-                raw_scan_pages(client)
+                aws.raw_scan_pages(client)
                 control = ControlStore(client, self.settings.control_table)
                 applier = Applier(self.settings, self.definition, client, control, clock=self.clock)
                 await self._load(client, control, applier, store)
