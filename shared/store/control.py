@@ -285,21 +285,16 @@ class ControlStore:
                 "KeyConditionExpression": "#b = :b", "ExpressionAttributeNames": {"#b": "quarantine_bucket"},
                 "ExpressionAttributeValues": {":b": {"S": f"QUARANTINE#{bucket}"}},
             }
-            while True:
-                try:
-                    page = await self.client.query(**kwargs)
-                except Exception as exc:
-                    error = getattr(exc, "response", {}).get("Error", {})
-                    first_query = bucket == 0 and "ExclusiveStartKey" not in kwargs  # nothing yielded yet
-                    if first_query and error.get("Code") == "ValidationException" and "index" in str(
-                            error.get("Message", "")).lower():
-                        raise _NoIndex from exc
-                    raise translate(exc, f"query the control table's {QUARANTINE_INDEX} index") from exc
-                for raw in page.get("Items", []):
+            try:
+                async for raw in self._pages(kwargs):
                     yield self._ref(raw), raw["reason"]["S"]
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            except Exception as exc:
+                error = getattr(exc, "response", {}).get("Error", {})
+                first_query = bucket == 0 and "ExclusiveStartKey" not in kwargs  # nothing yielded yet
+                if first_query and error.get("Code") == "ValidationException" and "index" in str(
+                        error.get("Message", "")).lower():
+                    raise _NoIndex from exc
+                raise translate(exc, f"query the control table's {QUARANTINE_INDEX} index") from exc
 
     async def quarantine_counts(self) -> dict[str, int]:
         """Entries per reason, sorted by reason; streamed, so memory holds the reasons only."""
@@ -371,11 +366,16 @@ class ControlStore:
             "ConsistentRead": True,
             **extra,
         }
+        try:
+            async for raw in self._pages(kwargs):
+                yield raw
+        except Exception as exc:
+            raise translate(exc, f"query control table {pk}") from exc
+
+    async def _pages(self, kwargs: dict[str, Any]) -> Any:
+        """Every item a Query returns, a page at a time (`kwargs` ends holding the last page's start)."""
         while True:
-            try:
-                page = await self.client.query(**kwargs)
-            except Exception as exc:
-                raise translate(exc, f"query control table {pk}") from exc
+            page = await self.client.query(**kwargs)
             for raw in page.get("Items", []):
                 yield raw
             if "LastEvaluatedKey" not in page:

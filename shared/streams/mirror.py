@@ -192,8 +192,8 @@ class MirrorEngine(StreamEngine):
     def last_tombstone_at(self) -> float:
         """When any thread's applier last left a tombstone (the runner's final sweep waits it out)."""
         with self._states_lock:
-            return max((cast(_MirrorState, s).applier.last_tombstone_at  # type: ignore[union-attr]
-                        for s in self._states if cast(_MirrorState, s).applier), default=0.0)
+            appliers = [cast(_MirrorState, s).applier for s in self._states]
+        return max((a.last_tombstone_at for a in appliers if a is not None), default=0.0)
 
     async def _ensure_applier(self) -> Applier:
         state = cast(_MirrorState, await self._connect())
@@ -265,7 +265,7 @@ class MirrorEngine(StreamEngine):
         applier = cast(_MirrorState, state).applier
         assert applier is not None
         stats.chains = len(chains)
-        await self._record_start({c.ref.table for c in chains.values()}, [r for c in chains.values() for r in c.records])
+        await self._record_start(chains)
         failed: set[str] = set()
         semaphore = asyncio.Semaphore(self.settings.mirror_concurrency)
 
@@ -292,13 +292,14 @@ class MirrorEngine(StreamEngine):
         await gather_settled(*(run_lane(lane) for lane in self._lanes(chains, entries)))
         return failed
 
-    async def _record_start(self, tables: set[str], records: list[dict[str, Any]]) -> None:
+    async def _record_start(self, chains: OrderedDict[SourceRef, Chain]) -> None:
         """Remember, once, since when the mirror covers each table (the backfill checks it)."""
-        new = tables - self._start_recorded
+        new = {c.ref.table for c in chains.values()} - self._start_recorded
         if not new or self.applier is None:
             return
         first = min(
-            (float(r["dynamodb"].get("ApproximateCreationDateTime", time.time())) for r in records),
+            (float(r["dynamodb"].get("ApproximateCreationDateTime", time.time()))
+             for c in chains.values() for r in c.records),
             default=time.time(),
         )
         for table in new:

@@ -189,10 +189,10 @@ class ReverseEngine(StreamEngine):
         stats.owners = len(groups)
         return groups
 
-    async def _prefetch(self, state: EngineState, groups: OrderedDict[SourceRef, _Group]) -> dict[SourceRef, Any]:
+    async def _prefetch(self, state: EngineState,
+                        groups: OrderedDict[SourceRef, _Group]) -> dict[SourceRef, QuarantineEntry]:
         """The owners' reverse quarantine entries."""
-        return await ControlStore(state.client, self.settings.control_table).quarantine_get_many(
-            reverse_quarantine_ref(r) for r in groups)
+        return await self.control.quarantine_get_many(reverse_quarantine_ref(r) for r in groups)
 
     async def _apply(self, state: EngineState, groups: OrderedDict[SourceRef, _Group],
                      entries: dict[SourceRef, QuarantineEntry], stats: ReverseStats) -> set[str]:

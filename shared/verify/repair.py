@@ -18,10 +18,10 @@ from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetK
 from shared.protocol.apply import Applier
 from shared.verify.differences import Difference
 from shared.verify.judge import LiveView, judge_key, judge_ref
+from shared.verify.report import SAMPLES_PER_KIND
 from shared.verify.spill import SpillStore
 
-REPAIR_CHUNK = 500
-SAMPLES_KEPT = 20
+REPAIR_CHUNK = 500  # differences repaired before they are judged again
 
 
 async def repair_difference(view: LiveView, difference: Difference) -> str:
@@ -99,4 +99,4 @@ async def repair_all(applier: Applier, definition: MigrationDefinition, store: S
             else:
                 fixed += 1
     return {"attempted": attempted, "fixed": fixed, "remaining": attempted - fixed,
-            "samples": [d.as_dict() for d in remaining[:SAMPLES_KEPT]]}
+            "samples": [d.as_dict() for d in remaining[:SAMPLES_PER_KIND]]}
