@@ -5,6 +5,10 @@ so it is unit-tested with fakes; these are the real ones. The mode item is
 written through `shared.store.mode.ModeStore` (optimistic concurrency);
 drains and catch-up are measured by `shared.streams.drain` from the
 consumers' receipts, polled every `DRAIN_POLL_S`.
+
+The clients are made once, before the gate: made inside a drain, during
+the freeze, they cost 0.1-0.6 s of the freeze window each time (botocore
+loads the service model for every new session).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ class AwsPorts:
         from shared.core import aws
 
         self.settings = settings
-        self.store = ModeStore(aws.dynamodb(settings), settings.control_table)
+        self.dynamodb = aws.dynamodb(settings)
+        self.streams = aws.streams(settings)
+        self.store = ModeStore(self.dynamodb, settings.control_table)
 
     def read_mode(self) -> ModeState:
         return self.store.read(consistent=True)
@@ -36,7 +42,8 @@ class AwsPorts:
         from shared.streams import drain
 
         try:
-            drain.wait_drained(self.settings, direction, timeout_s, poll_s=DRAIN_POLL_S)
+            drain.wait_drained(self.settings, direction, timeout_s, poll_s=DRAIN_POLL_S,
+                               dynamodb=self.dynamodb, streams=self.streams)
         except DrainTimeout:
             return False
         return True
@@ -45,7 +52,8 @@ class AwsPorts:
         from shared.streams import drain
 
         try:
-            return drain.wait_caught_up(self.settings, direction, timeout_s, poll_s=DRAIN_POLL_S)
+            return drain.wait_caught_up(self.settings, direction, timeout_s, poll_s=DRAIN_POLL_S,
+                                       dynamodb=self.dynamodb, streams=self.streams)
         except TransientError:
             return False
 

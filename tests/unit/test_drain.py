@@ -248,3 +248,58 @@ def test_a_read_that_stops_at_the_first_gap_says_its_count_is_a_floor(settings):
     # AND a full read counts all three
     full = measure(settings, FakeControl(), streams)["s"]
     assert full.pending == 3 and full.counted_all
+
+
+class CountingControl(FakeControl):
+    def __init__(self) -> None:
+        super().__init__()
+        self.describes = 0
+
+    def describe_table(self, TableName: str) -> dict[str, Any]:  # noqa: N803
+        self.describes += 1
+        return super().describe_table(TableName)
+
+
+def test_a_wait_reads_each_tables_stream_arn_once_and_the_shard_list_on_every_poll(settings, monkeypatch):
+    # GIVEN a shard whose last record gets its receipt only after three polls
+    streams = FakeStreams({"s": ([1, 2], False)})
+    control = CountingControl()
+    control.acknowledge(1)
+    polls = []
+
+    def sleep(_s: float) -> None:
+        polls.append(1)
+        if len(polls) == 3:
+            control.acknowledge(2)
+
+    described = []
+    original = streams.describe_stream
+    monkeypatch.setattr(streams, "describe_stream", lambda **kw: described.append(1) or original(**kw))
+    # WHEN the cutover waits for the drain with clients it made before the freeze
+    drain.wait_drained(settings, "forward", 60, sleep=sleep, dynamodb=control, streams=streams)
+    # THEN DescribeTable ran once per legacy table, DescribeStream on every poll (a shard may split)
+    assert control.describes == len(drain.consumer_tables(settings, "forward"))
+    assert len(described) == 4 * len(drain.consumer_tables(settings, "forward"))
+
+
+def test_the_cutovers_waits_make_no_client_during_the_freeze(monkeypatch):
+    # GIVEN the real ports, made before the gate
+    from shared.cutover import aws_ports
+
+    ports = aws_ports.AwsPorts(load_settings(endpoint_url="http://localhost:1"))
+    made = []
+    monkeypatch.setattr(drain.aws, "dynamodb", lambda *a, **k: made.append("dynamodb"))
+    monkeypatch.setattr(drain.aws, "streams", lambda *a, **k: made.append("streams"))
+    seen = []
+
+    def is_drained(settings, direction, *, dynamodb, streams, arns):
+        seen.append((dynamodb, streams))
+        return True
+
+    monkeypatch.setattr(drain, "is_drained", is_drained)
+    monkeypatch.setattr(drain, "measure", lambda *a, dynamodb, streams, **k: seen.append((dynamodb, streams)) or [])
+    # WHEN the freeze's drain and the gate's lag check run
+    assert ports.wait_drained("forward", 5) and ports.wait_caught_up("reverse", 5)
+    # THEN both used the clients the ports made up front, and made none of their own
+    assert made == []
+    assert seen and all(pair == (ports.dynamodb, ports.streams) for pair in seen)
