@@ -8,6 +8,14 @@ dummy pair is used, because DynamoDB Local accepts any.
 Every DynamoDB client counts the capacity units it consumes
 (`shared.core.capacity`).
 
+Every client gets a new botocore session (so credentials, region and
+endpoint are read anew, as the usual chain would), but all sessions share
+one model loader (`_MODELS`): a session of its own reads and parses the
+service's JSON models again, 40-100 ms a client, which the cutover's freeze
+and every short command paid. DynamoDB and Streams clients are botocore's
+own; boto3 adds nothing to them (its customizations are for S3 and for
+resources).
+
 `translate()` maps a botocore exception to the dynashift hierarchy, keeping
 the cause: throttling, 5xx and network faults become `TransientError` (the
 only reason to retry; an endpoint nobody answers at is its subclass
@@ -25,7 +33,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-import boto3
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
@@ -82,21 +90,30 @@ def client_kwargs(
     return kwargs
 
 
+# One per process: it reads no file until a model is asked for, then keeps each it parsed.
+_MODELS = botocore.loaders.create_loader()
+
+
+def _session(session: Any) -> Any:
+    session.register_component("data_loader", _MODELS)
+    return session
+
+
 def dynamodb(settings: Settings, **kw: Any) -> Any:
-    client = boto3.session.Session().client("dynamodb", **client_kwargs(settings, **kw))
+    client = _session(botocore.session.get_session()).create_client("dynamodb", **client_kwargs(settings, **kw))
     return capacity.attach(client, local=settings.is_local)
 
 
 def streams(settings: Settings, **kw: Any) -> Any:
     kwargs = client_kwargs(settings, **kw)
-    return boto3.session.Session().client("dynamodbstreams", **kwargs)
+    return _session(botocore.session.get_session()).create_client("dynamodbstreams", **kwargs)
 
 
 @contextlib.asynccontextmanager
 async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
     from aiobotocore.session import get_session
 
-    async with get_session().create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
+    async with _session(get_session()).create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
         yield capacity.attach(client, local=settings.is_local)
 
 
