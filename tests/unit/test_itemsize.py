@@ -34,6 +34,8 @@ def test_limit_is_400_kib() -> None:
         (Decimal("1000000"), 2),  # trailing zeros are free
         (Decimal("0.001"), 2),  # leading zeros are free
         (Decimal("-12.34"), 3),  # 4 digits → 2 + 1
+        (Decimal("12345678901234567890123456789012345678"), 20),  # 38 digits, DynamoDB's most → 19 + 1
+        (Decimal("1.2345678901234567890123456789012345678E+100"), 20),  # the same digits, the exponent free
         (12345, 4),  # a Python int counts like N
         ({"ab", "c"}, 3),  # SS: sum of members
         ({Decimal(1), Decimal(123)}, 5),  # NS

@@ -80,6 +80,14 @@ def test_canonical_form_is_insensitive_to_set_order_and_number_spelling_but_keep
     assert canonical({"m": {"k": None}}) == ["M", {"m": ["M", {"k": ["NULL"]}]}]
 
 
+def test_numbers_that_differ_only_past_the_28th_digit_are_different():
+    # GIVEN two numbers DynamoDB stores apart (it keeps 38 digits; Python's default context rounds to 28)
+    a, b = Decimal("12345678901234567890123456789012345671"), Decimal("12345678901234567890123456789012345672")
+    # THEN their digests differ, and a number's spelling still does not matter
+    assert digest({"n": a}) != digest({"n": b})
+    assert digest({"n": Decimal("1.2345678901234567890123456789012345671E+37")}) == digest({"n": a})
+
+
 def test_attribute_diff_names_only_what_differs():
     expected = {"PK": "A", "plan": "pro", "topics": ["x"], "gone": "y"}
     actual = {"PK": "A", "plan": "free", "topics": ["x"], "new": Decimal(2)}
