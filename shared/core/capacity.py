@@ -257,12 +257,10 @@ def _transaction_units(transact_items: list[dict[str, Any]]) -> dict[str, float]
 
 def wire_item_bytes(item: Mapping[str, Any]) -> int:
     """DynamoDB's size of an item in the wire format ({"S": ...} values)."""
-    from boto3.dynamodb.types import TypeDeserializer
-
+    from shared.core.codec import from_dynamodb_json
     from shared.core.itemsize import item_size_bytes
 
-    deserialize = TypeDeserializer().deserialize
-    return item_size_bytes({name: deserialize(value) for name, value in item.items()})
+    return item_size_bytes(from_dynamodb_json(item))
 
 
 def _count(parsed: Mapping[str, Any], model: Any, context: dict[str, Any] | None = None, **_: Any) -> None:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from boto3.dynamodb.types import Binary, TypeDeserializer
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -66,3 +66,29 @@ def test_b64_attribute_and_the_decoder_round_trip():
     value = {"M": {"b": {"B": b"\x00"}, "bs": {"BS": [b"\x01"]}, "l": {"L": [{"B": b"\x02"}]}}}
     assert from_dynamodb_json({"a": b64_attribute(value)}) == {"a": {"b": Binary(b"\x00"), "bs": {Binary(b"\x01")},
                                                                      "l": [Binary(b"\x02")]}}
+
+
+reference_serializer = TypeSerializer()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(text, dynamodb_values, min_size=1, max_size=5))
+def test_encoding_agrees_with_boto3_for_every_type(item):
+    assert to_wire(item) == {k: reference_serializer.serialize(v) for k, v in item.items()}
+
+
+@pytest.mark.parametrize("value", [1.5, Decimal("NaN"), Decimal("Infinity"), Decimal("1" * 39), object()])
+def test_what_boto3_refuses_is_refused_the_same_way(value):
+    with pytest.raises(Exception) as ours:
+        to_wire({"a": value})
+    with pytest.raises(Exception) as boto3s:
+        reference_serializer.serialize(value)
+    assert type(ours.value) is type(boto3s.value) and str(ours.value) == str(boto3s.value)
+
+
+def test_ints_tuples_and_subclasses_encode_as_boto3_encodes_them():
+    class Tagged(str):
+        pass
+
+    item = {"i": 7, "t": ("a", Decimal(1)), "s": Tagged("x"), "b": b"\x00", "n": None, "bool": True}
+    assert to_wire(item) == {k: reference_serializer.serialize(v) for k, v in item.items()}
