@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import botocore.loaders
 
@@ -50,3 +51,27 @@ def test_each_client_still_reads_credentials_and_region_anew(monkeypatch):
     assert first._request_signer._credentials.access_key == "first"
     assert second._request_signer._credentials.access_key == "second"
     assert second.meta.region_name == "eu-west-1" and second.meta.endpoint_url == "http://localhost:1"
+
+
+class RawBody(io.BytesIO):
+    def stream(self, **_):
+        yield self.getvalue()
+
+
+def test_requests_carry_the_fixed_user_agent_naming_dynashift():
+    # GIVEN a client, and a stand-in for the network that keeps what would be sent
+    from botocore.awsrequest import AWSResponse
+
+    client = aws.dynamodb(SETTINGS)
+    sent = []
+
+    def answer(request, **_):
+        sent.append(request.headers["User-Agent"])
+        return AWSResponse(request.url, 200, {}, RawBody(b'{"TableNames": []}'))
+
+    client.meta.events.register("before-send.dynamodb.*", answer)
+    # WHEN two requests go out / THEN both carry the one fixed string, built once, not per request
+    client.list_tables()
+    client.list_tables()
+    assert [s.decode() if isinstance(s, bytes) else s for s in sent] == [aws.USER_AGENT] * 2
+    assert aws.USER_AGENT.startswith("dynashift Botocore/")
