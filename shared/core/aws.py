@@ -8,11 +8,12 @@ dummy pair is used, because DynamoDB Local accepts any.
 Every DynamoDB client counts the capacity units it consumes
 (`shared.core.capacity`).
 
-Every client gets a new botocore session (so credentials, region and
-endpoint are read anew, as the usual chain would), but all sessions share
-one model loader (`_MODELS`): a session of its own reads and parses the
-service's JSON models again, 40-100 ms a client, which the cutover's freeze
-and every short command paid. DynamoDB and Streams clients are botocore's
+Synchronous clients come from one botocore session per process (as boto3's
+default session), asynchronous ones from a session each (an aiobotocore
+session belongs to an event loop); region and endpoint come from the
+settings for every client. All sessions share one model loader (`_MODELS`):
+a session of its own reads and parses the service's JSON models again,
+40-100 ms a client, which the cutover's freeze and every short command paid. DynamoDB and Streams clients are botocore's
 own; boto3 adds nothing to them (its customizations are for S3 and for
 resources).
 
@@ -30,6 +31,7 @@ import contextlib
 import json
 import os
 import platform
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -94,13 +96,15 @@ def client_kwargs(
     endpoint = settings.effective_endpoint
     if endpoint:
         kwargs["endpoint_url"] = endpoint
-        if settings.is_local and botocore.session.get_session().get_credentials() is None:
+        if settings.is_local and _no_credentials():
             kwargs.update(_DUMMY_CREDENTIALS)
     return kwargs
 
 
 # One per process: it reads no file until a model is asked for, then keeps each it parsed.
 _MODELS = botocore.loaders.create_loader()
+_PROCESS_SESSION: Any = None
+_PROCESS_SESSION_LOCK = threading.Lock()
 
 
 def _session(session: Any) -> Any:
@@ -108,18 +112,39 @@ def _session(session: Any) -> Any:
     return session
 
 
+def _process_session() -> Any:
+    """The process's botocore session for synchronous clients, as boto3's default session is:
+    credentials resolved once by the usual chain (refreshable ones refresh themselves). A
+    session costs about 10 ms to set up (1,600 event handlers), which every client and every
+    local credentials check paid. botocore sessions are not thread-safe: callers hold the lock."""
+    global _PROCESS_SESSION
+    if _PROCESS_SESSION is None:
+        _PROCESS_SESSION = _session(botocore.session.get_session())
+    return _PROCESS_SESSION
+
+
+def _no_credentials() -> bool:
+    with _PROCESS_SESSION_LOCK:
+        return _process_session().get_credentials() is None
+
+
 def dynamodb(settings: Settings, **kw: Any) -> Any:
-    client = _session(botocore.session.get_session()).create_client("dynamodb", **client_kwargs(settings, **kw))
+    kwargs = client_kwargs(settings, **kw)
+    with _PROCESS_SESSION_LOCK:
+        client = _process_session().create_client("dynamodb", **kwargs)
     return capacity.attach(client, local=settings.is_local)
 
 
 def streams(settings: Settings, **kw: Any) -> Any:
     kwargs = client_kwargs(settings, **kw)
-    return _session(botocore.session.get_session()).create_client("dynamodbstreams", **kwargs)
+    with _PROCESS_SESSION_LOCK:
+        return _process_session().create_client("dynamodbstreams", **kwargs)
 
 
 @contextlib.asynccontextmanager
 async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
+    # A session per client here: an aiobotocore session's credential fetchers belong to the
+    # event loop that first used them, and the stream engines run a loop per thread.
     from aiobotocore.session import get_session
 
     async with _session(get_session()).create_client("dynamodb", **client_kwargs(settings, **kw)) as client:

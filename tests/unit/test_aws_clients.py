@@ -40,17 +40,36 @@ def test_a_second_client_reads_no_model_file_again(monkeypatch):
     assert reads == []
 
 
-def test_each_client_still_reads_credentials_and_region_anew(monkeypatch):
-    # GIVEN a client made with one pair of credentials
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first")
+def test_clients_take_credentials_from_the_usual_chain_and_region_and_endpoint_from_the_settings(monkeypatch):
+    # GIVEN credentials in the environment and no process session yet
+    monkeypatch.setattr(aws, "_PROCESS_SESSION", None)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-chain")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    # WHEN clients are made for two settings
     first = aws.dynamodb(SETTINGS)
-    # WHEN the usual chain changes (a rotated key) / THEN the next client uses the new pair
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second")
-    second = aws.dynamodb(SETTINGS)
-    assert first._request_signer._credentials.access_key == "first"
-    assert second._request_signer._credentials.access_key == "second"
-    assert second.meta.region_name == "eu-west-1" and second.meta.endpoint_url == "http://localhost:1"
+    other = aws.streams(load_settings(endpoint_url="http://localhost:2", region="ap-south-1"))
+    # THEN both use the chain's credentials (not the local dummy pair) and their own region and endpoint
+    assert first._request_signer._credentials.access_key == "from-the-chain"
+    assert other._request_signer._credentials.access_key == "from-the-chain"
+    assert (first.meta.region_name, first.meta.endpoint_url) == ("eu-west-1", "http://localhost:1")
+    assert (other.meta.region_name, other.meta.endpoint_url) == ("ap-south-1", "http://localhost:2")
+
+
+def test_synchronous_clients_share_one_session_set_up_once(monkeypatch):
+    # GIVEN no process session yet, and a count of botocore sessions set up
+    import botocore.session
+
+    monkeypatch.setattr(aws, "_PROCESS_SESSION", None)
+    made = []
+    original = botocore.session.get_session
+    monkeypatch.setattr(botocore.session, "get_session", lambda *a: made.append(1) or original(*a))
+    # WHEN several clients are made from several threads at once
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        clients = list(pool.map(lambda _: (aws.dynamodb(SETTINGS), aws.streams(SETTINGS)), range(8)))
+    # THEN one session was set up for all of them, and every client works on its own
+    assert len(made) == 1 and len(clients) == 8
 
 
 class RawBody(io.BytesIO):
