@@ -13,9 +13,9 @@ default session), asynchronous ones from a session each (an aiobotocore
 session belongs to an event loop); region and endpoint come from the
 settings for every client. All sessions share one model loader (`_MODELS`):
 a session of its own reads and parses the service's JSON models again,
-40-100 ms a client, which the cutover's freeze and every short command paid. DynamoDB and Streams clients are botocore's
-own; boto3 adds nothing to them (its customizations are for S3 and for
-resources).
+40-100 ms a client, which the cutover's freeze and every short command
+paid. DynamoDB and Streams clients are botocore's own; boto3 adds nothing
+to them (its customizations are for S3 and for resources).
 
 `translate()` maps a botocore exception to the dynashift hierarchy, keeping
 the cause: throttling, 5xx and network faults become `TransientError` (the

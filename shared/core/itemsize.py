@@ -42,17 +42,24 @@ def value_size_bytes(value: Any) -> int:
     # subclasses and the rarer types take the general path.
     kind = type(value)
     if kind is str:
-        return len(value) if value.isascii() else _utf8(value)
+        return _utf8(value)
     if kind is Decimal:
         return _number_size(value)
     if kind is dict:
-        return _DOCUMENT_OVERHEAD + sum(
-            _ELEMENT_OVERHEAD + _utf8(key if type(key) is str else str(key)) + value_size_bytes(element)
-            for key, element in value.items()
-        )
+        return _map_size(value)
     if kind is list:
-        return _DOCUMENT_OVERHEAD + sum(_ELEMENT_OVERHEAD + value_size_bytes(element) for element in value)
+        return _list_size(value)
     return _other_size_bytes(value)
+
+
+def _map_size(value: Mapping[Any, Any]) -> int:
+    return _DOCUMENT_OVERHEAD + sum(
+        _ELEMENT_OVERHEAD + _utf8(str(key)) + value_size_bytes(element) for key, element in value.items()
+    )
+
+
+def _list_size(value: list[Any] | tuple[Any, ...]) -> int:
+    return _DOCUMENT_OVERHEAD + sum(_ELEMENT_OVERHEAD + value_size_bytes(element) for element in value)
 
 
 def _other_size_bytes(value: Any) -> int:
@@ -70,14 +77,9 @@ def _other_size_bytes(value: Any) -> int:
     if isinstance(value, set | frozenset):
         return sum(value_size_bytes(member) for member in value)
     if isinstance(value, list | tuple):
-        return _DOCUMENT_OVERHEAD + sum(
-            _ELEMENT_OVERHEAD + value_size_bytes(element) for element in value
-        )
+        return _list_size(value)
     if isinstance(value, Mapping):
-        return _DOCUMENT_OVERHEAD + sum(
-            _ELEMENT_OVERHEAD + _utf8(str(key)) + value_size_bytes(element)
-            for key, element in value.items()
-        )
+        return _map_size(value)
     raise TypeError(f"not a native DynamoDB value: {type(value).__name__}")
 
 

@@ -44,12 +44,20 @@ def canonical(value: Any) -> Any:
     if kind is str:
         return ["S", value]
     if kind is dict:
-        return ["M", {k: canonical(v) for k, v in value.items()}]
+        return _canonical_map(value)
     if kind is Decimal:
         return ["N", _number(value)]
     if kind is list:
-        return ["L", [canonical(v) for v in value]]
+        return _canonical_list(value)
     return _canonical_other(value)
+
+
+def _canonical_map(value: dict[str, Any]) -> list[Any]:
+    return ["M", {k: canonical(v) for k, v in value.items()}]
+
+
+def _canonical_list(value: list[Any] | tuple[Any, ...]) -> list[Any]:
+    return ["L", [canonical(v) for v in value]]
 
 
 def _canonical_other(value: Any) -> Any:
@@ -62,9 +70,9 @@ def _canonical_other(value: Any) -> Any:
     if value is None:
         return ["NULL"]
     if isinstance(value, dict):
-        return ["M", {k: canonical(v) for k, v in value.items()}]
+        return _canonical_map(value)
     if isinstance(value, (list, tuple)):
-        return ["L", [canonical(v) for v in value]]
+        return _canonical_list(value)
     if isinstance(value, (bytes, bytearray, Binary)):
         return ["B", base64.b64encode(bytes(value.value if isinstance(value, Binary) else value)).decode()]
     if isinstance(value, (set, frozenset)):
