@@ -50,7 +50,7 @@ from typing import Any
 
 from backfill.lease import PAGE_EPOCH, LeaseLapsed, PageLease, StaleWriterLease
 from backfill.ratelimit import RateLimiter, ThrottleGovernor, install_retries
-from backfill.units import Run, Unit, UnitStore
+from backfill.units import JUST_READ_S, Run, Unit, UnitStore, UnitView
 from backfill.writer import BackfillWriter, WriteCounts
 from shared.core import aws, capacity
 from shared.core.codec import from_dynamodb_json, to_native, to_wire
@@ -120,6 +120,7 @@ class Worker:
         self.report = WorkerReport(self.owner)
         self.active: dict[str, Unit] = {}
         self._taken: dict[str, set[str]] = {}  # per table: units a unit loop of this worker claims or holds
+        self._views: dict[str, UnitView] = {}  # per table: the unit list its unit loops share
         # The stale-writer lease every page request is held to: `run` takes its
         # own; a Lambda unit sets its run's registration (`backfill.lambda_unit`).
         self.lease: PageLease | None = None
@@ -203,11 +204,12 @@ class Worker:
 
     async def _unit_loop(self, run: Run) -> None:
         taken = self._taken.setdefault(run.table, set())  # shared by this table's unit loops
+        view = self._views.setdefault(run.table, UnitView(self.units, run.table))  # and so is this
         while True:
             # A unit is claimed only when it can be worked: a unit held while its
             # loop waits for a page slot is one another process could be scanning.
             async with self._unit_slots:
-                unit = await self.units.claim(run, self.owner, self.options.lease_s, taken=taken)
+                unit = await self.units.claim(run, self.owner, self.options.lease_s, taken=taken, view=view)
                 if unit is not None:
                     self.active[unit.sk + unit.table] = unit
                     try:
@@ -218,8 +220,8 @@ class Worker:
                     if completed:
                         self.report.units_completed += 1
                     continue
-            fresh = await self.units.load(run.table)
-            others = [u for u in (fresh.units if fresh else []) if u.status != "done" and u.owner != self.owner]
+            current = await view.units(within_s=JUST_READ_S)  # the claim above has mostly just read it
+            others = [u for u in current if u.status != "done" and u.owner != self.owner]
             if not others:
                 return  # all done, or only our own units are still running
             # Units leased by other workers: one may be dead; wait for its lease to expire.

@@ -35,8 +35,8 @@ table) says which requests the units went to.
 
 Contenders:
 
-* ``put`` (dynashift's default mode) / ``transact``: ``backfill.run.run_backfill`` with the CLI's
-  defaults (``--table all --segments 8 --workers 1``; ``--write-mode put`` is the default) and
+* ``insert`` (dynashift's default mode) / ``put`` / ``transact``: ``backfill.run.run_backfill`` with the
+  CLI's defaults (``--table all --segments 8 --workers 1``; ``--write-mode insert`` is the default) and
   ``allow_no_mirror`` (no mirror runs), i.e. everything the operator waits for: planning in the control
   table, the stale-writer fence before the first read (5 s by default), progress polling, checkpoints,
   quarantine of the bad rows, the final tombstone sweep after its refresh wait (2.5 s). ``items/s`` is
@@ -77,8 +77,13 @@ memory cannot depend on them). The child samples its resident size every second;
 curve. Quick mode's series uses 500 and 2,000 items: at those sizes the peak is mostly imports, so
 its flatness says little about 1,000,000 items; the full series is ``--rss-only``.
 
+The dry run's estimate (issue 14, item 4): in each dynashift child, before the clock starts, the same
+request with ``dry_run`` (``backfill run --dry-run``: a scan of the seeded tables, which adds no stream
+record) gives the estimated write and read units; after the run, ``backfill status`` gives the units
+its units of work consumed. Target: within 10% of each other, both ways, in every run.
+
 Targets (issue 14, item 3), each PASS/FAIL on the median of the within-round ratios: the default mode
-(put) copies >= 1.0x the naive script's items/s, uses <= 1.05x its write units per item and <= 2x its
+(insert) copies >= 1.0x the naive script's items/s, uses <= 1.05x its write units per item and <= 2x its
 client CPU per item; its peak RSS stays under 250 MB, flat with table size (the largest size's peak
 within 10% of the smallest's).
 
@@ -98,7 +103,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +138,7 @@ TARGET_ITEMS_PER_S = 1.0  # put >= this x naive items/s
 TARGET_WRITE_UNITS = 1.05  # put <= this x naive write units per item
 TARGET_CPU = 2.0  # put <= this x naive client CPU per item
 TARGET_RSS_MB = 250.0
+TARGET_ESTIMATE = 0.10  # the dry run's units within this share of what the run consumed
 RSS_FLAT_TOLERANCE = 0.10  # the largest table's peak RSS may exceed the smallest's by at most this share
 RSS_SAMPLE_S = 1.0
 LARGE_ROW_BYTES = 100 * 1024
@@ -423,10 +429,25 @@ def _child_main(spec: CopySpec, go: Any, out: Any) -> None:
 def _dynashift_copier(spec: CopySpec, settings: Settings) -> Copier:
     from rich.console import Console
 
-    from backfill.run import BackfillRequest, run_backfill, status
+    from backfill.run import BackfillRequest, run_backfill, run_backfill_report, status
 
     request = BackfillRequest(table="all", segments=spec.segments, write_mode=spec.scenario, allow_no_mirror=True)
     aws.dynamodb(settings).list_tables(Limit=1)  # the endpoint answers
+
+    async def connect() -> None:
+        # As the naive script makes its client and calls the engine before the clock starts: the
+        # backfill's async client stack (aiobotocore's imports, about 0.1 s of CPU once) likewise.
+        async with aws.aio_dynamodb(settings) as client:
+            await client.list_tables(Limit=1)
+
+    asyncio.run(connect())
+    # The dry run's estimate of this very run (`backfill run --dry-run`, same mode and segments), before the clock
+    # starts: a scan adds no stream record, so the engine's state is the same for the run.
+    code, dry = run_backfill_report(settings, {"endpoint_url": spec.endpoint},
+                                    replace(request, dry_run=True), Console(quiet=True))
+    if code != 0:
+        raise RuntimeError(f"the dry run exited with {code}")
+    estimate = dry["estimate"]["backfill"]
 
     def run() -> dict[str, Any]:
         code = run_backfill(settings, {"endpoint_url": spec.endpoint}, request, Console(quiet=True))
@@ -438,7 +459,11 @@ def _dynashift_copier(spec: CopySpec, settings: Settings) -> Copier:
         if not rows or not all(r["finished"] for r in rows):
             raise RuntimeError("backfill did not finish")
         totals = {name: sum(r[name] for r in rows) for name in ("read", "written", "skipped", "quarantined")}
-        return {"source_items": totals["read"], **totals}
+        # What `backfill status` shows the run consumed (its units' own counts), against the estimate.
+        consumed = {name: sum(r[name] for r in rows) for name in ("write_units", "read_units")}
+        return {"source_items": totals["read"], **totals, "dry_run_estimate": {
+            "write_units": estimate["write_units"], "read_units": estimate["read_units"],
+            "consumed_write_units": consumed["write_units"], "consumed_read_units": consumed["read_units"]}}
 
     return Copier(run, check)
 
@@ -755,6 +780,16 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                                "stream_records_at_start": summary_stats([r["engine_state"]["stream_records"] for r in mine])}
         for name in SUMMARY_FIELDS:
             row[name] = summary_stats([r.get(name) for r in mine])
+        estimates = [r["dry_run_estimate"] for r in mine if r.get("dry_run_estimate")]
+        if estimates:
+            row["estimate_vs_consumed"] = {
+                kind: summary_stats([e[f"{kind}_units"] / e[f"consumed_{kind}_units"] for e in estimates
+                                     if e[f"consumed_{kind}_units"]])
+                for kind in ("write", "read")}
+            row["estimate_units"] = {kind: summary_stats([e[f"{kind}_units"] for e in estimates])
+                                     for kind in ("write", "read")}
+            row["consumed_units"] = {kind: summary_stats([e[f"consumed_{kind}_units"] for e in estimates])
+                                     for kind in ("write", "read")}
         if minimum and series == "rounds":
             # the plain copy does other work (untransformed items, no index): against its own minimum
             floor = minimum["plain_write_units_per_item" if scenario == "plain" else "write_units_per_item"]
@@ -831,6 +866,23 @@ def verdicts(rows: list[dict[str, Any]], ratios: dict[str, Any], report: dict[st
                         "measured": f"{copy['median']:.2f}x ({copy['min']:.2f}-{copy['max']:.2f})",
                         "pass": copy["median"] >= TARGET_ITEMS_PER_S, "informational": True})
     put_rows = sorted((r for r in rows if r["scenario"] == DEFAULT_MODE), key=lambda r: (r["items"], r["series"]))
+    for row in put_rows:
+        ratios_of = row.get("estimate_vs_consumed")
+        if not ratios_of:
+            continue
+        worst = max(abs(stat[end] - 1) for stat in ratios_of.values() if stat for end in ("min", "max"))
+        label = "RSS series" if row["series"] == "rss" else "rounds"
+        out.append({
+            "target": (f"`backfill run --dry-run` estimates the default mode's write and read units within "
+                       f"{TARGET_ESTIMATE:.0%} of what the run consumed (`backfill status`), at {row['items']:,} "
+                       f"items ({label})"),
+            "measured": "; ".join(
+                f"{kind} {row['estimate_units'][kind]['median']:,.0f} estimated vs "
+                f"{row['consumed_units'][kind]['median']:,.0f} consumed = {stat['median']:.3f}x "
+                f"({stat['min']:.3f}-{stat['max']:.3f})"
+                for kind, stat in ratios_of.items() if stat),
+            "pass": worst <= TARGET_ESTIMATE,
+        })
     for row in put_rows:
         peak = row["peak_rss_mb"]["max"]
         label = "RSS series, legacy tables without streams" if row["series"] == "rss" else "rounds"
@@ -980,6 +1032,21 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {run['scenario']} | {run['series']} | {run['round'] + 1} | {run['items']:,} | "
                          f"{run['read']:,} | {run['written']:,} | {run['skipped']:,} | {run['quarantined']:,} | "
                          f"{run['requests_per_item']:.2f} |")
+    estimated = [r for r in summary["rows"] if r.get("estimate_vs_consumed")]
+    if estimated:
+        lines += ["", "## The dry run's estimate against the run", "",
+                  ("Before each dynashift run's clock starts, `backfill run --dry-run` (same mode and segments) "
+                   "estimates the run from the same seeded tables; after it, `backfill status` gives the units the "
+                   "run's units of work consumed (scans, writes, quarantine entries, checkpoints)."), "",
+                  ("| contender | series | items | write units estimated | consumed | estimate / consumed "
+                   "| read units estimated | consumed | estimate / consumed |"),
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in estimated:
+            est, used, ratio_of = row["estimate_units"], row["consumed_units"], row["estimate_vs_consumed"]
+            est_w, est_r = cell(est["write"], 0, thousands=True), cell(est["read"], 0, thousands=True)
+            used_w, used_r = cell(used["write"], 0, thousands=True), cell(used["read"], 0, thousands=True)
+            lines.append(f"| {LABELS[row['scenario']]} | {row['series']} | {row['items']:,} | {est_w} | {used_w} | "
+                         f"{cell(ratio_of['write'], 3)}x | {est_r} | {used_r} | {cell(ratio_of['read'], 3)}x |")
     lines += ["", "## Targets (issue 14)", ""]
     lines += common.verdict_lines(summary["verdicts"]) or ["- (no target applies to the contenders run)"]
     if report["bench"] == "backfill" and not cfg.get("with_rss"):

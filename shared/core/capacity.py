@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import re
 import threading
@@ -218,16 +219,25 @@ class _LocalIndexes:
             return
         units: list[tuple[str, float] | None] = []
         for statement in params.get("Statements", []):
-            match = _INSERT.match(statement.get("Statement", ""))
-            if match is None:
+            parsed = _parse_insert(statement.get("Statement", ""))
+            if parsed is None:
                 units.append(None)
                 continue
-            table = match.group(1).replace('""', '"')
-            names = [name.replace("''", "'") for name in _FIELD.findall(match.group(2))]
+            table, names = parsed
             item = dict(zip(names, statement.get("Parameters", []), strict=False))
             arms = sum(1 for keys in self.keys_of(table) if all(k in item for k in keys))
             units.append((table, write_units(wire_item_bytes(item), indexes=arms)))
         context["dynashift_statement_units"] = units
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_insert(statement: str) -> tuple[str, tuple[str, ...]] | None:
+    """An INSERT's table and attribute names (None: not an INSERT); one text per item shape, so cached."""
+    match = _INSERT.match(statement)
+    if match is None:
+        return None
+    names = tuple(name.replace("''", "'") for name in _FIELD.findall(match.group(2)))
+    return match.group(1).replace('""', '"'), names
 
 
 def _data_plane(model: Any) -> bool:
@@ -256,11 +266,10 @@ def _transaction_units(transact_items: list[dict[str, Any]]) -> dict[str, float]
 
 
 def wire_item_bytes(item: Mapping[str, Any]) -> int:
-    """DynamoDB's size of an item in the wire format ({"S": ...} values)."""
-    from shared.core.codec import from_dynamodb_json
-    from shared.core.itemsize import item_size_bytes
+    """DynamoDB's size of an item in the wire format ({"S": ...} values), measured without decoding it."""
+    from shared.core.itemsize import wire_item_size_bytes
 
-    return item_size_bytes(from_dynamodb_json(item))
+    return wire_item_size_bytes(item)
 
 
 def _count(parsed: Mapping[str, Any], model: Any, context: dict[str, Any] | None = None, **_: Any) -> None:

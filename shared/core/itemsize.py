@@ -1,4 +1,4 @@
-"""DynamoDB's item size, computed from a native item.
+"""DynamoDB's item size, computed from a native item or straight from the wire format.
 
 DynamoDB refuses an item above 400 KB, counting attribute names and values
 by its own rules. The engine checks a target item against `MAX_ITEM_BYTES`
@@ -12,12 +12,18 @@ instead of failing the write. The rules (AWS "Item sizes and formats"):
 - SS / NS / BS: the sum of the members' sizes.
 - Each top-level attribute also counts its name's UTF-8 bytes.
 
+`wire_item_size_bytes` measures an item in the wire format (``{"S": ...}``
+values, as a request's parameters hold it) by the same rules without
+decoding it first: the capacity ledger prices every INSERT that DynamoDB
+Local leaves unpriced this way (`shared.core.capacity`).
+
 Numbers are an estimate (DynamoDB does not publish the exact encoding); the
 estimate errs upwards by at most a byte per number.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -103,6 +109,58 @@ def _utf8(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def wire_item_size_bytes(item: Mapping[str, Any]) -> int:
+    """Size of an item in the wire format, as `item_size_bytes` of its decoded form."""
+    size = 0
+    for name, value in item.items():  # a loop, strings inline: most attributes are top-level strings
+        text = value.get("S")
+        size += _utf8(name) + (_utf8(text) if type(text) is str else _wire_value_size(value))
+    return size
+
+
+def _wire_value_size(value: Mapping[str, Any]) -> int:
+    for tag, inner in value.items():
+        if tag == "S":
+            return _utf8(inner)
+        if tag == "N":
+            return _number_text_size(inner)
+        if tag == "M":
+            return _DOCUMENT_OVERHEAD + sum(
+                _ELEMENT_OVERHEAD + _utf8(key) + _wire_value_size(element) for key, element in inner.items()
+            )
+        if tag == "L":
+            return _DOCUMENT_OVERHEAD + sum(_ELEMENT_OVERHEAD + _wire_value_size(element) for element in inner)
+        if tag in ("BOOL", "NULL"):
+            return 1
+        if tag == "SS":
+            return sum(_utf8(member) for member in set(inner))
+        if tag == "NS":
+            return sum(_number_size(number) for number in {Decimal(member) for member in inner})  # 1 == 1.0
+        if tag == "B":
+            return len(_wire_binary(inner))
+        if tag == "BS":
+            return sum(len(member) for member in {_wire_binary(member) for member in inner})
+        raise TypeError(f"DynamoDB type {tag} is not supported")
+    return _DOCUMENT_OVERHEAD  # {}: DynamoDB Local's rendering of an empty map in stream records
+
+
+def _number_text_size(text: str) -> int:
+    """`_number_size` of a number as DynamoDB's wire format writes it, read off its digits."""
+    mantissa = text.lstrip("+-").partition("e")[0].partition("E")[0]
+    digits = mantissa.replace(".", "", 1)
+    if not digits.isdigit() or not digits.isascii():
+        return _number_size(Decimal(text))  # not plain digits: let Decimal read it
+    significant = len(digits.strip("0"))  # leading and trailing zeros cost nothing
+    return (max(significant, 1) + 1) // 2 + 1
+
+
+def _wire_binary(value: Any) -> bytes:
+    # base64 text in DynamoDB JSON; raw bytes in a request's parameters or a parsed answer.
+    if isinstance(value, str):
+        return base64.b64decode(value)
+    return bytes(value)
+
+
 def check_target_items(items: list[Mapping[str, Any]]) -> None:
     """The engine's own checks on a transform result (same as the writers')."""
     for item in items:
@@ -113,4 +171,4 @@ def check_target_items(items: list[Mapping[str, Any]]) -> None:
             )
 
 
-__all__ = ["MAX_ITEM_BYTES", "check_target_items", "item_size_bytes", "value_size_bytes"]
+__all__ = ["MAX_ITEM_BYTES", "check_target_items", "item_size_bytes", "value_size_bytes", "wire_item_size_bytes"]

@@ -88,6 +88,10 @@ def test_quick_backfill_bench_reports_ratios_units_and_engine_state(tmp_path: Pa
             assert accounted == 100 if run["scenario"] != "transact" else 90 <= accounted <= 100
             assert run["quarantined"] >= 1  # the seeded bad rows
             assert run["control_write_units_per_item"] > 0  # plan, claims, checkpoints, quarantine
+            # AND the dry run's estimate of the run, beside what `backfill status` says it consumed
+            estimate = run["dry_run_estimate"]
+            assert estimate["write_units"] > 0 and estimate["consumed_write_units"] > 0, run["scenario"]
+            assert estimate["read_units"] > 0 and estimate["consumed_read_units"] > 0, run["scenario"]
         if run["scenario"] == "naive":
             assert run["written"] > 0 and run["refused_by_transform"] >= 1
             assert run["units"]["write_units"] >= report["minimum_units"]["write_units"]
@@ -106,6 +110,7 @@ def test_quick_backfill_bench_reports_ratios_units_and_engine_state(tmp_path: Pa
     targets = [v["target"] for v in summary["verdicts"]]
     assert any("items/s" in t for t in targets) and any("write units" in t for t in targets)
     assert any("client CPU" in t for t in targets) and any("RSS" in t for t in targets)
+    assert any("--dry-run" in t for t in targets) and "The dry run's estimate against the run" in md_path.read_text()
     assert all(isinstance(v["pass"], bool) and v["measured"] for v in summary["verdicts"])
     saved = json.loads(json_path.read_text())
     assert saved["bench"] == "backfill" and len(saved["runs"]) == 5 and saved["minimum_units"]

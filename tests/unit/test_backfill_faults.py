@@ -17,7 +17,7 @@ from botocore.hooks import HierarchicalEmitter
 
 from backfill import worker as worker_module
 from backfill.ratelimit import ThrottleGovernor
-from backfill.units import Unit, UnitStore
+from backfill.units import JUST_READ_S, Unit, UnitStore, UnitView
 from backfill.worker import WorkerOptions, run_worker
 from shared.core.settings import load_settings
 
@@ -309,8 +309,10 @@ class UnitTable:
         self.run = {"PK": {"S": "BACKFILL#sc-accounts"}, "SK": {"S": "RUN"}, "segments": {"N": str(units)},
                     "source": {"S": "scan"}, "write_mode": {"S": "insert"}, "created_at": {"N": "900"}}
         self.refused = 0
+        self.queries = 0
 
     async def query(self, **kw: Any) -> dict[str, Any]:
+        self.queries += 1
         await asyncio.sleep(0)
         return {"Items": [dict(self.run), *(dict(item) for item in self.items.values())]}
 
@@ -375,3 +377,74 @@ def test_a_worker_holds_no_more_units_than_it_can_work(monkeypatch: pytest.Monke
     assert worker.report.units_completed == 16
     assert most_held == worker_module.UNITS_HELD
     assert table.refused == 0
+
+
+def test_the_unit_loops_of_one_worker_share_one_read_of_the_unit_list():
+    # GIVEN 16 pending units and a worker whose 8 unit loops work them one after another
+    table = UnitTable(16)
+    table.meta = type("Meta", (), {"events": HierarchicalEmitter()})()
+    worker = worker_module.Worker(load_settings(endpoint_url="http://127.0.0.1:1"),
+                                  WorkerOptions(tables=["sc-accounts"], units_in_flight=8), table, owner="worker-a")
+    worker.units = UnitStore(table, "control", clock=lambda: 1000.0)
+
+    async def process_unit(run: Any, unit: Unit) -> bool:
+        await asyncio.sleep(0.01)
+        table.items[unit.sk]["status"] = {"S": "done"}
+        unit.status = "done"  # as the completing checkpoint does
+        return True
+
+    worker.process_unit = process_unit  # type: ignore[method-assign]
+
+    async def work() -> None:
+        run = await worker.units.load("sc-accounts")
+        await asyncio.gather(*(worker._unit_loop(run) for _ in range(8)))
+
+    asyncio.run(work())
+    # THEN every unit was done once, with no refused claim, and the list was read a few times, not
+    # once per claim and once more per loop at its end (32 reads before the loops shared it)
+    assert worker.report.units_completed == 16
+    assert table.refused == 0
+    assert table.queries <= 4, table.queries
+
+
+def test_a_claim_refused_from_an_outdated_list_reads_it_again_and_takes_a_free_unit():
+    # GIVEN a worker's shared copy of the list, read while units 0 and 1 were pending
+    table = UnitTable(2)
+    store = UnitStore(table, "control", clock=lambda: 1000.0)
+
+    async def claim_after_another_worker() -> Any:
+        run = await store.load("sc-accounts")
+        view = UnitView(store, "sc-accounts")
+        await view.units()
+        # WHEN another worker takes unit 0 meanwhile, and this worker claims from its copy
+        table.items["UNIT#00000"].update(status={"S": "running"}, owner={"S": "worker-b"},
+                                         lease_until={"N": "1030"})
+        return await store.claim(run, "worker-a", 30.0, taken=set(), view=view)
+
+    unit = asyncio.run(claim_after_another_worker())
+    # THEN the refused claim (unit 0) costs one write, and the claim goes on to unit 1
+    assert unit is not None and unit.number == 1
+    assert table.refused == 1
+
+
+def test_a_worker_waits_for_units_another_worker_holds_instead_of_leaving():
+    # GIVEN a table whose only unfinished unit another worker holds under a live lease, as this
+    # worker's shared copy of the list, read a while ago, does not show yet
+    table = UnitTable(1)
+    store = UnitStore(table, "control", clock=lambda: 1000.0)
+
+    async def claim_and_look() -> tuple[Any, list[Unit]]:
+        run = await store.load("sc-accounts")
+        view = UnitView(store, "sc-accounts", max_age_s=60.0)
+        await view.units()
+        table.items["UNIT#00000"].update(status={"S": "running"}, owner={"S": "worker-b"},
+                                         lease_until={"N": "1030"})
+        view._read_at -= 30.0  # type: ignore[operator]  # read 30 s ago
+        claimed = await store.claim(run, "worker-a", 30.0, taken=set(), view=view)
+        return claimed, await view.units(within_s=JUST_READ_S)
+
+    claimed, current = asyncio.run(claim_and_look())
+    # THEN the claim is refused once, the list is read again, and the exit check sees the other
+    # worker's unit (so the unit loop waits for its lease instead of returning)
+    assert claimed is None
+    assert [(u.status, u.owner) for u in current] == [("running", "worker-b")]

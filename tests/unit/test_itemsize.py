@@ -6,8 +6,12 @@ from decimal import Decimal
 
 import pytest
 from boto3.dynamodb.types import Binary
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shared.core.itemsize import MAX_ITEM_BYTES, item_size_bytes
+from shared.core.codec import to_dynamodb_json, to_wire
+from shared.core.itemsize import MAX_ITEM_BYTES, item_size_bytes, wire_item_size_bytes
+from tests.unit.test_sc_properties import dynamodb_values, text
 
 
 def test_limit_is_400_kib() -> None:
@@ -74,3 +78,18 @@ def test_floats_and_unknown_types_are_refused_or_measured_honestly() -> None:
     # THEN an unknown type is refused loudly instead of guessed
     with pytest.raises(TypeError, match="object"):
         item_size_bytes({"a": object()})
+
+
+@given(st.dictionaries(text, dynamodb_values, min_size=1, max_size=5))
+def test_the_wire_form_measures_what_the_native_item_measures(item) -> None:
+    # GIVEN any item of every DynamoDB type, nested
+    # WHEN it is measured in the wire format a request carries, and as DynamoDB JSON (binary as base64)
+    # THEN both agree with the native measure: the capacity ledger prices INSERTs from the wire form
+    native = item_size_bytes(item)
+    assert wire_item_size_bytes(to_wire(item)) == native
+    assert wire_item_size_bytes(to_dynamodb_json(item)) == native
+
+
+def test_the_wire_form_refuses_an_unknown_type_by_name() -> None:
+    with pytest.raises(TypeError, match="XX"):
+        wire_item_size_bytes({"a": {"XX": "1"}})
