@@ -105,6 +105,8 @@ TOMBSTONE = "_dynashift_tombstone"
 TOMB_BUCKETS = 16
 TOMB_TTL_S = 24 * 3600
 VALIDATED_RETRIES = 5
+BATCH_GET_KEYS = 100  # BatchGetItem's limit
+UNPROCESSED_PAUSE_S = 0.1
 
 Clock = Callable[[], float]
 
@@ -636,6 +638,50 @@ class Applier:
         if token is not None:
             await self._drop_quarantine_if_changed(ref, image, token)
 
+    async def _quarantine_stale_many(self, bad: list[tuple[SourceRef, QuarantineError, Item]]) -> None:
+        """`_quarantine_stale` for the bad rows of one page: the entries at once, then
+        one strongly consistent read of their sources (BatchGetItem, not one GetItem
+        each), then the entries whose source changed are dropped. Same order per
+        item: write, then read."""
+        tokens = await gather_settled(*(
+            self.control.quarantine_put(
+                QuarantineEntry(ref=ref, reason=error.reason, message=error.message, image=image,
+                                held_keys=set(), detected_at=self.clock()),
+                only_if_absent=True)
+            for ref, error, image in bad))
+        written = [(ref, image, token) for (ref, _, image), token in zip(bad, tokens, strict=True) if token is not None]
+        if not written:
+            return
+        current = await self.read_sources([ref for ref, _, _ in written])
+        await gather_settled(*(self.control.quarantine_clear(ref, token=token)
+                               for ref, image, token in written if current.get(ref) != image))
+
+    async def read_sources(self, refs: list[SourceRef]) -> dict[SourceRef, Item]:
+        """Strongly consistent reads of many source items (BatchGetItem); an absent item is left out."""
+        found: dict[SourceRef, Item] = {}
+        by_table: dict[str, list[SourceRef]] = {}
+        for ref in refs:
+            by_table.setdefault(ref.table, []).append(ref)
+        for table, wanted in by_table.items():
+            source = self.definition.source(table)
+            physical = self.settings.physical_name(table)
+            keys = [to_wire(source.key_of(ref)) for ref in dict.fromkeys(wanted)]
+            for start in range(0, len(keys), BATCH_GET_KEYS):
+                request: dict[str, Any] = {physical: {"Keys": keys[start:start + BATCH_GET_KEYS],
+                                                      "ConsistentRead": True}}
+                while request:
+                    try:
+                        response = await self.client.batch_get_item(RequestItems=request)
+                    except Exception as exc:
+                        raise translate(exc, f"read {physical}") from exc
+                    for raw in response.get("Responses", {}).get(physical, []):
+                        item = to_native(raw)
+                        found[source.ref(item)] = item
+                    request = response.get("UnprocessedKeys") or {}
+                    if request:
+                        await asyncio.sleep(UNPROCESSED_PAUSE_S)  # DynamoDB's advice: back off, then ask again
+        return found
+
     async def quarantine_from_stale_read(self, ref: SourceRef, error: QuarantineError, image: Item) -> None:
         """Bad data met by the backfill: quarantine it, race-safely."""
         await self._quarantine_stale(ref, error, image, set())
@@ -699,11 +745,12 @@ class Applier:
         """
         results: list[ApplyResult | None] = [None] * len(items)
         statements: list[tuple[int, Item]] = []  # (item index, target item)
+        bad: list[tuple[SourceRef, QuarantineError, Item]] = []
         for index, (ref, image) in enumerate(items):
             try:
                 targets = self._transform(ref, image)
             except QuarantineError as exc:
-                await self._quarantine_stale(ref, exc, image, set())
+                bad.append((ref, exc, image))
                 results[index] = ApplyResult(quarantined=exc)
                 continue
             statements.extend((index, target) for target in targets)
@@ -720,8 +767,10 @@ class Applier:
                 refused = await self._insert(chunk)
                 again.update(chunk[i][0] for i in refused)
 
-        await gather_settled(*(send(statements[start:start + INSERT_BATCH])
-                               for start in range(0, len(statements), INSERT_BATCH)))
+        # The bad rows' quarantine alongside the INSERTs: they touch other items.
+        quarantined = [self._quarantine_stale_many(bad)] if bad else []
+        await gather_settled(*quarantined, *(send(statements[start:start + INSERT_BATCH])
+                                             for start in range(0, len(statements), INSERT_BATCH)))
         targets_of: dict[int, int] = {}
         for index, _ in statements:
             targets_of[index] = targets_of.get(index, 0) + 1

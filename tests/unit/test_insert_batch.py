@@ -3,7 +3,9 @@
 What must hold: an item goes out as a create-only INSERT only while its read
 is within the horizon, 25 statements a request; every item whose INSERT did
 not succeed, and every item once the read is too old, is decided by
-`write_stale` itself; a transform failure is quarantined, never sent.
+`write_stale` itself; a transform failure is quarantined, never sent, and a
+page's bad rows are checked against their sources with one read after their
+entries are written.
 The same paths against DynamoDB Local and the mirror: tests/integration/test_races.py
 (every backfill race runs through both write paths).
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from shared.core.codec import to_wire
 from shared.core.definition import SourceRef, get_definition
 from shared.core.errors import QuarantineError
 from shared.core.settings import load_settings
@@ -64,11 +67,11 @@ def applier(monkeypatch: pytest.MonkeyPatch) -> tuple[Applier, ScriptedClient, l
         decided.append(ref)
         return ApplyResult(skipped=1)
 
-    async def quarantine_stale(ref: SourceRef, error: Exception, image: Any, held: set[Any]) -> None:
+    async def quarantine_stale_many(bad: list[Any]) -> None:
         return None
 
     monkeypatch.setattr(applier, "write_stale", write_stale)
-    monkeypatch.setattr(applier, "_quarantine_stale", quarantine_stale)
+    monkeypatch.setattr(applier, "_quarantine_stale_many", quarantine_stale_many)
     return applier, client, decided
 
 
@@ -117,3 +120,65 @@ def test_a_bad_item_is_quarantined_and_never_sent(applier) -> None:
     assert sent and all("acc_000002" not in pk for pk, _ in sent)
     assert results[0].written >= 1
     assert decided == []  # quarantined at once, not handed to write_stale
+
+
+class QuarantineControl:
+    """The control table's quarantine entries: create-only puts (a token each), token-checked clears."""
+
+    def __init__(self, existing: set[SourceRef]) -> None:
+        self.entries: dict[SourceRef, str] = {ref: "theirs" for ref in existing}
+        self.cleared: list[tuple[SourceRef, str | None]] = []
+        self.events: list[str] = []
+
+    async def quarantine_put(self, entry: Any, *, only_if_absent: bool = False, **_: Any) -> str | None:
+        self.events.append(f"put {entry.ref.key[0]}")
+        if only_if_absent and entry.ref in self.entries:
+            return None  # an entry is there already (the mirror's): kept
+        self.entries[entry.ref] = token = f"token-{entry.ref.key[0]}"
+        return token
+
+    async def quarantine_clear(self, ref: SourceRef, *, token: str | None = None) -> None:
+        self.cleared.append((ref, token))
+        if self.entries.get(ref) == token:
+            del self.entries[ref]
+
+
+class SourceReads:
+    """Strongly consistent BatchGetItem of the legacy table, answering the current images."""
+
+    def __init__(self, current: dict[str, dict[str, Any]], events: list[str]) -> None:
+        self.current = current
+        self.requests: list[dict[str, Any]] = []
+        self.events = events
+
+    async def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+        self.requests.append(RequestItems)
+        self.events.append("read")
+        (table, wanted), = RequestItems.items()
+        assert wanted["ConsistentRead"] is True
+        found = [self.current[k["accountId"]["S"]] for k in wanted["Keys"] if k["accountId"]["S"] in self.current]
+        return {"Responses": {table: [to_wire(i) for i in found]}}
+
+
+def test_a_pages_bad_rows_are_quarantined_then_read_once_and_changed_ones_dropped() -> None:
+    # GIVEN a page with four bad rows: two still as scanned, one changed since the scan (the mirror may
+    # already have cleared its entry), and one whose entry the mirror wrote first (kept as it is)
+    definition = get_definition("sc")
+    rows = {n: account(n, email="not an email") for n in range(4)}
+    refs = {n: definition.source("sc-accounts").ref(rows[n]) for n in rows}
+    control = QuarantineControl(existing={refs[3]})
+    current = {rows[n]["accountId"]: rows[n] for n in (0, 1, 3)} | {
+        rows[2]["accountId"]: {**rows[2], "email": "fixed@example.com"}}
+    client = SourceReads(current, control.events)
+    applier = Applier(load_settings(), definition, client, control)  # type: ignore[arg-type]
+    bad = [(refs[n], QuarantineError("bad email"), rows[n]) for n in range(4)]
+    # WHEN they are quarantined from the stale read
+    asyncio.run(applier._quarantine_stale_many(bad))
+    # THEN every entry is written before the one read of the sources (write first, read second),
+    # the read asks only for the rows whose entry is ours, strongly consistent, in one request
+    assert control.events[-1] == "read" and control.events.count("read") == 1
+    (wanted,) = client.requests[0].values()
+    assert sorted(k["accountId"]["S"] for k in wanted["Keys"]) == sorted(rows[n]["accountId"] for n in (0, 1, 2))
+    # AND only the changed row's entry is dropped, by its own token; the mirror's entry is untouched
+    assert control.cleared == [(refs[2], "token-" + refs[2].key[0])]
+    assert set(control.entries) == {refs[0], refs[1], refs[3]} and control.entries[refs[3]] == "theirs"
