@@ -10,7 +10,9 @@ not stop the others, and then writes `bench/RESULTS.md`:
 * the machine, the date, the exact commands and how long each took;
 * one table of every target with its measured value and PASS/FAIL;
 * each benchmark's own tables, verbatim, and its plot where a picture reads
-  better (`bench/plots.py`, into bench/plots/).
+  better (`bench/plots.py`, into bench/plots/);
+* the two profiles, when their files are in bench/out (`PROFILES`): where
+  the client's CPU goes on each hot path, and where the engine's goes.
 
 Extra runs of a benchmark with other parameters are reported too when kept
 as bench/out/<name>-at-<what>.{json,md} (the cutover at other rates).
@@ -53,6 +55,15 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], str]] = {
     "artifact": ([], ["--repeats", "3"], "Lambda artifact: size per function, cold import time per handler"),
 }
 
+
+# Profiles (no targets; run apart, slow under their samplers): reported verbatim when present in bench/out.
+PROFILES: dict[str, tuple[str, str]] = {
+    "profile": (".venv/bin/python -m bench.profile_hot_paths --items 2000",
+                "where the client CPU of each hot path goes (cProfile of the backfill, verify and the mirror)"),
+    "engine-profile": (".venv/bin/python -m bench.engine_profile --items 5000",
+                       "where DynamoDB Local's own CPU goes during a backfill (jstack samples), against the naive "
+                       "script"),
+}
 
 # benchmark -> result stems of its separate runs (reported after its main result, when present)
 SERIES: dict[str, tuple[str, ...]] = {"backfill": ("backfill-rss",)}
@@ -167,6 +178,12 @@ def render(names: list[str], runs: list[dict[str, Any]], quick: bool) -> str:
             if drawn:
                 path, caption = drawn
                 lines += ["", f"![{caption}]({path.relative_to(RESULTS.parent).as_posix()})"]
+    for stem, (command, what) in PROFILES.items():
+        profile = OUT / f"{stem}.md"
+        if profile.exists():
+            lines += ["", f"## {stem}: {what}", "", f"Not a target: run apart with `{command}`.", ""]
+            lines += [("##" + line) if line.startswith("#") else line
+                      for line in profile.read_text().strip().splitlines()[1:]]  # its title is this section's
     chaos = OUT / "chaos.md"
     if chaos.exists():
         lines += ["", "## Chaos scenarios (from the last run of `tests/chaos`, part of `make test`)", ""]

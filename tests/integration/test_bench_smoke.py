@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -149,3 +150,19 @@ def test_backfill_faults_bench_injects_faults_and_reports_its_ratio(tmp_path: Pa
     assert report["summary"]["ratios"]["faulty/fault-free items/s"]["n"] == 1
     markdown = (tmp_path / "backfill_faults-quick.md").read_text()
     assert "keeps >= 0.5x its fault-free items/s" in markdown and ("PASS" in markdown or "FAIL" in markdown)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("jstack") is None, reason="the engine profile needs the JDK's jstack")
+def test_engine_profile_samples_the_engine_under_each_contender(tmp_path: Path) -> None:
+    # GIVEN the engine profile at a few dozen items, the default mode against the naive script
+    from bench import engine_profile
+
+    # WHEN it runs (each contender on a fresh engine, jstack dumps while it copies)
+    assert engine_profile.main(["--items", "40", "--scenarios", "insert,naive", "--out-dir", str(tmp_path)]) == 0
+    # THEN each contender has dumps, and its requests were seen inside the engine
+    report = json.loads((tmp_path / "engine-profile.json").read_text())
+    assert [r["scenario"] for r in report["runs"]] == ["insert", "naive"]
+    for run in report["runs"]:
+        assert run["samples"] >= 1 and sum(run["sqlite_jobs"].values()) == run["samples"]
+    assert "## insert: 40 items" in (tmp_path / "engine-profile.md").read_text()
