@@ -96,6 +96,9 @@ def test_quick_backfill_bench_reports_ratios_units_and_engine_state(tmp_path: Pa
         if run["scenario"] == "naive":
             assert run["written"] > 0 and run["refused_by_transform"] >= 1
             assert run["units"]["write_units"] >= report["minimum_units"]["write_units"]
+        if run["scenario"] in ("naive", "plain"):
+            # AND the users' scripts were timed as users run them, their units counted in a second run
+            assert run["units_run"]["items_per_s"] > 0, run["scenario"]
         if run["scenario"] == "plain":
             assert run["written"] == 100
     # AND the minimum units, the within-round ratios against the naive script and the targets are computed
