@@ -21,13 +21,13 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     # GIVEN the quick configuration, shrunk to a small backlog and two seconds of lag
     config = dataclasses.replace(quick_config(), backlog=150, warmup=60, lag_duration_s=2.0, quiet_wait_s=0.0)
     started = time.monotonic()
-    # WHEN the bench runs (ceiling, both drains and both lag runs, each on a fresh, warmed-up DynamoDB Local)
+    # WHEN the bench runs (ceiling, the three drains and lag runs, each on a fresh, warmed-up DynamoDB Local)
     report = run_bench(config, log=lambda _: None)
     # THEN every scenario ran and reports positive numbers, with the engine's state beside them
     assert time.monotonic() - started < 420  # about 2 minutes on an idle 2-core machine
     kinds = {(r["scenario"], r["handler"]) for r in report["runs"]}
-    assert kinds == {("ceiling", "ceiling"), ("drain", "dynashift"), ("drain", "naive"), ("lag", "dynashift"),
-                     ("lag", "naive")}
+    assert kinds == {("ceiling", "ceiling"), ("drain", "dynashift"), ("drain", "users"), ("drain", "naive"),
+                     ("lag", "dynashift"), ("lag", "users"), ("lag", "naive")}
     for run in report["runs"]:
         assert run["records"] > 0 and run["engine_cpu_cores"] > 0
         assert 0 < run["stream_records_before"] <= run["stream_records_after"]
@@ -50,8 +50,13 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     assert drain["requests_per_record"]["PutItem dynashift-control"] > 0
     summary = report["summary"]
     ratios = summary["ratios"]
-    for name in ("drain_vs_ceiling_records_per_s", "drain_units_vs_naive", "lag_units_vs_naive"):
+    for name in ("drain_vs_ceiling_records_per_s", "drain_units_vs_naive", "lag_units_vs_naive",
+                 "drain_units_vs_users", "lag_units_vs_users"):
         assert ratios[name]["median"] > 0, name
+    # AND the users' handler removes the keys renames and transfers moved away; the naive floor does not
+    users = next(r for r in report["runs"] if r["scenario"] == "drain" and r["handler"] == "users")
+    floor = next(r for r in report["runs"] if r["scenario"] == "drain" and r["handler"] == "naive")
+    assert users["requests_per_record"]["DeleteItem sc-main"] > floor["requests_per_record"].get("DeleteItem sc-main", 0)
     assert len([v for v in summary["verdicts"] if not v.get("informational")]) == 4
     assert all(isinstance(v["pass"], bool) and v["measured"] for v in summary["verdicts"])
     # AND the outputs are written
