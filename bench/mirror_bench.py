@@ -1164,33 +1164,27 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
                                                  lambda r: r["records_per_s"]),
         "naive_drain_vs_ceiling_records_per_s": paired(("drain", "naive"), ("ceiling", "ceiling"),
                                                        lambda r: r["records_per_s"]),
-        "drain_units_vs_naive": paired(("drain", "dynashift"), ("drain", "naive"),
-                                       lambda r: r["units"]["aws"]["total"]),
-        "drain_local_units_vs_naive": paired(("drain", "dynashift"), ("drain", "naive"),
-                                             lambda r: r["units"]["local"]["total"]),
-        "lag_units_vs_naive": paired(("lag", "dynashift"), ("lag", "naive"), lambda r: r["units"]["aws"]["total"]),
-        "lag_local_units_vs_naive": paired(("lag", "dynashift"), ("lag", "naive"),
-                                           lambda r: r["units"]["local"]["total"]),
         # Coalescing aside: the target writes (puts and removals) the mirror sent per second, against the
         # ceiling's writes per second (informational: what the engine took from each).
         "drain_vs_ceiling_target_writes_per_s": paired(
             ("drain", "dynashift"), ("ceiling", "ceiling"),
             lambda r: r["target_writes"] / r["elapsed_s"] if r.get("elapsed_s") else None),
-        "drain_records_per_s_vs_naive": paired(("drain", "dynashift"), ("drain", "naive"),
-                                               lambda r: r["records_per_s"]),
-        "lag_p99_vs_naive": paired(("lag", "dynashift"), ("lag", "naive"), lambda r: r["lag_ms"]["p99"]),
-        # Against the users' handler: the same work (moves and removals), without the races' protection.
-        "drain_units_vs_users": paired(("drain", "dynashift"), ("drain", "users"),
-                                       lambda r: r["units"]["aws"]["total"]),
-        "drain_local_units_vs_users": paired(("drain", "dynashift"), ("drain", "users"),
-                                             lambda r: r["units"]["local"]["total"]),
-        "lag_units_vs_users": paired(("lag", "dynashift"), ("lag", "users"), lambda r: r["units"]["aws"]["total"]),
-        "lag_local_units_vs_users": paired(("lag", "dynashift"), ("lag", "users"),
-                                           lambda r: r["units"]["local"]["total"]),
-        "drain_records_per_s_vs_users": paired(("drain", "dynashift"), ("drain", "users"),
-                                               lambda r: r["records_per_s"]),
-        "lag_p99_vs_users": paired(("lag", "dynashift"), ("lag", "users"), lambda r: r["lag_ms"]["p99"]),
     }
+    # Against each handler baseline: the users' handler (the same moves and removals, no race
+    # protection; target (b)) and the naive floor (no removal of moved keys).
+    for base in ("users", "naive"):
+        ratios.update({
+            f"drain_units_vs_{base}": paired(("drain", "dynashift"), ("drain", base),
+                                             lambda r: r["units"]["aws"]["total"]),
+            f"drain_local_units_vs_{base}": paired(("drain", "dynashift"), ("drain", base),
+                                                   lambda r: r["units"]["local"]["total"]),
+            f"lag_units_vs_{base}": paired(("lag", "dynashift"), ("lag", base), lambda r: r["units"]["aws"]["total"]),
+            f"lag_local_units_vs_{base}": paired(("lag", "dynashift"), ("lag", base),
+                                                 lambda r: r["units"]["local"]["total"]),
+            f"drain_records_per_s_vs_{base}": paired(("drain", "dynashift"), ("drain", base),
+                                                     lambda r: r["records_per_s"]),
+            f"lag_p99_vs_{base}": paired(("lag", "dynashift"), ("lag", base), lambda r: r["lag_ms"]["p99"]),
+        })
     return {"rows": rows, "ratios": ratios, "verdicts": verdicts(rows, ratios)}
 
 
