@@ -102,7 +102,7 @@ class UnitView:
 
     A worker's unit loops claim one unit each, again and again; reading the
     whole list for every claim was most of a small backfill's client CPU (a
-    100-item run read it 72 times for 16 units). The loops share this copy
+    40-item run read it 72 times for 16 units). The loops share this copy
     instead: it is read again when it is older than `max_age_s`, when it
     offers no unit to claim, or after a claim from it was refused (another
     worker got there first). Concurrent reads are one request (single
