@@ -18,6 +18,20 @@ Design:
   update of a deleted account. The keys of the image before it are still
   candidates (it is in the chain, or its record removed them, tombstones
   and all), and quarantine entries still bring their held keys.
+* Quarantine entries are read only for the chains whose item may have one
+  (`Chain.may_be_quarantined`): a strongly consistent read per item was most
+  of the mirror's capacity units beyond the writes themselves (issue 14). An
+  entry outlives the write that made it only while the item's current state
+  is bad (it failed the transform or the size check) or targets a key two
+  items can claim (`definition.shared_key`: a collision). A chain's first
+  OldImage *is* the item's current state before the batch, so a chain whose
+  first record is an INSERT (the item did not exist: a delete clears its
+  entry, and a redelivery starts at the same record), or whose first
+  OldImage transforms cleanly into keys no other item can claim, has no
+  entry to read. The backfill's entries from an outdated scan are its own to
+  drop: it re-reads the source after writing one, and removes it once the
+  item has changed (`Applier._quarantine_stale`). A first record without an
+  OldImage that is not an INSERT (a stream without old images) is read.
 * Chains that can touch a common target key (a transfer, a rename onto a
   freed name, a collision) are put in one *lane* and applied one after the
   other in stream order; different lanes run concurrently (bounded by
@@ -52,6 +66,7 @@ from shared.core.aws import error_code, is_transient
 from shared.core.capacity import Usage
 from shared.core.codec import from_stream_image
 from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey
+from shared.core.itemsize import check_target_items
 from shared.core.settings import Settings
 from shared.protocol.apply import Applier, ApplyResult, gather_settled
 from shared.store import keys
@@ -67,6 +82,7 @@ class Chain:
     first_index: int = 0
     _images: list[Item | None] | None = field(default=None, repr=False)
     _applied: list[Item | None] | None = field(default=None, repr=False)
+    _first: Any = field(default=None, repr=False)  # `first_targets`, once
 
     def images(self) -> list[Item | None]:
         """[first OldImage, NewImage of each record...] as native items (decoded once)."""
@@ -83,12 +99,42 @@ class Chain:
         """`images()` as the applier gets them: an earlier image that produces nothing as None (module note)."""
         if self._applied is None:
             images = list(self.images())
-            for index in range(len(images) - 1):  # the last image names no candidates anyway
+            if images[0] is not None and self.first_targets(definition) == []:
+                images[0] = None
+            for index in range(1, len(images) - 1):  # the last image names no candidates anyway
                 image = images[index]
                 if image is not None and _produces_nothing(definition, self.ref.table, image):
                     images[index] = None
             self._applied = images
         return self._applied
+
+    def first_targets(self, definition: MigrationDefinition) -> list[Item] | None:
+        """The first OldImage's target items, checked as the applier checks them (size
+        included); None if it has none or is bad."""
+        if self._first is None:
+            first = self.images()[0]
+            outcome: Any = _BAD
+            if first is not None:
+                try:
+                    targets = definition.transform(self.ref.table, first)
+                    check_target_items(targets)
+                    outcome = targets
+                except Exception:  # noqa: BLE001  (bad data: the applier quarantines it)
+                    outcome = _BAD
+            self._first = outcome
+        return None if self._first is _BAD else self._first
+
+    def may_be_quarantined(self, definition: MigrationDefinition) -> bool:
+        """Whether the item may have a quarantine entry to read before applying (module note)."""
+        if self.records[0].get("eventName") == "INSERT":
+            return False
+        targets = self.first_targets(definition)
+        if targets is None:
+            return True  # bad, or no OldImage to tell
+        return any(definition.shared_key(definition.target_key(t)) for t in targets)
+
+
+_BAD = object()
 
 
 def _produces_nothing(definition: MigrationDefinition, table: str, image: Item) -> bool:
@@ -257,7 +303,8 @@ class MirrorEngine(StreamEngine):
         early, as a transient fault of the whole batch. And the chains' quarantine entries."""
         applier = cast(_MirrorState, state).applier
         assert applier is not None
-        _, entries = await gather_settled(applier.tombstones_now(), applier.control.quarantine_get_many(chains))
+        wanted = [ref for ref, chain in chains.items() if chain.may_be_quarantined(self.definition)]
+        _, entries = await gather_settled(applier.tombstones_now(), applier.control.quarantine_get_many(wanted))
         return cast(dict[SourceRef, QuarantineEntry], entries)
 
     async def _apply(self, state: EngineState, chains: OrderedDict[SourceRef, Chain],
