@@ -26,12 +26,12 @@ import math
 import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backfill.units import Run, UnitStore
-from backfill.worker import WorkerOptions, new_owner, run_worker, worker_process
+from backfill.units import Run, UnitStore, UnitView
+from backfill.worker import Worker, WorkerOptions, new_owner, run_worker, worker_process
 from shared.core import aws
 from shared.core.definition import get_definition
 from shared.core.errors import StoreError, TransientError, UsageError
@@ -231,8 +231,10 @@ async def _await_stopped_writers(registry: Any, progress: Callable[[str], None] 
 
 
 async def _in_process(settings: Settings, options: WorkerOptions, tables: list[str], console: Console) -> None:
-    worker = asyncio.create_task(run_worker(settings, options, new_owner()))
-    await _progress(settings, tables, console, lambda: worker.done())
+    started: list[Worker] = []
+    worker = asyncio.create_task(run_worker(settings, options, new_owner(), started=started.append))
+    await _progress(settings, tables, console, lambda: worker.done(),
+                    views=lambda: started[0].views if started else {})
     await worker
 
 
@@ -252,10 +254,14 @@ def _in_processes(
         process.join()
 
 
-PROGRESS_EVERY_S = 1.0  # each refresh is one Query per table: a display, not worth more requests
+PROGRESS_EVERY_S = 1.0  # a display refresh
+# In-process, the display reads the worker's own copy of each unit list (`UnitView`): its
+# units are live, other workers' at most this old. Otherwise one Query per table a refresh.
+PROGRESS_VIEW_AGE_S = 5.0
 
 
-async def _progress(settings: Settings, tables: list[str], console: Console, finished: Any) -> None:
+async def _progress(settings: Settings, tables: list[str], console: Console, finished: Any,
+                    views: Callable[[], dict[str, UnitView]] | None = None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -272,15 +278,21 @@ async def _progress(settings: Settings, tables: list[str], console: Console, fin
         tasks = {t: progress.add_task(t, total=1, units="", rate="") for t in tables}
         async with aws.aio_dynamodb(settings) as client:
             store = UnitStore(client, settings.control_table)
+            runs: dict[str, Run] = {}
             while True:
                 done_flag = finished()
                 for table in tables:
+                    view = views().get(table) if views else None
                     try:
-                        run = await store.load(table)
+                        if view is None or done_flag or table not in runs:
+                            run = await store.load(table)  # the last refresh reads the table itself
+                        else:
+                            run = replace(runs[table], units=await view.units(within_s=PROGRESS_VIEW_AGE_S))
                     except TransientError:
                         continue  # throttled or a 5xx after botocore's retries: a display, not worth failing for
                     if run is None:
                         continue
+                    runs[table] = run
                     totals = run.totals()
                     elapsed = max(1e-6, time.time() - started)
                     progress.update(

@@ -120,7 +120,7 @@ class Worker:
         self.report = WorkerReport(self.owner)
         self.active: dict[str, Unit] = {}
         self._taken: dict[str, set[str]] = {}  # per table: units a unit loop of this worker claims or holds
-        self._views: dict[str, UnitView] = {}  # per table: the unit list its unit loops share
+        self.views: dict[str, UnitView] = {}  # per table: the unit list its unit loops (and a progress display) share
         # The stale-writer lease every page request is held to: `run` takes its
         # own; a Lambda unit sets its run's registration (`backfill.lambda_unit`).
         self.lease: PageLease | None = None
@@ -204,7 +204,7 @@ class Worker:
 
     async def _unit_loop(self, run: Run) -> None:
         taken = self._taken.setdefault(run.table, set())  # shared by this table's unit loops
-        view = self._views.setdefault(run.table, UnitView(self.units, run.table))  # and so is this
+        view = self.views.setdefault(run.table, UnitView(self.units, run.table))  # and so is this
         while True:
             # A unit is claimed only when it can be worked: a unit held while its
             # loop waits for a page slot is one another process could be scanning.
@@ -400,9 +400,16 @@ async def open_client(settings: Settings) -> AsyncIterator[Any]:
         yield client
 
 
-async def run_worker(settings: Settings, options: WorkerOptions, owner: str | None = None) -> WorkerReport:
+async def run_worker(
+    settings: Settings, options: WorkerOptions, owner: str | None = None,
+    started: Callable[[Worker], None] | None = None,
+) -> WorkerReport:
+    """Run a worker to the end; `started` is handed the worker first (`backfill run`'s progress display)."""
     async with open_client(settings) as client:
-        return await Worker(settings, options, client, owner=owner).run()
+        worker = Worker(settings, options, client, owner=owner)
+        if started is not None:
+            started(worker)
+        return await worker.run()
 
 
 def worker_process(settings_overrides: dict[str, Any], options: WorkerOptions, owner: str) -> WorkerReport:

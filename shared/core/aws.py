@@ -135,6 +135,14 @@ def dynamodb(settings: Settings, **kw: Any) -> Any:
     return capacity.attach(client, local=settings.is_local)
 
 
+def local_engine_client(endpoint_url: str, region: str) -> Any:
+    """A plain synchronous DynamoDB client of a local engine (its dummy credentials, no capacity
+    hook), from the process's session: what the capacity ledger describes tables with there."""
+    with _PROCESS_SESSION_LOCK:
+        return _process_session().create_client("dynamodb", endpoint_url=endpoint_url, region_name=region,
+                                                **_DUMMY_CREDENTIALS)
+
+
 def streams(settings: Settings, **kw: Any) -> Any:
     kwargs = client_kwargs(settings, **kw)
     with _PROCESS_SESSION_LOCK:

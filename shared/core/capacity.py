@@ -203,12 +203,9 @@ class _LocalIndexes:
 
     def keys_of(self, table: str) -> list[tuple[str, ...]]:
         if table not in self.known:
-            import boto3
+            from shared.core import aws  # it imports this module
 
-            client = boto3.session.Session().client(
-                "dynamodb", endpoint_url=self.endpoint, region_name=self.region,
-                aws_access_key_id="dynashiftlocal", aws_secret_access_key="dynashiftlocal")  # nosec B106: local engine
-            described = client.describe_table(TableName=table)["Table"]
+            described = aws.local_engine_client(self.endpoint, self.region).describe_table(TableName=table)["Table"]
             self.known[table] = [tuple(k["AttributeName"] for k in index["KeySchema"])
                                  for index in described.get("GlobalSecondaryIndexes", [])]
         return self.known[table]

@@ -448,3 +448,33 @@ def test_a_worker_waits_for_units_another_worker_holds_instead_of_leaving():
     # worker's unit (so the unit loop waits for its lease instead of returning)
     assert claimed is None
     assert [(u.status, u.owner) for u in current] == [("running", "worker-b")]
+
+
+def test_the_progress_display_reads_the_in_process_workers_copy_of_the_unit_list(monkeypatch: pytest.MonkeyPatch):
+    # GIVEN a backfill of one table whose in-process worker shares its copy of the unit list, and a
+    # display refreshing many times before the worker finishes
+    from rich.console import Console
+
+    from backfill import run as run_module
+
+    table = UnitTable(4)
+    store = UnitStore(table, "control", clock=lambda: 1000.0)
+
+    @contextlib.asynccontextmanager
+    async def aio_dynamodb(settings: Any, **kwargs: Any):
+        yield table
+
+    monkeypatch.setattr(run_module.aws, "aio_dynamodb", aio_dynamodb)
+    monkeypatch.setattr(run_module, "PROGRESS_EVERY_S", 0.0)
+    refreshes = iter([False] * 20 + [True])
+
+    async def show() -> None:
+        view = UnitView(store, "sc-accounts")
+        await view.units()
+        table.queries = 0
+        await run_module._progress(load_settings(endpoint_url="http://127.0.0.1:1"), ["sc-accounts"],
+                                   Console(quiet=True), lambda: next(refreshes), views=lambda: {"sc-accounts": view})
+
+    asyncio.run(show())
+    # THEN 21 refreshes read the table twice: once for the run, once for the final figures
+    assert table.queries == 2
