@@ -132,7 +132,7 @@ def dynamodb(settings: Settings, **kw: Any) -> Any:
     kwargs = client_kwargs(settings, **kw)
     with _PROCESS_SESSION_LOCK:
         client = _process_session().create_client("dynamodb", **kwargs)
-    return capacity.attach(client, local=settings.is_local)
+    return capacity.attach(client, local=settings.is_local, describer=local_engine_client)
 
 
 def local_engine_client(endpoint_url: str, region: str) -> Any:
@@ -156,7 +156,7 @@ async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
     from aiobotocore.session import get_session
 
     async with _session(get_session()).create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
-        yield capacity.attach(client, local=settings.is_local)
+        yield capacity.attach(client, local=settings.is_local, describer=local_engine_client)
 
 
 def query_items(client: Any, what: str, **kwargs: Any) -> Iterator[dict[str, Any]]:

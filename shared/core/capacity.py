@@ -58,7 +58,7 @@ import functools
 import math
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -173,8 +173,12 @@ def current_component() -> str:
 
 
 # ------------------------------------------------------------------ the hook
-def attach(client: Any, *, local: bool = False) -> Any:
-    """Make `client` ask for and count consumed capacity; returns the client."""
+def attach(client: Any, *, local: bool = False, describer: Callable[[str, str], Any] | None = None) -> Any:
+    """Make `client` ask for and count consumed capacity; returns the client.
+
+    `local`: the client talks to DynamoDB Local, whose INSERTs this prices itself, with the
+    target's indexes read by a synchronous client that `describer(endpoint, region)` makes
+    (`shared.core.aws.local_engine_client`; by default one of a new boto3 session)."""
     events = client.meta.events
     events.register("provide-client-params.dynamodb.*", _ask_for_capacity, unique_id="dynashift-capacity-ask")
     events.register(
@@ -183,7 +187,7 @@ def attach(client: Any, *, local: bool = False) -> Any:
         unique_id="dynashift-capacity-count",
     )
     if local:
-        indexes = _LocalIndexes(client.meta.endpoint_url, client.meta.region_name)
+        indexes = _LocalIndexes(client.meta.endpoint_url, client.meta.region_name, describer or _boto3_client)
         events.register("provide-client-params.dynamodb.BatchExecuteStatement", indexes.price_inserts,
                         unique_id="dynashift-capacity-local-inserts")
     return client
@@ -193,19 +197,26 @@ _INSERT = re.compile(r"""^\s*INSERT\s+INTO\s+"((?:[^"]|"")+)"\s+VALUE\s*\{(.*)\}
 _FIELD = re.compile(r"""'((?:[^']|'')*)'\s*:\s*\?""")
 
 
+def _boto3_client(endpoint: str, region: str) -> Any:
+    import boto3
+
+    return boto3.session.Session().client(
+        "dynamodb", endpoint_url=endpoint, region_name=region,
+        aws_access_key_id="dynashiftlocal", aws_secret_access_key="dynashiftlocal")  # nosec B106: local engine
+
+
 @dataclass
 class _LocalIndexes:
     """The GSI keys of the tables a local client writes with INSERT (DescribeTable, once per table)."""
 
     endpoint: str
     region: str
+    describer: Callable[[str, str], Any]
     known: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 
     def keys_of(self, table: str) -> list[tuple[str, ...]]:
         if table not in self.known:
-            from shared.core import aws  # it imports this module
-
-            described = aws.local_engine_client(self.endpoint, self.region).describe_table(TableName=table)["Table"]
+            described = self.describer(self.endpoint, self.region).describe_table(TableName=table)["Table"]
             self.known[table] = [tuple(k["AttributeName"] for k in index["KeySchema"])
                                  for index in described.get("GlobalSecondaryIndexes", [])]
         return self.known[table]
