@@ -26,6 +26,7 @@ a readable message.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -157,6 +158,30 @@ async def aio_dynamodb(settings: Settings, **kw: Any) -> AsyncIterator[Any]:
 
     async with _session(get_session()).create_client("dynamodb", **client_kwargs(settings, **kw)) as client:
         yield capacity.attach(client, local=settings.is_local, describer=local_engine_client)
+
+
+BATCH_GET_KEYS = 100  # BatchGetItem's limit per request
+
+
+async def batch_get_items(client: Any, table: str, keys: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """Every item of `table` a strongly consistent BatchGetItem finds for `keys` (wire format, raw),
+    100 keys a request; unprocessed keys are asked again after a pause that doubles from 50 ms to
+    2 s, as DynamoDB advises. A failure is translated as doing `what`."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), BATCH_GET_KEYS):
+        request: dict[str, Any] = {table: {"Keys": keys[start:start + BATCH_GET_KEYS], "ConsistentRead": True}}
+        delay = 0.05
+        while request:
+            try:
+                response = await client.batch_get_item(RequestItems=request)
+            except Exception as exc:
+                raise translate(exc, what) from exc
+            found.extend(response.get("Responses", {}).get(table, []))
+            request = response.get("UnprocessedKeys") or {}
+            if request:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+    return found
 
 
 def query_items(client: Any, what: str, **kwargs: Any) -> Iterator[dict[str, Any]]:

@@ -85,7 +85,7 @@ from typing import Any
 
 from boto3.dynamodb.conditions import Attr
 
-from shared.core.aws import error_code, translate
+from shared.core.aws import batch_get_items, error_code, translate
 from shared.core.codec import to_native, to_wire
 from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey
 from shared.core.errors import (
@@ -105,8 +105,6 @@ TOMBSTONE = "_dynashift_tombstone"
 TOMB_BUCKETS = 16
 TOMB_TTL_S = 24 * 3600
 VALIDATED_RETRIES = 5
-BATCH_GET_KEYS = 100  # BatchGetItem's limit
-UNPROCESSED_PAUSE_S = 0.1
 
 Clock = Callable[[], float]
 
@@ -666,20 +664,9 @@ class Applier:
             source = self.definition.source(table)
             physical = self.settings.physical_name(table)
             keys = [to_wire(source.key_of(ref)) for ref in dict.fromkeys(wanted)]
-            for start in range(0, len(keys), BATCH_GET_KEYS):
-                request: dict[str, Any] = {physical: {"Keys": keys[start:start + BATCH_GET_KEYS],
-                                                      "ConsistentRead": True}}
-                while request:
-                    try:
-                        response = await self.client.batch_get_item(RequestItems=request)
-                    except Exception as exc:
-                        raise translate(exc, f"read {physical}") from exc
-                    for raw in response.get("Responses", {}).get(physical, []):
-                        item = to_native(raw)
-                        found[source.ref(item)] = item
-                    request = response.get("UnprocessedKeys") or {}
-                    if request:
-                        await asyncio.sleep(UNPROCESSED_PAUSE_S)  # DynamoDB's advice: back off, then ask again
+            for raw in await batch_get_items(self.client, physical, keys, f"read {physical}"):
+                item = to_native(raw)
+                found[source.ref(item)] = item
         return found
 
     async def quarantine_from_stale_read(self, ref: SourceRef, error: QuarantineError, image: Item) -> None:

@@ -48,7 +48,7 @@ from typing import Any
 
 from boto3.dynamodb.types import Binary
 
-from shared.core.aws import translate
+from shared.core.aws import batch_get_items, translate
 from shared.core.codec import from_dynamodb_json, to_dynamodb_json
 from shared.core.definition import Item, SourceRef, TargetKey
 from shared.store import keys
@@ -209,27 +209,10 @@ class ControlStore:
 
     async def quarantine_get_many(self, refs: Iterable[SourceRef]) -> dict[SourceRef, QuarantineEntry]:
         """Strongly consistent BatchGetItem of the entries for `refs` (missing = not quarantined)."""
-        refs = list(dict.fromkeys(refs))
-        found: dict[SourceRef, QuarantineEntry] = {}
-        for start in range(0, len(refs), 100):
-            keys = [{"PK": {"S": quarantine_pk(r)}, "SK": {"S": r.as_text()}} for r in refs[start : start + 100]]
-            request: dict[str, Any] = {self.table: {"Keys": keys, "ConsistentRead": True}}
-            delay = 0.05
-            while request:
-                try:
-                    response = await self.client.batch_get_item(RequestItems=request)
-                except Exception as exc:
-                    raise translate(exc, "read quarantine entries") from exc
-                for raw in response.get("Responses", {}).get(self.table, []):
-                    entry = self._entry(raw)
-                    found[entry.ref] = entry
-                request = response.get("UnprocessedKeys") or {}
-                if request:
-                    import asyncio
-
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-        return found
+        keys = [{"PK": {"S": quarantine_pk(r)}, "SK": {"S": r.as_text()}} for r in dict.fromkeys(refs)]
+        entries = (self._entry(raw) for raw in await batch_get_items(self.client, self.table, keys,
+                                                                     "read quarantine entries"))
+        return {entry.ref: entry for entry in entries}
 
     async def quarantine_list(self, reason: str | None = None, *, with_images: bool = True) -> list[QuarantineEntry]:
         """Every entry (of `reason`), sorted by source item.

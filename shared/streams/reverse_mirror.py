@@ -74,7 +74,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.core.aws import error_code, translate
+from shared.core.aws import batch_get_items, error_code, translate
 from shared.core.capacity import Usage
 from shared.core.codec import from_stream_image, to_native, to_wire
 from shared.core.definition import Item, MigrationDefinition, SourceRef, TargetKey
@@ -340,22 +340,8 @@ class ReverseEngine(StreamEngine):
         """Strongly consistent reads of the candidates; the live items `ref` owns, by key."""
         attrs = self.definition.target_key_attrs
         table = self.settings.target_table
-        found: list[Item] = []
-        ordered = sorted(candidates)
-        for start in range(0, len(ordered), 100):
-            keys = [to_wire(dict(zip(attrs, k, strict=True))) for k in ordered[start : start + 100]]
-            request: dict[str, Any] = {table: {"Keys": keys, "ConsistentRead": True}}
-            delay = 0.05
-            while request:
-                try:
-                    response = await self.client.batch_get_item(RequestItems=request)
-                except Exception as exc:
-                    raise translate(exc, f"read {table}") from exc
-                found.extend(to_native(i) for i in response.get("Responses", {}).get(table, []))
-                request = response.get("UnprocessedKeys") or {}
-                if request:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+        keys = [to_wire(dict(zip(attrs, k, strict=True))) for k in sorted(candidates)]
+        found = [to_native(raw) for raw in await batch_get_items(self.client, table, keys, f"read {table}")]
         owned = [i for i in found if not is_tombstone(i) and self.definition.owner(i) == ref]
         return sorted(owned, key=self.definition.target_key)
 
