@@ -55,7 +55,11 @@ never overwriting the holder. The newcomer registers as a *waiter* on the
 key in the control table, then re-tries the put. Every remover of a key
 queries that key's waiters *after* removing it, and wakes them with a
 validated write. Both sides write first and read second, with strongly
-consistent reads, so at least one sees the other: no lost wake-up.
+consistent reads, so at least one sees the other: no lost wake-up. The
+newcomer's writes begin with the collision summary (`note_collision`), so a
+remover may read that first and skip the keys it does not name: the forward
+mirror collects a batch's releases and reads it once, after all of them
+(`collecting_releases`, `wake_released`).
 
 **Bad data (race 7)** never raises out of here: a `QuarantineError` becomes
 a quarantine entry and the call succeeds. Only transient faults propagate
@@ -75,11 +79,13 @@ the redelivered records, e.g. re-adding a membership the account has left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +111,8 @@ TOMBSTONE = "_dynashift_tombstone"
 TOMB_BUCKETS = 16
 TOMB_TTL_S = 24 * 3600
 VALIDATED_RETRIES = 5
+# The claimable keys released within `Applier.collecting_releases` (None outside it).
+_RELEASED: ContextVar[set[TargetKey] | None] = ContextVar("dynashift_released_keys", default=None)
 
 Clock = Callable[[], float]
 
@@ -383,6 +391,9 @@ class Applier:
             f"{holder.table + ' ' + '|'.join(holder.key) if holder else 'another item'}; "
             "it will take the key by itself once the holder moves or is deleted"
         )
+        # Into the collision summary first: a remover or mirror that reads it and
+        # finds neither this item nor its keys read before our writes below.
+        await self.control.note_collision(ref, [self.definition.target_key(item) for item, _ in collided])
         token = await self._quarantine(ref, error, image, held, collision_key=key,
                                        unless_changed=image if validated else None)
         if validated and token is None:
@@ -403,10 +414,51 @@ class Applier:
         return error
 
     async def _wake(self, released: Item) -> int:
-        """After removing a key, re-apply every source item waiting for it."""
+        """After removing a key, re-apply every source item waiting for it (or,
+        while releases are collected, remember the key for `wake_released`)."""
         key = self.definition.target_key(released)
         if not self.definition.shared_key(key):
             return 0  # no other source item can claim it: nobody can be waiting
+        collected = _RELEASED.get()
+        if collected is not None:
+            collected.add(key)
+            return 0
+        return await self._wake_key(key)
+
+    @contextlib.contextmanager
+    def collecting_releases(self) -> Iterator[set[TargetKey]]:
+        """Within this block (and the tasks it starts), released claimable keys are
+        collected into the set it gives instead of being looked up one by one;
+        hand them to `wake_released` afterwards.
+
+        The forward mirror does this per batch. Each lookup is a strongly
+        consistent read (1 read unit, on AWS too) after every removal of a
+        claimable key, and almost every one finds nobody. Collected, a batch reads
+        the collision summary once, after all of its removals, and looks up only
+        the keys it may name. The argument for no lost wake-up is unchanged: every
+        read of the remover still begins after its removal completed."""
+        released: set[TargetKey] = set()
+        token = _RELEASED.set(released)
+        try:
+            yield released
+        finally:
+            _RELEASED.reset(token)
+
+    async def wake_released(self, released: set[TargetKey]) -> int:
+        """Wake the waiters of the collected keys (`collecting_releases`): one read of
+        the collision summary, then a lookup per key it may name. A transient fault
+        propagates: the caller fails the batch, whose redelivery releases the keys
+        again (`_remove`)."""
+        if not released:
+            return 0
+        summary = await self.control.collision_summary()
+        woken = 0
+        for key in sorted(released):
+            if summary.may_be_waited_for(key):
+                woken += await self._wake_key(key)
+        return woken
+
+    async def _wake_key(self, key: TargetKey) -> int:
         woken = 0
         for waiter, token in await self.control.waiters(key):
             outcome = await self.apply_validated(waiter)  # it reads the waiter's entry (held keys) itself

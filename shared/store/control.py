@@ -6,6 +6,7 @@ Layout (hash key PK, range key SK, TTL attribute `expires_at`):
 |----------------------------|---------------------|----------------------------------------------|
 | `QUARANTINE#<bucket>`      | `<source ref>`      | a source item that cannot be migrated        |
 | `WAIT#<target key>`        | `<source ref>`      | a source item waiting for a key to be free   |
+| `COLLISIONS`               | `SUMMARY`           | which items may have collided, which keys may have waiters |
 | `CHECKPOINT#<stream arn>`  | `<shard id>`        | last sequence number fully applied           |
 | `MODE`                     | `MODE`              | the cutover flag                             |
 | `REVERSE#<source ref>`     | `STATE`             | reverse replication: version + held keys     |
@@ -32,6 +33,21 @@ existed is read from the table itself.
 
 All reads here are strongly consistent: the no-lost-wake-up argument for
 key collisions (see `shared.protocol.apply`) depends on it.
+
+**The collision summary** lets the forward mirror skip reads that almost
+always find nothing (issue 14: they were most of its read units). One item
+holds two number sets of 14-bit hash buckets (`summary_bucket`): `collided`,
+the source items that may have a collision entry, and `waited`, the target
+keys that may have waiters. A writer adds both *before* it records a
+collision and registers as a waiter (`note_collision`), and nothing is ever
+taken out, so the summary over-approximates what was written before any
+read of it: a bucket that is absent proves that no collision entry (no
+waiter) was written for that item (key) before the read began. A present
+bucket only means "read the entry (query the waiters) as before". The sets
+are bounded by the bucket count (16,384 values: at most ~64 KB, 16 read
+units; a migration with a few dozen collisions keeps it under one 4 KB read
+unit, with a false-positive rate of well under 1%). Growing the item costs
+its writer the item's size in write units, once per collision.
 """
 
 from __future__ import annotations
@@ -56,6 +72,7 @@ from shared.store import keys
 QUARANTINE_BUCKETS = 8
 QUARANTINE_INDEX = "QuarantineReasons"  # template.yaml's sparse index of every entry's reason (module note)
 KEY_SEP = "\x1f"
+SUMMARY_BUCKETS = 1 << 14  # hash buckets of the collision summary (module note)
 
 
 def key_text(key: TargetKey) -> str:
@@ -64,6 +81,26 @@ def key_text(key: TargetKey) -> str:
 
 def key_from_text(text: str) -> TargetKey:
     return tuple(text.split(KEY_SEP))
+
+
+def summary_bucket(text: str) -> int:
+    return zlib.crc32(text.encode()) & (SUMMARY_BUCKETS - 1)
+
+
+@dataclass(frozen=True)
+class CollisionSummary:
+    """What the collision summary said when read (module note): over-approximations only."""
+
+    collided: frozenset[int] = frozenset()
+    waited: frozenset[int] = frozenset()
+
+    def may_have_collided(self, ref: SourceRef) -> bool:
+        """False proves the item had no collision entry written before the read."""
+        return summary_bucket(ref.as_text()) in self.collided
+
+    def may_be_waited_for(self, key: TargetKey) -> bool:
+        """False proves no waiter registered on the key before the read."""
+        return summary_bucket(key_text(key)) in self.waited
 
 
 def quarantine_pk(ref: SourceRef) -> str:
@@ -304,6 +341,36 @@ class ControlStore:
         )
 
     # --------------------------------------------------------------- waiters
+    async def note_collision(self, ref: SourceRef, keys_wanted: Iterable[TargetKey]) -> None:
+        """Add the item and the keys it waits for to the collision summary (module note);
+        called before the collision entry and the waiters are written."""
+        try:
+            await self.client.update_item(
+                TableName=self.table,
+                Key=keys.collision_summary(),
+                UpdateExpression="ADD collided :c, waited :w",
+                ExpressionAttributeValues={
+                    ":c": {"NS": [str(summary_bucket(ref.as_text()))]},
+                    ":w": {"NS": sorted({str(summary_bucket(key_text(k))) for k in keys_wanted}) or ["0"]},
+                },
+            )
+        except Exception as exc:
+            raise translate(exc, "note a key collision") from exc
+
+    async def collision_summary(self) -> CollisionSummary:
+        """Strongly consistent read of the collision summary."""
+        try:
+            response = await self.client.get_item(
+                TableName=self.table, Key=keys.collision_summary(), ConsistentRead=True
+            )
+        except Exception as exc:
+            raise translate(exc, "read the collision summary") from exc
+        item = response.get("Item") or {}
+        return CollisionSummary(
+            collided=frozenset(int(n) for n in item.get("collided", {}).get("NS", [])),
+            waited=frozenset(int(n) for n in item.get("waited", {}).get("NS", [])),
+        )
+
     async def waiter_add(self, key: TargetKey, ref: SourceRef) -> str:
         token = uuid.uuid4().hex
         try:

@@ -14,6 +14,7 @@ written once and a new one cannot take another's name unseen.
 | receipts, usage | ``RECEIPT#<stream arn>``, ``USAGE#<direction>`` | shard id, hour | `shared.store.receipts` |
 | quarantine | see `shared.store.control.quarantine_pk` | source ref | `shared.store.control` |
 | collision waiters | ``WAIT#<target key>`` | source ref | `shared.store.control` |
+| collision summary | ``COLLISIONS`` | ``SUMMARY`` | `shared.store.control` |
 | stale writers | ``STALE_WRITERS`` | writer id | `shared.store.control` |
 | reverse state | ``REVERSE#<source ref>`` | ``STATE`` | `shared.streams.reverse_mirror` |
 | verify result | ``VERIFY`` | ``LAST``, history | `shared.verify.report` |
@@ -37,6 +38,7 @@ REVERSE_SK = "STATE"
 VERIFY_PK = "VERIFY"
 BACKUP_PK = "BACKUP"
 BACKFILL_PREFIX = "BACKFILL#"
+COLLISIONS_PK = "COLLISIONS"
 
 
 def key(pk: str, sk: str) -> Key:
@@ -45,6 +47,10 @@ def key(pk: str, sk: str) -> Key:
 
 def mode() -> Key:
     return key(MODE_PK, MODE_PK)
+
+
+def collision_summary() -> Key:
+    return key(COLLISIONS_PK, "SUMMARY")
 
 
 def mirror_start(table: str) -> Key:

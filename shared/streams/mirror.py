@@ -32,6 +32,15 @@ Design:
   drop: it re-reads the source after writing one, and removes it once the
   item has changed (`Applier._quarantine_stale`). A first record without an
   OldImage that is not an INSERT (a stream without old images) is read.
+  A clean first OldImage with a claimable key can only have a *collision*
+  entry, and every collision is noted in the collision summary before its
+  entry is written (`shared.store.control`), so those chains' entries are
+  read only if the summary, read strongly with the batch's first reads,
+  names the item: almost never (`Chain.only_collision_entry`).
+* Waiters: a batch collects the claimable keys its chains release and, after
+  all lanes, reads the collision summary once and looks up the waiters only
+  of the keys it names (`Applier.collecting_releases`). A transient fault there
+  fails the whole batch: its redelivery releases the keys again.
 * Chains that can touch a common target key (a transfer, a rename onto a
   freed name, a collision) are put in one *lane* and applied one after the
   other in stream order; different lanes run concurrently (bounded by
@@ -50,8 +59,9 @@ Design:
   while freezing towards `new`; its first reads, beside the flag, are the
   stale-writer registry and the batch's quarantine entries. Each applying
   thread also owns its `Applier` and registry watch (`_MirrorState`).
-* Round trips: a batch is one round of reads, its writes (lanes), and one
-  write of its receipts.
+* Round trips: a batch is one round of reads (a second for the entries the
+  collision summary names), its writes (lanes), a read of the collision
+  summary if it released a claimable key, and one write of its receipts.
 """
 
 from __future__ import annotations
@@ -70,7 +80,13 @@ from shared.core.itemsize import check_target_items
 from shared.core.settings import Settings
 from shared.protocol.apply import Applier, ApplyResult, gather_settled
 from shared.store import keys
-from shared.store.control import ControlStore, QuarantineEntry, StaleWriterRegistry, StaleWriterWatch
+from shared.store.control import (
+    CollisionSummary,
+    ControlStore,
+    QuarantineEntry,
+    StaleWriterRegistry,
+    StaleWriterWatch,
+)
 from shared.store.mode import ModeState, forward_applies
 from shared.streams.engine import EngineState, StreamEngine, retryable, sequences
 
@@ -132,6 +148,11 @@ class Chain:
         if targets is None:
             return True  # bad, or no OldImage to tell
         return any(definition.shared_key(definition.target_key(t)) for t in targets)
+
+    def only_collision_entry(self, definition: MigrationDefinition) -> bool:
+        """A clean first OldImage (with keys another item may claim): the only entry
+        the item may have is a collision's, which the collision summary tells of."""
+        return self.records[0].get("eventName") != "INSERT" and self.first_targets(definition) is not None
 
 
 _BAD = object()
@@ -304,7 +325,17 @@ class MirrorEngine(StreamEngine):
         applier = cast(_MirrorState, state).applier
         assert applier is not None
         wanted = [ref for ref, chain in chains.items() if chain.may_be_quarantined(self.definition)]
-        _, entries = await gather_settled(applier.tombstones_now(), applier.control.quarantine_get_many(wanted))
+        if_collided = [ref for ref in wanted if chains[ref].only_collision_entry(self.definition)]
+        certain = [ref for ref in wanted if not chains[ref].only_collision_entry(self.definition)]
+
+        async def summary() -> CollisionSummary:
+            return await applier.control.collision_summary() if if_collided else CollisionSummary()
+
+        _, entries, said = await gather_settled(
+            applier.tombstones_now(), applier.control.quarantine_get_many(certain), summary())
+        collided = [ref for ref in if_collided if said.may_have_collided(ref)]
+        if collided:
+            entries = {**entries, **await applier.control.quarantine_get_many(collided)}
         return cast(dict[SourceRef, QuarantineEntry], entries)
 
     async def _apply(self, state: EngineState, chains: OrderedDict[SourceRef, Chain],
@@ -336,7 +367,15 @@ class MirrorEngine(StreamEngine):
 
         # Settled: a lane that raises must not leave the others' writes in flight to
         # resume in this loop's next batch, after their records were redelivered.
-        await gather_settled(*(run_lane(lane) for lane in self._lanes(chains, entries)))
+        with applier.collecting_releases() as released:
+            await gather_settled(*(run_lane(lane) for lane in self._lanes(chains, entries)))
+        try:
+            stats.woken += await applier.wake_released(released)
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            # Which records released which keys is not kept: redeliver them all (module note).
+            return {seq for chain in chains.values() for seq in sequences(chain.records)}
         return failed
 
     async def _record_start(self, chains: OrderedDict[SourceRef, Chain]) -> None:

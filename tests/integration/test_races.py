@@ -172,6 +172,68 @@ def test_race5_no_lost_wakeup_when_release_happens_between_collision_and_registr
     assert harness.converged().ok
 
 
+def test_race5_no_lost_wakeup_when_release_happens_before_the_collision_is_noted(harness):
+    # GIVEN r1 holds the key, and r2's collision is about to be noted in the collision summary
+    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
+    release = harness.put(REPO, repo("r1", name="Hammer"))
+    r2_record = harness.put(REPO, repo("r2", name="tools"))
+    control = harness.engine.applier.control
+    original = control.note_collision
+
+    async def release_first(*args):
+        control.note_collision = original
+        # r1's batch removes the key and reads a summary that names neither r2 nor the key
+        assert not await harness.engine._apply_records([release])
+        return await original(*args)
+
+    control.note_collision = release_first
+    # WHEN r2's record is applied
+    harness.mirror([r2_record])
+    # THEN r2's writes (summary, entry, waiter) all come before its re-try, which finds the key free
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race5_no_lost_wakeup_when_the_newcomer_waits_while_the_release_batch_is_under_way(harness):
+    # GIVEN r1 holds the key and is renamed away; r2 wants the key
+    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
+    release = harness.put(REPO, repo("r1", name="Hammer"))
+    r2_record = harness.put(REPO, repo("r2", name="tools"))
+    applier = harness.engine.applier
+    original = applier._remove
+
+    async def collide_first(ref, key):
+        applier._remove = original
+        # r2 collides with r1 (still the holder), is noted, registers and re-tries in vain
+        assert not await harness.engine._apply_records([r2_record])
+        entries = await applier.control.quarantine_get_many([SourceRef(REPO, ("r2",))])
+        assert [e.reason for e in entries.values()] == ["key_collision"]
+        return await original(ref, key)
+
+    applier._remove = collide_first
+    # WHEN r1's batch removes the key (its first reads are long done: the summary it read then named nobody)
+    assert not harness.mirror([release])
+    # THEN the summary read after the removal names the key, and r2 is woken
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race5_a_collision_loser_renamed_elsewhere_leaves_quarantine(harness):
+    # GIVEN r2 lost a collision on r1's key (its entry is a collision's: its state is clean)
+    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
+    harness.mirror([harness.put(REPO, repo("r2", name="tools"))])
+    assert harness.quarantine() == {SourceRef(REPO, ("r2",)): "key_collision"}
+    # WHEN r2 is renamed to a free name
+    harness.mirror([harness.put(REPO, repo("r2", name="Drill"))])
+    # THEN the mirror read its entry (the summary names r2) and cleared it; r1 kept its key
+    assert harness.target("ACCOUNT#a1", "REPO#drill")["repo_id"] == "r2"
+    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r1"
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
 @pytest.mark.parametrize("backfill_during_first_attempt", [True, False], ids=["tombstone-then-delete", "delete"])
 def test_race5_wakeup_interrupted_by_a_fault_is_redone_when_the_release_is_redelivered(
     harness, backfill_during_first_attempt

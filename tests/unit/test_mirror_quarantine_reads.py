@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from shared.core.codec import from_stream_image, to_wire
 from shared.core.definition import get_definition
 from shared.core.settings import load_settings
+from shared.store.control import CollisionSummary, summary_bucket
 from shared.streams.mirror import Chain, MirrorEngine
 
 SC = get_definition("sc")
@@ -65,8 +68,10 @@ def test_a_bad_state_a_claimable_key_or_an_unknown_state_is_read() -> None:
     assert chain(record("sc-accounts", "MODIFY", None, ACCOUNT)).may_be_quarantined(SC)
 
 
-def test_the_batch_reads_entries_only_for_the_chains_that_may_have_one(monkeypatch) -> None:
-    # GIVEN a batch of an account INSERT, a clean account update, an update of a bad account and a repository rename
+@pytest.mark.parametrize("summary_names_the_repository", [False, True])
+def test_the_batch_reads_entries_only_for_the_chains_that_may_have_one(summary_names_the_repository: bool) -> None:
+    # GIVEN a batch of an account INSERT, a clean account update, an update of a bad account and a repository rename,
+    # and a collision summary that does or does not name the repository
     engine = MirrorEngine(load_settings(endpoint_url="http://127.0.0.1:1"), SC)
     bad = {**ACCOUNT, "accountId": "acc_000003", "email": "not an email"}
     records = [record("sc-accounts", "INSERT", None, {**ACCOUNT, "accountId": "acc_000002"}),
@@ -74,12 +79,20 @@ def test_the_batch_reads_entries_only_for_the_chains_that_may_have_one(monkeypat
                record("sc-accounts", "MODIFY", bad, {**bad, "email": "three@example.com"}),
                record("sc-repositories", "MODIFY", REPO, {**REPO, "name": "Gadget"})]
     chains = engine._chains(records)
-    asked: list[Any] = []
+    repo_ref = next(ref for ref in chains if ref.key[0] == "r1")
+    asked: list[list[str]] = []
+    summaries: list[int] = []
 
     class Control:
         async def quarantine_get_many(self, refs: Any) -> dict[Any, Any]:
-            asked.extend(refs)
+            if refs:
+                asked.append(sorted(ref.key[0] for ref in refs))
             return {}
+
+        async def collision_summary(self) -> CollisionSummary:
+            summaries.append(1)
+            named = {summary_bucket(repo_ref.as_text())} if summary_names_the_repository else set()
+            return CollisionSummary(collided=frozenset(named))
 
     class Applier:
         control = Control()
@@ -90,5 +103,30 @@ def test_the_batch_reads_entries_only_for_the_chains_that_may_have_one(monkeypat
     state = type("State", (), {"applier": Applier()})()
     # WHEN its entries are prefetched
     asyncio.run(engine._prefetch(state, chains))  # type: ignore[arg-type]
-    # THEN only the bad account's and the repository's entries are read
-    assert sorted(ref.key[0] for ref in asked) == ["acc_000003", "r1"]
+    # THEN the bad account's entry is read; the repository's (a clean state with a claimable key: only a
+    # collision entry is possible) only when the summary, read once, names it
+    assert summaries == [1]
+    assert asked == ([["acc_000003"], ["r1"]] if summary_names_the_repository else [["acc_000003"]])
+
+
+def test_a_batch_without_claimable_keys_does_not_read_the_summary() -> None:
+    # GIVEN a batch of account changes only (no key two items can claim)
+    engine = MirrorEngine(load_settings(endpoint_url="http://127.0.0.1:1"), SC)
+    chains = engine._chains([record("sc-accounts", "MODIFY", ACCOUNT, {**ACCOUNT, "name": "Uno"})])
+
+    class Control:
+        async def quarantine_get_many(self, refs: Any) -> dict[Any, Any]:
+            assert not refs
+            return {}
+
+        async def collision_summary(self) -> CollisionSummary:
+            raise AssertionError("no chain needs it")
+
+    class Applier:
+        control = Control()
+
+        async def tombstones_now(self) -> bool:
+            return False
+
+    # WHEN its entries are prefetched, THEN neither entries nor the summary are read
+    asyncio.run(engine._prefetch(type("State", (), {"applier": Applier()})(), chains))  # type: ignore[arg-type]
