@@ -28,7 +28,8 @@ items seen, never from averages guessed up front:
 * each item that will be quarantined: read again strongly, and its entry
   written with the compressed image (an oversized item's entry can cost
   hundreds of write units), plus its arm in the control table's reasons
-  index;
+  index; a key collision also notes itself in the collision summary and
+  registers as a waiter (a unit each);
 * the mirror per day at ``--write-rate`` legacy writes per second: each
   write's target items as above, plus per batch (the mapping's BatchSize
   100, or a second's writes when fewer) the mode read, the receipt and the
@@ -91,12 +92,15 @@ class CostEstimate:
         self.source_bytes += size
         self.strong_reread_units += capacity.read_units(size, consistent=True)
 
-    def add_quarantined(self, item: Item) -> None:
+    def add_quarantined(self, item: Item, *, collision: bool = False) -> None:
         from shared.store.control import encode_image
 
         self.quarantine_read_units += capacity.read_units(item_size_bytes(item), consistent=True)
         self.quarantine_write_units += (capacity.write_units(len(encode_image(item)) + QUARANTINE_ENTRY_BYTES)
                                         + capacity.write_units(QUARANTINE_INDEX_BYTES))
+        if collision:
+            # The collision summary's note and the waiter entry: small items, the minimum each.
+            self.quarantine_write_units += 2 * capacity.write_units(0)
 
     def add_target(self, item: Item) -> None:
         size = item_size_bytes(item)
@@ -276,7 +280,7 @@ class DryRun:
             self._claim_keys(ref, targets)
         except QuarantineError as exc:
             self.report.quarantined[exc.reason] += 1
-            self.report.cost.add_quarantined(item)
+            self.report.cost.add_quarantined(item, collision=isinstance(exc, KeyCollision))
             samples = self.report.samples[exc.reason]
             if len(samples) < SAMPLES_PER_REASON:
                 samples.append({"table": source_table, "key": "|".join(ref.key), "message": exc.message})
