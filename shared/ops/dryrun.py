@@ -32,8 +32,9 @@ items seen, never from averages guessed up front:
   registers as a waiter (a unit each);
 * the mirror per day at ``--write-rate`` legacy writes per second: each
   write's target items as above, plus per batch (the mapping's BatchSize
-  100, or a second's writes when fewer) the mode read, the receipt and the
-  usage counter (`shared.store.receipts`);
+  100, or a quarter second's writes when fewer: the mapping polls each shard
+  four times a second) the mode read, at most two reads of the collision
+  summary, the receipt and the usage counter (`shared.store.receipts`);
 * the on-demand price of each, and the time at ``--rate``.
 
 Units a run spends on conflicts with a live mirror (refused conditions,
@@ -64,7 +65,8 @@ SAMPLES_PER_REASON = 5
 
 
 ASSUMED_PAGE_ITEMS = 250  # the backfill's scan pages adapt between 100 and 500 items (backfill/worker.py)
-MIRROR_BATCH_SIZE = 100  # template.yaml: the mappings' BatchSize (MaximumBatchingWindowInSeconds 1)
+MIRROR_BATCH_SIZE = 100  # template.yaml: the mappings' BatchSize (no batching window)
+MAPPING_POLLS_PER_S = 4  # Lambda polls each stream shard at a base rate of four times a second
 RECEIPT_BYTES_PER_RECORD = 37  # an eventID in the receipt's string set (shared/store/receipts.py)
 RECEIPT_BYTES_FIXED = 150  # its key (the stream ARN), count and expiry
 SECONDS_PER_DAY = 86400
@@ -144,10 +146,11 @@ class CostEstimate:
         }
         if write_rate:
             per_write = self.put_write_units / source_items if source_items else 0.0
-            batch = max(1.0, min(MIRROR_BATCH_SIZE, write_rate))
+            batch = max(1.0, min(MIRROR_BATCH_SIZE, write_rate / MAPPING_POLLS_PER_S))
             receipt = capacity.write_units(int(RECEIPT_BYTES_FIXED + RECEIPT_BYTES_PER_RECORD * batch))
             per_batch_writes = receipt + 1.0  # the receipt and the usage counter
-            per_batch_reads = capacity.read_units(100, consistent=True)  # the mode flag
+            # The mode flag, and at most two reads of the collision summary (before and after the writes).
+            per_batch_reads = 3 * capacity.read_units(100, consistent=True)
             writes_per_day = write_rate * SECONDS_PER_DAY
             batches = writes_per_day / batch
             mirror = capacity.Usage(read_units=batches * per_batch_reads,

@@ -34,7 +34,13 @@ mapping where correctness depends on it:
 * **Expired iterators** (or trimmed data) are re-acquired from the
   checkpoint.
 * **Batching.** Up to `mirror_batch_size` records per call, waiting at most
-  `mirror_batching_window_s` to fill a batch.
+  `mirror_batching_window_s` to fill a batch. Each shard is polled at most
+  four times a second (`POLL_INTERVAL_S`), Lambda's documented base rate
+  ("Lambda polls shards in your DynamoDB stream for records at a base rate of
+  4 times per second"), also while records keep coming: a batch that took
+  less than a quarter of a second is followed by a poll a quarter of a
+  second after its own, so at a modest write rate a batch holds that much of
+  the stream, as on AWS, not the few records a hot loop would find.
 * **Shards at once** (``parallel_shards``, the forward mirror's runner): as
   Lambda runs one invocation per shard at a time (ParallelizationFactor 1)
   but every shard at the same time, each round polls and delivers every
@@ -76,6 +82,7 @@ from shared.streams.sweeper import TombstoneSweeper
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 IDLE_POLL_S = 0.25
+POLL_INTERVAL_S = 0.25  # at most four polls a second per shard, also while busy (module note)
 MAX_BACKOFF_S = 5.0
 DESCRIBE_EVERY_S = 10.0
 SWEEP_EVERY_S = 5.0
@@ -94,6 +101,7 @@ class ShardState:
     at_latest: bool = False  # no checkpoint yet: start at LATEST, not TRIM_HORIZON
     failures: int = 0
     retry_at: float = 0.0
+    next_poll_at: float = 0.0  # a quarter second after the start of its last poll (POLL_INTERVAL_S)
     saved: str | None = None  # the checkpoint last written to the control table
     saved_at: float = -float("inf")
 
@@ -335,7 +343,8 @@ class StreamRunner:
                 self._survive(self._discover)
             worked = False
             active = [s for s in self.shards.values() if self._eligible(s)]
-            due = [s for s in active if s.retry_at <= self.clock()]
+            now = self.clock()
+            due = [s for s in active if s.retry_at <= now and s.next_poll_at <= now]
             if self.parallel_shards and len(due) > 1:
                 worked = self._poll_all(due)
             else:
@@ -346,7 +355,12 @@ class StreamRunner:
             if not self.ready.is_set() and (not self.record_mirror_start or self._record_start()):
                 self.ready.set()
             all_drained = all(s.drained for s in self.shards.values() if self._eligible(s))
-            self._survive(lambda: self._maybe_sweep(idle=not worked))
+            # A shard that just delivered a batch, waiting for its next poll: busy, not idle.
+            pacing = [s.next_poll_at for s in active if not s.drained and s.retry_at <= self.clock() < s.next_poll_at]
+            self._survive(lambda: self._maybe_sweep(idle=not worked and not pacing))
+            if not worked and pacing:
+                time.sleep(max(0.0, min(pacing) - self.clock()))
+                continue
             if not worked:
                 self._survive(self._flush_checkpoints)
                 if all_drained and not self.follow and not any(s.failures for s in active):
@@ -394,6 +408,7 @@ class StreamRunner:
 
     def _poll(self, shard: ShardState) -> bool:
         """Read and deliver one batch from a shard. True if it did any work."""
+        shard.next_poll_at = self.clock() + POLL_INTERVAL_S
         if shard.iterator is None:
             shard.iterator = self._iterator(shard)
         records: list[dict[str, Any]] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -634,6 +635,32 @@ def test_the_batching_window_delivers_a_partial_batch_when_it_ends(world: World)
     assert world.clock.now - START >= 1.0
     # AND with a bounded number of GetRecords calls (about four a second)
     assert world.streams.get_records_calls <= 12
+
+
+def test_a_busy_shard_is_polled_at_lambdas_base_rate_of_four_a_second(world: World) -> None:
+    # GIVEN a shard written at 40 records a second and a handler that takes 50 ms a batch
+    world.streams.add_shard("shardId-1")
+    written = {"at": world.clock.now, "carry": 0.0}
+    polled_at: list[float] = []
+
+    def write_since_last_poll(call: int) -> None:
+        polled_at.append(world.clock.now)
+        due = (world.clock.now - written["at"]) * 40 + written["carry"]
+        world.streams.put_many("shardId-1", int(due))
+        written["at"], written["carry"] = world.clock.now, due - int(due)
+
+    world.streams.before_get_records = write_since_last_poll
+    handler = world.handler(lambda call, records: world.clock.sleep(0.05))
+
+    # WHEN the runner follows the stream for 5 s
+    world.runner(handler, follow=True, max_seconds=5.0).run()
+
+    # THEN polls are a quarter second apart, not back to back after each 50 ms batch
+    gaps = [b - a for a, b in itertools.pairwise(polled_at)]
+    assert gaps and min(gaps) >= stream_runner.POLL_INTERVAL_S - 1e-9
+    # AND a batch holds about a quarter second of writes (10), not the 2 written during one handler call
+    sizes = [len(b) for b in handler.batches[1:]]
+    assert sizes and min(sizes) >= 9
 
 
 # ------------------------------------------------------------ 7. --from latest
