@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
@@ -159,18 +159,26 @@ class RaceHarness:
             return [r["dynamodb"]["SequenceNumber"] for r in records]
         return [f["itemIdentifier"] for f in response.get("batchItemFailures", [])]
 
+    @staticmethod
+    def before_next_call(owner: Any, name: str, action: Callable[[], Awaitable[Any]]) -> None:
+        """Run `action` inside the next call of `owner.name`, right before the call itself."""
+        original = getattr(owner, name)
+
+        async def action_first(*args: Any, **kwargs: Any) -> Any:
+            setattr(owner, name, original)
+            await action()
+            return await original(*args, **kwargs)
+
+        setattr(owner, name, action_first)
+
+    async def apply_batch(self, records: list[dict[str, Any]]) -> None:
+        """Apply a batch from inside another one (a `before_next_call` action); it must succeed."""
+        assert not await self.engine._apply_records(records)
+
     def apply_before_next_waiter_registers(self, record: dict[str, Any]) -> None:
         """Apply `record` inside the mirror's next collision, right between its
         failed put and its registration as a waiter (the tightest interleaving)."""
-        control = self.engine.applier.control  # type: ignore[union-attr]
-        original = control.waiter_add
-
-        async def apply_first(key: Any, ref: Any) -> Any:
-            control.waiter_add = original
-            assert not await self.engine._apply_records([record])
-            return await original(key, ref)
-
-        control.waiter_add = apply_first
+        self.before_next_call(self.engine.applier.control, "waiter_add", lambda: self.apply_batch([record]))
 
     def mirror_until_done(self, records: list[dict[str, Any]], max_rounds: int = 20) -> int:
         """Deliver like Lambda: on failure, redeliver from the lowest failed record on."""

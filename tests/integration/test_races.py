@@ -156,37 +156,17 @@ def test_race5_second_repository_on_a_key_is_quarantined_then_takes_the_key_when
     assert harness.converged().ok
 
 
-def test_race5_no_lost_wakeup_when_release_happens_between_collision_and_registration(harness):
-    # GIVEN r1 holds the key, and r2's collision is about to register as a waiter
+@pytest.mark.parametrize("step", ["note_collision", "waiter_add"],
+                         ids=["before-the-collision-is-noted", "between-the-noted-collision-and-the-waiter"])
+def test_race5_no_lost_wakeup_when_release_happens_inside_the_newcomers_collision(harness, step):
+    # GIVEN r1 holds the key, and r2's collision is about to note itself in the collision
+    # summary, or has done so and is about to register as a waiter
     harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
     release = harness.put(REPO, repo("r1", name="Hammer"))
     r2_record = harness.put(REPO, repo("r2", name="tools"))
-    # r1's release (and its query for waiters, which finds none) happens
-    # exactly between r2's failed put and r2's registration.
-    harness.apply_before_next_waiter_registers(release)
-    # WHEN r2's record is applied
-    harness.mirror([r2_record])
-    # THEN r2's re-check after registering finds the key free: it holds it, not quarantined
-    assert harness.target("ACCOUNT#a1", "REPO#tools")["repo_id"] == "r2"
-    assert harness.quarantine() == {}
-    assert harness.converged().ok
-
-
-def test_race5_no_lost_wakeup_when_release_happens_before_the_collision_is_noted(harness):
-    # GIVEN r1 holds the key, and r2's collision is about to be noted in the collision summary
-    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
-    release = harness.put(REPO, repo("r1", name="Hammer"))
-    r2_record = harness.put(REPO, repo("r2", name="tools"))
-    control = harness.engine.applier.control
-    original = control.note_collision
-
-    async def release_first(*args):
-        control.note_collision = original
-        # r1's batch removes the key and reads a summary that names neither r2 nor the key
-        assert not await harness.engine._apply_records([release])
-        return await original(*args)
-
-    control.note_collision = release_first
+    # r1's batch removes the key and looks for waiters (the summary names neither r2 nor the
+    # key yet, or no waiter is registered yet) exactly then
+    harness.before_next_call(harness.engine.applier.control, step, lambda: harness.apply_batch([release]))
     # WHEN r2's record is applied
     harness.mirror([r2_record])
     # THEN r2's writes (summary, entry, waiter) all come before its re-try, which finds the key free
@@ -201,17 +181,14 @@ def test_race5_no_lost_wakeup_when_the_newcomer_waits_while_the_release_batch_is
     release = harness.put(REPO, repo("r1", name="Hammer"))
     r2_record = harness.put(REPO, repo("r2", name="tools"))
     applier = harness.engine.applier
-    original = applier._remove
 
-    async def collide_first(ref, key):
-        applier._remove = original
+    async def collide():
         # r2 collides with r1 (still the holder), is noted, registers and re-tries in vain
-        assert not await harness.engine._apply_records([r2_record])
+        await harness.apply_batch([r2_record])
         entries = await applier.control.quarantine_get_many([SourceRef(REPO, ("r2",))])
         assert [e.reason for e in entries.values()] == ["key_collision"]
-        return await original(ref, key)
 
-    applier._remove = collide_first
+    harness.before_next_call(applier, "_remove", collide)
     # WHEN r1's batch removes the key (its first reads are long done: the summary it read then named nobody)
     assert not harness.mirror([release])
     # THEN the summary read after the removal names the key, and r2 is woken
