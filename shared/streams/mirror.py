@@ -324,9 +324,11 @@ class MirrorEngine(StreamEngine):
         early, as a transient fault of the whole batch. And the chains' quarantine entries."""
         applier = cast(_MirrorState, state).applier
         assert applier is not None
-        wanted = [ref for ref, chain in chains.items() if chain.may_be_quarantined(self.definition)]
-        if_collided = [ref for ref in wanted if chains[ref].only_collision_entry(self.definition)]
-        certain = [ref for ref in wanted if not chains[ref].only_collision_entry(self.definition)]
+        certain: list[SourceRef] = []  # entries read in any case
+        if_collided: list[SourceRef] = []  # read only if the collision summary names the item
+        for ref, chain in chains.items():
+            if chain.may_be_quarantined(self.definition):
+                (if_collided if chain.only_collision_entry(self.definition) else certain).append(ref)
 
         async def summary() -> CollisionSummary:
             return await applier.control.collision_summary() if if_collided else CollisionSummary()
