@@ -420,26 +420,43 @@ def target_index_keys(settings: Settings) -> list[tuple[str, ...]]:
     return [tuple(k["AttributeName"] for k in index["KeySchema"]) for index in create.get("GlobalSecondaryIndexes", [])]
 
 
+DRY_RUN_PAGE_ITEMS = 500  # the backfill's own largest page (`backfill.worker.WorkerOptions.page_items`)
+DRY_RUN_PAGES_IN_FLIGHT = 2  # pages read or counted at once, whatever --segments says
+
+
 async def _scan_dry(settings: Settings, tables: list[str], segments: int, dry: Any) -> None:
-    """Parallel scan, counted page by page: memory holds one page per segment, whatever the table's size."""
+    """Parallel scan, counted page by page, in bounded memory whatever the table's size.
+
+    A scan page is up to 1 MB on the wire and about 25 times that once parsed, so
+    eight segments each holding a full page at once cost about 200 MB. The
+    segments therefore take turns: at most `DRY_RUN_PAGES_IN_FLIGHT` pages of at
+    most `DRY_RUN_PAGE_ITEMS` items are read or counted at a time, and a page is
+    dropped before its segment asks for the next one. Counting is CPU work in
+    this process, so more pages in flight would not make it faster.
+    """
     from shared.core.codec import to_native
 
+    slots = asyncio.Semaphore(DRY_RUN_PAGES_IN_FLIGHT)
     async with aws.aio_dynamodb(settings, pool=64) as client:
         for table in tables:
             physical = settings.physical_name(table)
 
             async def segment(number: int, table: str = table, physical: str = physical) -> None:
-                kwargs: dict[str, Any] = {"TableName": physical, "Segment": number, "TotalSegments": segments}
+                kwargs: dict[str, Any] = {"TableName": physical, "Segment": number, "TotalSegments": segments,
+                                          "Limit": DRY_RUN_PAGE_ITEMS}
                 while True:
-                    try:
-                        page = await client.scan(**kwargs)
-                    except Exception as exc:
-                        raise aws.translate(exc, f"scan {physical}") from exc
-                    # DryRun.add is synchronous: no other segment runs in between.
-                    dry.add_all(table, (to_native(i) for i in page.get("Items", [])))
-                    if "LastEvaluatedKey" not in page:
+                    async with slots:
+                        try:
+                            page = await client.scan(**kwargs)
+                        except Exception as exc:
+                            raise aws.translate(exc, f"scan {physical}") from exc
+                        # DryRun.add is synchronous: no other segment runs in between.
+                        dry.add_all(table, (to_native(i) for i in page.get("Items", [])))
+                        last = page.get("LastEvaluatedKey")
+                        del page
+                    if last is None:
                         return
-                    kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+                    kwargs["ExclusiveStartKey"] = last
 
             await asyncio.gather(*(segment(n) for n in range(segments)))
 

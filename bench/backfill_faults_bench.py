@@ -4,13 +4,13 @@ Run it from the project root::
 
     .venv/bin/python -m bench.backfill_faults_bench            # 6,000 source items, 3 rounds
     .venv/bin/python -m bench.backfill_faults_bench --quick    # smoke run: 1,000 items, 2 rounds (~3 min, quiet machine)
-    .venv/bin/python -m bench.backfill_faults_bench --items 2000 --rounds 2 --share 0.05 --write-mode insert
+    .venv/bin/python -m bench.backfill_faults_bench --items 2000 --rounds 2 --share 0.05 --write-mode put
 
 Method
 ======
 
 Two contenders, the same backfill (``backfill.run.run_backfill``: ``--table all --segments 8 --workers 1
---write-mode put`` (``--write-mode`` picks another), ``allow_no_mirror``; no kill) on the same data:
+--write-mode insert``, the CLI's default (``--write-mode`` picks another), ``allow_no_mirror``; no kill) on the same data:
 
 * ``fault-free``: every request of the backfill goes through the fault proxy of the chaos tests
   (``tests/chaos/fault_proxy.py``) with no fault planned, so both contenders pay the same extra hop;
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.backfill_bench import CopyProcess, CopySpec, generate_data, prepare_engine, split
+from bench.backfill_bench import DEFAULT_MODE, CopyProcess, CopySpec, generate_data, prepare_engine, split
 from bench.common import (
     CONTAMINATED_CORES,
     DAGGER,
@@ -82,7 +82,7 @@ class BenchConfig:
     rounds: int = 3
     share: float = 0.03  # of the backfill's requests answered with a fault
     segments: int = 8
-    write_mode: str = "put"
+    write_mode: str = DEFAULT_MODE  # what operators run: `backfill run` without --write-mode
     workload_rate: float = 20.0  # application operations/s during each backfill (0: none)
     quiet_wait_s: float = 30.0
     timeout_s: float = 3600.0  # one backfill
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=float, default=defaults.share,
                         help="share of the backfill's requests answered with a fault (default 0.03)")
     parser.add_argument("--segments", type=int, default=defaults.segments, help="scan segments per table")
-    parser.add_argument("--write-mode", default=defaults.write_mode, help="backfill write mode (default put)")
+    parser.add_argument("--write-mode", default=defaults.write_mode, help=f"backfill write mode (default {DEFAULT_MODE}, the CLI's default)")
     parser.add_argument("--workload-rate", type=float, default=defaults.workload_rate,
                         help="application writes/s during each backfill (0: none)")
     parser.add_argument("--quiet-wait-s", type=float, default=None,

@@ -5,10 +5,13 @@ runs the same `transform` the mirror and the backfill run, plus the engine's
 own checks (item size, target-key collisions), over a stream of source items
 from a table scan or an export, and counts what would happen.
 
-Collision detection keeps one small fingerprint per target key in memory
-(16 bytes), which is fine up to tens of millions of target items; past that,
+Collision detection keeps a 16-byte fingerprint of each *shared* target key
+in memory (`MigrationDefinition.shared_key`: the only keys two source items
+can produce; for sc, the repositories' keys), about 120 bytes each with
+Python's overhead: some 120 MB for a million of them. Past tens of millions,
 run it per table or on a sample. The items themselves are never kept: feed
-`DryRun.add_all` one page (or export chunk) at a time.
+`DryRun.add_all` one page (or export chunk) at a time; the scan
+(`backfill.run._scan_dry`) holds at most two pages at once.
 
 `render_dry_run` prints the report for a person (rich is imported inside it,
 so the module stays importable without the CLI's dependencies);
@@ -297,13 +300,16 @@ class DryRun:
             self.add(source_table, item)
 
     def _claim_keys(self, ref: SourceRef, targets: list[Item]) -> None:
+        # Only a shared key (`MigrationDefinition.shared_key`) can be produced by two source items.
+        keys = [key for key in map(self.definition.target_key, targets) if self.definition.shared_key(key)]
+        if not keys:
+            return
         me = _fingerprint(ref.as_text())
-        fingerprints = [_fingerprint("\x00".join(self.definition.target_key(t))) for t in targets]
-        for target, fp in zip(targets, fingerprints, strict=True):
+        fingerprints = [_fingerprint("\x00".join(key)) for key in keys]
+        for key, fp in zip(keys, fingerprints, strict=True):
             holder = self._owners.get(fp)
             if holder is not None and holder != me:
-                key = "/".join(self.definition.target_key(target))
-                raise KeyCollision(f"target key {key} is already produced by another source item")
+                raise KeyCollision(f"target key {'/'.join(key)} is already produced by another source item")
         for fp in fingerprints:
             self._owners[fp] = me
 

@@ -217,6 +217,63 @@ def test_scan_dry_run_counts_each_page_before_reading_the_next(monkeypatch):
     assert sum(dry.report.target_items.values()) == 9
 
 
+def test_scan_dry_run_holds_at_most_two_pages_whatever_the_segment_count(monkeypatch):
+    # GIVEN a table of 8 segments, 3 pages each (a fake client whose scans yield to the event loop)
+    import contextlib
+
+    from backfill.run import DRY_RUN_PAGE_ITEMS, DRY_RUN_PAGES_IN_FLIGHT, _scan_dry
+    from shared.core.settings import load_settings
+    from shared.ops.dryrun import DryRun
+
+    dry = DryRun(get_definition("sc"))
+    in_flight, most_in_flight, limits = 0, 0, set()
+
+    class Client:
+        async def scan(self, **kwargs: Any) -> dict[str, Any]:
+            nonlocal in_flight, most_in_flight
+            in_flight += 1
+            most_in_flight = max(most_in_flight, in_flight)
+            limits.add(kwargs.get("Limit"))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            in_flight -= 1
+            segment, page = kwargs["Segment"], kwargs.get("ExclusiveStartKey", {"p": -1})["p"] + 1
+            items = [{"accountId": {"S": f"a{segment}-{page}-{i}"}, "email": {"S": "a@example.com"},
+                      "createdAt": {"N": "1700000000"}} for i in range(2)]
+            return {"Items": items, **({"LastEvaluatedKey": {"p": page}} if page < 2 else {})}
+
+    @contextlib.asynccontextmanager
+    async def fake_client(settings, **kw):
+        yield Client()
+
+    monkeypatch.setattr(aws, "aio_dynamodb", fake_client)
+    # WHEN the dry run scans it with --segments 8
+    asyncio.run(_scan_dry(load_settings(), ["sc-accounts"], 8, dry))
+    # THEN every page was counted, but never more than two pages were read at once, each of bounded size:
+    # eight full 1 MB pages parsed at once cost about 200 MB
+    assert dry.report.source_items["sc-accounts"] == 8 * 3 * 2
+    assert most_in_flight == DRY_RUN_PAGES_IN_FLIGHT == 2
+    assert limits == {DRY_RUN_PAGE_ITEMS}
+
+
+def test_dry_run_keeps_fingerprints_of_shared_keys_only():
+    # GIVEN the sc migration, whose only shared keys are the repositories' (profiles and memberships
+    # embed their account's id)
+    from shared.ops.dryrun import DryRun
+
+    dry = DryRun(get_definition("sc"))
+    account = {"accountId": "a1", "email": "a@example.com", "createdAt": 1700000000, "teamIds": {"t1", "t2"}}
+    repo = {"repoId": "r1", "accountId": "a1", "name": "tools", "createdAt": 1700000000}
+    # WHEN an account (three target items) and two repositories claiming one name are counted
+    dry.add("sc-accounts", account)
+    dry.add("sc-repositories", repo)
+    dry.add("sc-repositories", {**repo, "repoId": "r2", "name": "TOOLS"})
+    # THEN memory holds one fingerprint (the repository's key), and the collision is still found
+    assert len(dry._owners) == 1
+    assert dry.report.target_items["account"] == 1 and dry.report.target_items["membership"] == 2
+    assert dry.report.quarantined == {"key_collision": 1}
+
+
 def test_dry_run_estimate_is_within_ten_percent_of_what_the_backfill_consumed(env, capsys):
     # GIVEN seeded legacy tables nobody writes to, and the dry run's estimate for them
     capsys.readouterr()
