@@ -61,8 +61,8 @@ Figures per run: ``items/s`` = source items seeded / wall time of the copy; writ
 = the write (read) capacity units the child consumed (every table: sources, target, control table) /
 source items, with the control table's share apart; ``client CPU ms/item`` = user+system CPU of the child
 during the copy (all threads) / source items; ``peak RSS`` = the child's ``VmHWM`` (a dynashift child
-runs the dry run first, before the clock: its peak is reported apart as the dry run's, then ``VmHWM`` is
-reset through ``/proc/self/clear_refs``, so the run's peak is the run's own); ``engine CPU``
+first has the dry run made, before the clock, in a process of its own, as users run it: its peak is
+reported apart as the dry run's, and none of its heap stays in the child); ``engine CPU``
 per item of the Java process; ``other load`` = CPU (cores) used by other programs during the copy.
 Runs during which other programs used more than 0.25 cores are flagged ``†``: on this 2-core machine
 their absolute numbers are pessimistic; the ratios, taken WITHIN a round (each contender / the naive
@@ -110,7 +110,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -443,10 +443,44 @@ def _child_main(spec: CopySpec, go: Any, out: Any) -> None:
         out.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
+def _dry_run_apart(spec: CopySpec) -> tuple[int, dict[str, Any], float]:
+    """`backfill run --dry-run` (this copy's mode and segments) in a process of its own (a plain subprocess: the
+    copy process is a daemon, which may not have multiprocessing children): (exit code, the backfill's
+    estimate, the dry run's peak RSS in MB)."""
+    import json
+    import subprocess  # nosec B404 - runs this interpreter on this module, no shell
+    import sys
+
+    argv = [sys.executable, "-c", "import sys; from bench.backfill_bench import _dry_run_main; _dry_run_main(sys.argv[1:])",
+            spec.endpoint, spec.scenario, str(spec.segments)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=6 * 3600,  # nosec B603
+                          cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(f"the dry run's process failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return out["code"], out["estimate"], out["peak_rss_mb"]
+
+
+def _dry_run_main(argv: list[str]) -> None:
+    """Entry of `_dry_run_apart`'s process: prints one JSON line."""
+    import json
+
+    from rich.console import Console
+
+    from backfill.run import run_backfill_report
+
+    endpoint, mode, segments = argv
+    settings = load_settings(endpoint_url=endpoint)
+    request = BackfillRequest(table="all", segments=int(segments), write_mode=mode, allow_no_mirror=True, dry_run=True)
+    code, dry = run_backfill_report(settings, {"endpoint_url": endpoint}, request, Console(quiet=True))
+    print(json.dumps({"code": code, "estimate": dry["estimate"]["backfill"] if code == 0 else {},
+                      "peak_rss_mb": common.own_peak_rss_mb()}))
+
+
 def _dynashift_copier(spec: CopySpec, settings: Settings) -> Copier:
     from rich.console import Console
 
-    from backfill.run import BackfillRequest, run_backfill, run_backfill_report, status
+    from backfill.run import run_backfill, status
 
     request = BackfillRequest(table="all", segments=spec.segments, write_mode=spec.scenario, allow_no_mirror=True)
     aws.dynamodb(settings).list_tables(Limit=1)  # the endpoint answers
@@ -459,15 +493,12 @@ def _dynashift_copier(spec: CopySpec, settings: Settings) -> Copier:
 
     asyncio.run(connect())
     # The dry run's estimate of this very run (`backfill run --dry-run`, same mode and segments), before the clock
-    # starts: a scan adds no stream record, so the engine's state is the same for the run.
-    code, dry = run_backfill_report(settings, {"endpoint_url": spec.endpoint},
-                                    replace(request, dry_run=True), Console(quiet=True))
+    # starts: a scan adds no stream record, so the engine's state is the same for the run. It is its own
+    # command for users, so it runs in its own process: its peak RSS is its own, and none of its heap is left
+    # in this process to count in the run's.
+    code, estimate, dry_run_peak_mb = _dry_run_apart(spec)
     if code != 0:
         raise RuntimeError(f"the dry run exited with {code}")
-    estimate = dry["estimate"]["backfill"]
-    # The dry run is its own command for users: its peak is reported apart, and the run's starts afresh.
-    dry_run_peak_mb = common.own_peak_rss_mb()
-    common.reset_peak_rss()
 
     def run() -> dict[str, Any]:
         code = run_backfill(settings, {"endpoint_url": spec.endpoint}, request, Console(quiet=True))

@@ -53,12 +53,6 @@ def own_peak_rss_mb(status: Path = Path("/proc/self/status")) -> float:
     raise RuntimeError(f"no VmHWM line in {status}: peak memory is measured on Linux only")
 
 
-def reset_peak_rss(clear_refs: Path = Path("/proc/self/clear_refs")) -> None:
-    """Start this process's ``VmHWM`` again from its current resident size (Linux: ``5`` to clear_refs),
-    so that what ran before (a dry run, say) is not counted in the next peak."""
-    clear_refs.write_text("5")
-
-
 def machine_info() -> dict[str, Any]:
     """The report's `machine`: cores, Python, platform and the DynamoDB Local the run used."""
     from shared.sim import local_engine

@@ -9,7 +9,7 @@ Collision detection keeps a 16-byte fingerprint of each *shared* target key
 in memory (`MigrationDefinition.shared_key`: the only keys two source items
 can produce; for sc, the repositories' keys), about 120 bytes each with
 Python's overhead: some 120 MB for a million of them. Past tens of millions,
-run it per table or on a sample. The items themselves are never kept: feed
+run it on a sample. The items themselves are never kept: feed
 `DryRun.add_all` one page (or export chunk) at a time; the scan
 (`backfill.run._scan_dry`) holds at most two pages at once.
 

@@ -59,25 +59,3 @@ def test_the_status_line_is_read_in_megabytes(tmp_path: Path):
     status.write_text("Name:\tpython\nVmHWM:\t  204800 kB\nVmRSS:\t 1000 kB\n")
     assert own_peak_rss_mb(status) == 200.0
 
-
-def _peak_after_reset(allocate_mb: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    from bench.common import reset_peak_rss
-
-    held = bytearray(allocate_mb * MB)
-    held[::4096] = b"x" * len(held[::4096])
-    before = own_peak_rss_mb()
-    del held
-    reset_peak_rss()
-    out.put((before, own_peak_rss_mb()))
-
-
-def test_a_reset_peak_forgets_what_ran_before_it():
-    # GIVEN a child that held 300 MB and let it go (as the bench's dry run does before the timed run)
-    context = multiprocessing.get_context("spawn")
-    out = context.Queue()
-    process = context.Process(target=_peak_after_reset, args=(300, out))
-    process.start()
-    before, after = out.get(timeout=60)
-    process.join(30)
-    # WHEN its peak is reset / THEN the next peak starts from what it holds now, not from 300 MB
-    assert before >= 300 and after < 200, (before, after)
