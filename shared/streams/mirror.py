@@ -21,22 +21,27 @@ Design:
 * Quarantine entries are read only for the chains whose item may have one
   (`Chain.may_be_quarantined`): a strongly consistent read per item was most
   of the mirror's capacity units beyond the writes themselves (issue 14). An
-  entry outlives the write that made it only while the item's current state
-  is bad (it failed the transform or the size check) or targets a key two
-  items can claim (`definition.shared_key`: a collision). A chain's first
-  OldImage *is* the item's current state before the batch, so a chain whose
-  first record is an INSERT (the item did not exist: a delete clears its
-  entry, and a redelivery starts at the same record), or whose first
-  OldImage transforms cleanly into keys no other item can claim, has no
-  entry to read. The backfill's entries from an outdated scan are its own to
-  drop: it re-reads the source after writing one, and removes it once the
-  item has changed (`Applier._quarantine_stale`). A first record without an
-  OldImage that is not an INSERT (a stream without old images) is read.
-  A clean first OldImage with a claimable key can only have a *collision*
-  entry, and every collision is noted in the collision summary before its
-  entry is written (`shared.store.control`), so those chains' entries are
-  read only if the summary, read strongly with the batch's first reads,
-  names the item: almost never (`Chain.only_collision_entry`).
+  entry outlives the write that made it only while the item's state is bad
+  (it failed the transform or the size check) or targets a key two items
+  can claim (`definition.shared_key`: a collision). Which states can an
+  entry met by this batch belong to? Every state the item held at the
+  source before the batch's last record of it: the chain's first OldImage
+  (the state before the batch; none if the chain starts with an INSERT: a
+  delete clears the entry, and a redelivery starts at the same record), and
+  the NewImage of every record but the last. A middle state counts: the
+  backfill may have scanned it, and kept its entry for it because the
+  source still held it when it re-read after writing
+  (`Applier._quarantine_stale`); the records after it then reach the mirror
+  in this one batch. So a chain all of whose earlier states transform
+  cleanly into keys no other item can claim has no entry to read. A first
+  record without an OldImage that is not an INSERT (a stream without old
+  images) is read. Earlier states that are all clean, some with a claimable
+  key, can only have a *collision* entry, and every collision is noted in
+  the collision summary before its entry is written (`shared.store.control`;
+  a validated writer writes it only while the source holds the state it
+  read, so before this batch's records, and the summary is read strongly
+  with the batch's first reads), so those chains' entries are read only if
+  the summary names the item: almost never (`Chain.only_collision_entry`).
 * Waiters: a batch collects the claimable keys its chains release and, after
   all lanes, reads the collision summary once and looks up the waiters only
   of the keys it names (`Applier.collecting_releases`). A transient fault there
@@ -98,7 +103,7 @@ class Chain:
     first_index: int = 0
     _images: list[Item | None] | None = field(default=None, repr=False)
     _applied: list[Item | None] | None = field(default=None, repr=False)
-    _first: Any = field(default=None, repr=False)  # `first_targets`, once
+    _outcomes: dict[int, Any] | None = field(default=None, repr=False)  # `_targets`, per image, once
 
     def images(self) -> list[Item | None]:
         """[first OldImage, NewImage of each record...] as native items (decoded once)."""
@@ -118,51 +123,60 @@ class Chain:
             if images[0] is not None and self.first_targets(definition) == []:
                 images[0] = None
             for index in range(1, len(images) - 1):  # the last image names no candidates anyway
-                image = images[index]
-                if image is not None and _produces_nothing(definition, self.ref.table, image):
+                if images[index] is not None and self._targets(definition, index) == []:
                     images[index] = None
             self._applied = images
         return self._applied
 
-    def first_targets(self, definition: MigrationDefinition) -> list[Item] | None:
-        """The first OldImage's target items, checked as the applier checks them (size
-        included); None if it has none or is bad."""
-        if self._first is None:
-            first = self.images()[0]
+    def _targets(self, definition: MigrationDefinition, index: int) -> Any:
+        """The target items of `images()[index]`, checked as the applier checks them (size included),
+        or `_BAD` if it is bad or absent; each image transformed once."""
+        if self._outcomes is None:
+            self._outcomes = {}
+        if index not in self._outcomes:
+            image = self.images()[index]
             outcome: Any = _BAD
-            if first is not None:
+            if image is not None:
                 try:
-                    targets = definition.transform(self.ref.table, first)
+                    targets = definition.transform(self.ref.table, image)
                     check_target_items(targets)
                     outcome = targets
                 except Exception:  # noqa: BLE001  (bad data: the applier quarantines it)
                     outcome = _BAD
-            self._first = outcome
-        return None if self._first is _BAD else self._first
+            self._outcomes[index] = outcome
+        return self._outcomes[index]
+
+    def first_targets(self, definition: MigrationDefinition) -> list[Item] | None:
+        """The first OldImage's target items, checked as the applier checks them (size
+        included); None if it has none or is bad."""
+        outcome = self._targets(definition, 0)
+        return None if outcome is _BAD else outcome
+
+    def _earlier_states(self) -> list[int]:
+        """Indexes in `images()` of the states the item held at the source before the chain's last
+        record: the first OldImage (unless the chain starts with an INSERT), and the NewImage of every
+        record but the last (a REMOVE's: none, the item was absent)."""
+        indexes = [] if self.records[0].get("eventName") == "INSERT" else [0]
+        images = self.images()
+        return indexes + [i for i in range(1, len(self.records)) if images[i] is not None]
 
     def may_be_quarantined(self, definition: MigrationDefinition) -> bool:
         """Whether the item may have a quarantine entry to read before applying (module note)."""
-        if self.records[0].get("eventName") == "INSERT":
-            return False
-        targets = self.first_targets(definition)
-        if targets is None:
-            return True  # bad, or no OldImage to tell
-        return any(definition.shared_key(definition.target_key(t)) for t in targets)
+        for index in self._earlier_states():
+            outcome = self._targets(definition, index)
+            if outcome is _BAD:
+                return True  # bad, or no OldImage to tell
+            if any(definition.shared_key(definition.target_key(t)) for t in outcome):
+                return True
+        return False
 
     def only_collision_entry(self, definition: MigrationDefinition) -> bool:
-        """A clean first OldImage (with keys another item may claim): the only entry
-        the item may have is a collision's, which the collision summary tells of."""
-        return self.records[0].get("eventName") != "INSERT" and self.first_targets(definition) is not None
+        """Every earlier state transformed cleanly (some with keys another item may claim): the only
+        entry the item may have is a collision's, which the collision summary tells of."""
+        return all(self._targets(definition, i) is not _BAD for i in self._earlier_states())
 
 
 _BAD = object()
-
-
-def _produces_nothing(definition: MigrationDefinition, table: str, image: Item) -> bool:
-    try:
-        return definition.transform(table, image) == []
-    except Exception:  # noqa: BLE001  (bad data: kept, its candidate keys are what the applier needs)
-        return False
 
 
 @dataclass

@@ -417,6 +417,54 @@ def test_race7_backfill_quarantining_first_does_not_make_the_mirror_forget_the_l
     assert harness.converged().ok
 
 
+@pytest.mark.parametrize("before", ["its_insert", "a_clean_mirrored_version"])
+@pytest.mark.parametrize("then", ["made_clean", "deleted"])
+def test_race7_backfill_entry_for_a_bad_state_inside_one_mirror_batch_does_not_stay_behind(harness, before, then):
+    # GIVEN an account that turned bad at the source after its creation (or after a clean, mirrored version)
+    first = harness.put(ACC, account(plan="pro"))
+    batch = [first] if before == "its_insert" else []
+    if before == "a_clean_mirrored_version":
+        harness.mirror([first])
+    batch.append(harness.put(ACC, account(plan="platinum")))
+    # AND the backfill read the bad state and quarantined it; its re-read found the source unchanged, so the
+    # entry stays
+    harness.start_backfill()
+    image, read_at = harness.read(ACC, {"accountId": "a1"})
+    harness.stale_write(ACC, image, read_at)
+    assert harness.quarantine() == {SourceRef(ACC, ("a1",)): "invalid_plan"}
+    # WHEN the account is then made clean (or deleted), and the mirror gets the bad record and the next in one
+    # batch: a chain whose first image is clean (or an INSERT), the bad state only in its middle
+    batch.append(harness.put(ACC, account(plan="team")) if then == "made_clean"
+                 else harness.delete(ACC, {"accountId": "a1"}))
+    harness.mirror(batch)
+    harness.finish_backfill()
+    # THEN the backfill's entry did not stay behind: the mirror read it, because a state in the middle of the
+    # chain was bad
+    assert harness.quarantine() == {}
+    assert harness.converged().ok
+
+
+def test_race5_backfill_collision_entry_for_a_state_inside_one_mirror_batch_does_not_stay_behind(harness):
+    # GIVEN a repository holding a name, and a second one created and renamed onto that name at the source
+    harness.mirror([harness.put(REPO, repo("r1", name="Tools"))])
+    created = harness.put(REPO, repo("r2", name="Other"))
+    renamed = harness.put(REPO, repo("r2", name="TOOLS"))
+    # AND the backfill read the colliding state: its write met the holder, and its validated fallback
+    # recorded the collision (the source still held that state)
+    harness.start_backfill()
+    image, read_at = harness.read(REPO, {"repoId": "r2"})
+    harness.stale_write(REPO, image, read_at)
+    assert harness.quarantine() == {SourceRef(REPO, ("r2",)): "key_collision"}
+    # WHEN r2 is renamed to a free name and the mirror gets its three records in one batch (a chain that
+    # starts with an INSERT, the collision only in its middle)
+    harness.mirror([created, renamed, harness.put(REPO, repo("r2", name="Spare"))])
+    harness.finish_backfill()
+    # THEN the collision entry did not stay behind
+    assert harness.quarantine() == {}
+    assert harness.live("ACCOUNT#a1", "REPO#spare")["repo_id"] == "r2"
+    assert harness.converged().ok
+
+
 def test_race7_validated_write_refuses_to_clear_an_entry_rewritten_since_it_was_read(harness):
     # GIVEN a quarantined repository holding its old key, now clean at the source
     harness.mirror([harness.put(REPO, repo(name="Old"))])
