@@ -7,8 +7,10 @@ from a table scan or an export, and counts what would happen.
 
 Collision detection keeps a 16-byte fingerprint of each *shared* target key
 in memory (`MigrationDefinition.shared_key`: the only keys two source items
-can produce; for sc, the repositories' keys), about 120 bytes each with
-Python's overhead: some 120 MB for a million of them. Past tens of millions,
+can produce; for sc, the repositories' keys), about 200 bytes each with
+Python's overhead, as measured (bench/backfill_bench.py's RSS series: a 94 MB
+peak at 100,000 source items, 226 MB at 1,000,000 with 750,000 repositories).
+Past tens of millions,
 run it on a sample. The items themselves are never kept: feed
 `DryRun.add_all` one page (or export chunk) at a time; the scan
 (`backfill.run._scan_dry`) holds at most two pages at once.

@@ -103,7 +103,7 @@ class Chain:
     first_index: int = 0
     _images: list[Item | None] | None = field(default=None, repr=False)
     _applied: list[Item | None] | None = field(default=None, repr=False)
-    _outcomes: dict[int, Any] | None = field(default=None, repr=False)  # `_targets`, per image, once
+    _outcomes: dict[int, Any] = field(default_factory=dict, repr=False)  # `_targets`, per image, once
 
     def images(self) -> list[Item | None]:
         """[first OldImage, NewImage of each record...] as native items (decoded once)."""
@@ -131,8 +131,6 @@ class Chain:
     def _targets(self, definition: MigrationDefinition, index: int) -> Any:
         """The target items of `images()[index]`, checked as the applier checks them (size included),
         or `_BAD` if it is bad or absent; each image transformed once."""
-        if self._outcomes is None:
-            self._outcomes = {}
         if index not in self._outcomes:
             image = self.images()[index]
             outcome: Any = _BAD
